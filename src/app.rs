@@ -1,0 +1,234 @@
+//! `AppState`, `App::build` (the one start-up path of `main` and the tests),
+//! the middleware stack, and graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use sqlx::MySqlPool;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::auth::hash_token;
+use crate::config::Config;
+use crate::db;
+use crate::error::ApiError;
+use crate::http;
+use crate::metrics::Metrics;
+
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: MySqlPool,
+    pub admin_token_hash: [u8; 32],
+    pub metrics_token_hash: Option<[u8; 32]>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("DATABASE_URL: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("migrating the database failed: {0}")]
+    Migrate(#[source] sqlx::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    pub db: MySqlPool,
+}
+
+impl App {
+    /// Connects, migrates (unless `AUTO_MIGRATE=false`), binds, builds the router.
+    pub async fn build(config: &Config) -> Result<App, StartupError> {
+        let pool = db::pool(&config.database_url, config.database_max_connections)
+            .map_err(StartupError::Database)?;
+        if config.auto_migrate {
+            db::migrate(&config.database_url, &pool)
+                .await
+                .map_err(StartupError::Migrate)?;
+        }
+        let listener = TcpListener::bind(config.bind_addr)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: config.bind_addr,
+                source,
+            })?;
+        let state = AppState {
+            db: pool.clone(),
+            admin_token_hash: hash_token(&config.admin_token),
+            metrics_token_hash: config.metrics_token.as_deref().map(hash_token),
+            metrics: Arc::new(Metrics::default()),
+        };
+        Ok(App {
+            listener,
+            router: router(state, config),
+            db: pool,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// The routes with the middleware every request passes through.
+pub fn router(state: AppState, config: &Config) -> Router {
+    let timeout = config.request_timeout;
+    let api = http::router()
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", http::openapi::ApiDoc::openapi()))
+        .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            limit_time(timeout, req, next)
+        }))
+        .layer(cors(&config.cors_allowed_origins))
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("a handler panicked");
+            ApiError::Internal.into_response()
+        }))
+        .layer(middleware::map_response(problem_for_bare_errors))
+        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .with_state(state);
+    api.layer(
+        TraceLayer::new_for_http()
+            .make_span_with(|req: &Request| {
+                let request_id = req
+                    .headers()
+                    .get(&REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
+            })
+            .on_response(DefaultOnResponse::new().level(Level::INFO)),
+    )
+    .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+    .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+            axum::http::header::IF_MATCH,
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([
+            axum::http::header::ETAG,
+            REQUEST_ID,
+            HeaderName::from_static("idempotent-replayed"),
+        ])
+}
+
+/// No request runs longer than the configured bound.
+async fn limit_time(limit: Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable("the request took too long").into_response(),
+    }
+}
+
+/// Any error response not already problem+json (one of axum's own
+/// rejections, say) becomes one, keeping its status.
+async fn problem_for_bare_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let error = match status {
+        StatusCode::BAD_REQUEST => ApiError::BadRequest("the request is malformed".into()),
+        StatusCode::NOT_FOUND => ApiError::NotFound("route"),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ApiError::UnsupportedMediaType("send application/json".into())
+        }
+        s if s.is_client_error() => ApiError::BadRequest("the request is malformed".into()),
+        _ => ApiError::Internal,
+    };
+    let mut problem = error.into_response();
+    if problem.status() != status && status.is_client_error() {
+        *problem.status_mut() = status;
+    }
+    problem
+}
+
+async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let response = next.run(req).await;
+    state.metrics.observe(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

@@ -1,0 +1,210 @@
+//! Every setting of `mechanica-api`, read from the environment (and `.env`)
+//! and validated once at start-up.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub auto_migrate: bool,
+    pub bind_addr: SocketAddr,
+    /// The operator's bearer token; generated at start-up when unset.
+    pub admin_token: String,
+    pub admin_token_generated: bool,
+    pub metrics_token: Option<String>,
+    pub cors_allowed_origins: Vec<String>,
+    pub log_format: LogFormat,
+    /// Upper bound on any one request, so no request can hang.
+    pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    // Tokens stay out of debug output and so out of any log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("database_max_connections", &self.database_max_connections)
+            .field("auto_migrate", &self.auto_migrate)
+            .field("bind_addr", &self.bind_addr)
+            .field("cors_allowed_origins", &self.cors_allowed_origins)
+            .field("log_format", &self.log_format)
+            .finish_non_exhaustive()
+    }
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "mysql://root@127.0.0.1:3306/mechanica";
+
+impl Config {
+    /// Reads the environment. Every problem is one line naming its variable.
+    pub fn from_env() -> Result<Config, Vec<String>> {
+        let _ = dotenvy::dotenv();
+        let env = Env;
+        let mut errors = Vec::new();
+
+        let database_url = keep(&mut errors, env.url("DATABASE_URL", DEFAULT_DATABASE_URL));
+        let database_max_connections = keep(&mut errors, env.bounded("DATABASE_MAX_CONNECTIONS", 16, 1, 1000));
+        let auto_migrate = keep(&mut errors, env.bool("AUTO_MIGRATE", true));
+        let bind_addr = keep(&mut errors, env.parse("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080))));
+        let log_format = keep(&mut errors, log_format(&env));
+        let request_timeout = keep(&mut errors, env.bounded("REQUEST_TIMEOUT_SECS", 60, 1, 3600));
+        let admin_token = keep(&mut errors, env.secret("ADMIN_TOKEN"));
+        let metrics_token = keep(&mut errors, env.secret("METRICS_TOKEN"));
+        let cors_allowed_origins = env
+            .optional("CORS_ALLOWED_ORIGINS")
+            .map(|list| {
+                list.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+
+        match (
+            database_url,
+            database_max_connections,
+            auto_migrate,
+            bind_addr,
+            log_format,
+            request_timeout,
+            admin_token,
+            metrics_token,
+        ) {
+            (
+                Some(database_url),
+                Some(database_max_connections),
+                Some(auto_migrate),
+                Some(bind_addr),
+                Some(log_format),
+                Some(request_timeout),
+                Some(admin_token),
+                Some(metrics_token),
+            ) => {
+                let admin_token_generated = admin_token.is_none();
+                Ok(Config {
+                    database_url,
+                    database_max_connections: database_max_connections as u32,
+                    auto_migrate,
+                    bind_addr,
+                    admin_token: admin_token
+                        .unwrap_or_else(|| crate::auth::generate_token(crate::auth::ADMIN_PREFIX)),
+                    admin_token_generated,
+                    metrics_token,
+                    cors_allowed_origins,
+                    log_format,
+                    request_timeout: Duration::from_secs(request_timeout),
+                })
+            }
+            _ => Err(errors),
+        }
+    }
+}
+
+/// The value, or `None` with its error kept.
+fn keep<T>(errors: &mut Vec<String>, result: Result<T, String>) -> Option<T> {
+    result.map_err(|e| errors.push(e)).ok()
+}
+
+/// `LOG_FORMAT`, read on its own because the worker needs it too.
+pub fn log_format(env: &Env) -> Result<LogFormat, String> {
+    match env.string("LOG_FORMAT", "pretty").as_str() {
+        "pretty" => Ok(LogFormat::Pretty),
+        "json" => Ok(LogFormat::Json),
+        other => Err(format!("LOG_FORMAT: must be `pretty` or `json`, not `{other}`")),
+    }
+}
+
+/// Reads variables; an empty value counts as unset.
+pub struct Env;
+
+impl Env {
+    pub fn optional(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
+
+    pub fn string(&self, name: &str, default: &str) -> String {
+        self.optional(name).unwrap_or_else(|| default.to_string())
+    }
+
+    pub fn parse<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
+        match self.optional(name) {
+            None => Ok(default),
+            Some(raw) => raw
+                .trim()
+                .parse()
+                .map_err(|_| format!("{name}: cannot parse `{raw}`")),
+        }
+    }
+
+    pub fn bounded(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, String> {
+        let value = self.parse(name, default)?;
+        if (min..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(format!("{name}: must be between {min} and {max}, not {value}"))
+        }
+    }
+
+    pub fn bool(&self, name: &str, default: bool) -> Result<bool, String> {
+        match self.optional(name).as_deref().map(str::trim) {
+            None => Ok(default),
+            Some("true" | "1" | "yes") => Ok(true),
+            Some("false" | "0" | "no") => Ok(false),
+            Some(other) => Err(format!("{name}: must be `true` or `false`, not `{other}`")),
+        }
+    }
+
+    pub fn url(&self, name: &str, default: &str) -> Result<String, String> {
+        let url = self.string(name, default);
+        if url.starts_with("mysql://") {
+            Ok(url)
+        } else {
+            Err(format!("{name}: must be a mysql:// URL"))
+        }
+    }
+
+    /// An optional token; when set, long enough to resist guessing.
+    pub fn secret(&self, name: &str) -> Result<Option<String>, String> {
+        match self.optional(name) {
+            Some(token) if token.len() < 16 => {
+                Err(format!("{name}: must be at least 16 characters"))
+            }
+            token => Ok(token),
+        }
+    }
+}
+
+/// The URL without its password, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("mysql://app:s3cret@db:3306/x"),
+            "mysql://app:***@db:3306/x"
+        );
+        assert_eq!(redact_url("mysql://root@h/x"), "mysql://root@h/x");
+    }
+}

@@ -1,0 +1,46 @@
+//! The database: connecting, creating and migrating it, and one module of
+//! SQL per table. Query functions take any executor, so a caller can run
+//! several of them in one transaction.
+
+pub mod api_keys;
+pub mod customers;
+pub mod idempotency;
+pub mod order_events;
+pub mod orders;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::MigrateDatabase;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::{MySql, MySqlPool};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens a pool. Connections are made on demand, so the API starts (and
+/// `/readyz` says 503) while the database is away, and recovers without a
+/// restart when it is back.
+pub fn pool(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx::Error> {
+    let options = MySqlConnectOptions::from_str(url)?;
+    Ok(MySqlPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .idle_timeout(Duration::from_secs(300))
+        .connect_lazy_with(options))
+}
+
+/// Creates the database named in the URL if missing, then applies migrations.
+pub async fn migrate(url: &str, pool: &MySqlPool) -> Result<(), sqlx::Error> {
+    if !MySql::database_exists(url).await? {
+        tracing::info!("creating the database");
+        MySql::create_database(url).await?;
+    }
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// `LIMIT` for a page: one more than asked, to learn whether more follow.
+pub fn fetch_limit(limit: u32) -> i64 {
+    i64::from(limit) + 1
+}

@@ -1,0 +1,139 @@
+//! SQL for `orders`. Addresses and parcels are kept as JSON text.
+
+use chrono::{DateTime, Utc};
+use sqlx::{MySqlExecutor, QueryBuilder};
+use uuid::Uuid;
+
+use crate::domain::{Order, OrderStatus};
+use crate::error::is_duplicate_key;
+
+const COLUMNS: &str = "id, customer_id, reference, status, pickup, delivery, parcels, notes, \
+                       version, created_at, updated_at";
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    id: Uuid,
+    customer_id: Uuid,
+    reference: Option<String>,
+    status: String,
+    pickup: String,
+    delivery: String,
+    parcels: String,
+    notes: Option<String>,
+    version: u32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<OrderRow> for Order {
+    type Error = sqlx::Error;
+
+    fn try_from(row: OrderRow) -> Result<Order, sqlx::Error> {
+        let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
+        Ok(Order {
+            id: row.id,
+            customer_id: row.customer_id,
+            reference: row.reference,
+            status: OrderStatus::parse(&row.status).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown order status {:?}", row.status).into())
+            })?,
+            pickup: serde_json::from_str(&row.pickup).map_err(decode)?,
+            delivery: serde_json::from_str(&row.delivery).map_err(decode)?,
+            parcels: serde_json::from_str(&row.parcels).map_err(decode)?,
+            notes: row.notes,
+            version: row.version,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+pub enum InsertError {
+    DuplicateReference,
+    Db(sqlx::Error),
+}
+
+pub async fn insert(db: impl MySqlExecutor<'_>, order: &Order) -> Result<(), InsertError> {
+    sqlx::query(
+        "INSERT INTO orders (id, customer_id, reference, status, pickup, delivery, parcels, notes,
+                             version, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(order.id)
+    .bind(order.customer_id)
+    .bind(&order.reference)
+    .bind(order.status.as_str())
+    .bind(json(&order.pickup))
+    .bind(json(&order.delivery))
+    .bind(json(&order.parcels))
+    .bind(&order.notes)
+    .bind(order.version)
+    .bind(order.created_at)
+    .bind(order.updated_at)
+    .execute(db)
+    .await
+    .map_err(|e| {
+        if is_duplicate_key(&e) {
+            InsertError::DuplicateReference
+        } else {
+            InsertError::Db(e)
+        }
+    })?;
+    Ok(())
+}
+
+pub async fn find(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Order>> {
+    let sql = format!("SELECT {COLUMNS} FROM orders WHERE id = ?");
+    let row: Option<OrderRow> = sqlx::query_as(&sql).bind(id).fetch_optional(db).await?;
+    row.map(Order::try_from).transpose()
+}
+
+/// Reads the order and locks it until the transaction ends.
+pub async fn find_for_update(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Order>> {
+    let sql = format!("SELECT {COLUMNS} FROM orders WHERE id = ? FOR UPDATE");
+    let row: Option<OrderRow> = sqlx::query_as(&sql).bind(id).fetch_optional(db).await?;
+    row.map(Order::try_from).transpose()
+}
+
+/// Writes a new status, version and update time.
+pub async fn update_status(db: impl MySqlExecutor<'_>, order: &Order) -> sqlx::Result<()> {
+    sqlx::query("UPDATE orders SET status = ?, version = ?, updated_at = ? WHERE id = ?")
+        .bind(order.status.as_str())
+        .bind(order.version)
+        .bind(order.updated_at)
+        .bind(order.id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub struct ListFilter {
+    /// `None` only for the operator listing every customer's orders.
+    pub customer_id: Option<Uuid>,
+    pub status: Option<OrderStatus>,
+    pub before: Option<Uuid>,
+    pub limit: i64,
+}
+
+/// Newest first (ids are UUIDv7), served by the `orders_customer*` and
+/// `orders_status` keys or the primary key.
+pub async fn list(db: impl MySqlExecutor<'_>, filter: &ListFilter) -> sqlx::Result<Vec<Order>> {
+    let mut sql = QueryBuilder::new(format!("SELECT {COLUMNS} FROM orders WHERE 1=1"));
+    if let Some(customer_id) = filter.customer_id {
+        sql.push(" AND customer_id = ").push_bind(customer_id);
+    }
+    if let Some(status) = filter.status {
+        sql.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(before) = filter.before {
+        sql.push(" AND id < ").push_bind(before);
+    }
+    sql.push(" ORDER BY id DESC LIMIT ").push_bind(filter.limit);
+    let rows: Vec<OrderRow> = sql.build_query_as().fetch_all(db).await?;
+    rows.into_iter().map(Order::try_from).collect()
+}
+
+/// The JSON columns; these types always serialize.
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}

@@ -1,0 +1,13 @@
+//! Types that cannot hold invalid values, and the pure rules on them.
+
+pub mod country;
+pub mod cursor;
+pub mod event;
+pub mod order;
+pub mod order_status;
+pub mod text;
+pub mod time;
+
+pub use event::{Event, EventType, OrderEventData};
+pub use order::{Address, Order, OrderContents, Parcel};
+pub use order_status::OrderStatus;

@@ -1,0 +1,216 @@
+//! An order's contents: addresses and parcels, checked once at the edge.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::country;
+use super::text::Checks;
+use crate::error::FieldError;
+
+pub const MAX_PARCELS: usize = 100;
+pub const MAX_WEIGHT_GRAMS: i64 = 1_000_000;
+pub const MAX_DIMENSION_MM: i64 = 10_000;
+pub const MAX_NOTES_CHARS: usize = 2000;
+pub const MAX_REFERENCE_CHARS: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Address {
+    /// Person or company at the address (1..200 characters).
+    #[schema(example = "Empress Products Ltd")]
+    pub name: String,
+    #[schema(example = "12 Dock Road")]
+    pub line1: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line2: Option<String>,
+    #[schema(example = "Rotterdam")]
+    pub city: String,
+    #[schema(example = "3011 AA")]
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2, upper case.
+    #[schema(example = "NL")]
+    pub country: String,
+}
+
+/// Weights and dimensions are positive integers; out-of-range values are
+/// reported per field, so they are read as wide integers first.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Parcel {
+    #[schema(example = 1200, minimum = 1, maximum = 1000000)]
+    pub weight_grams: i64,
+    #[schema(example = 300, minimum = 1, maximum = 10000)]
+    pub length_mm: i64,
+    #[schema(example = 200, minimum = 1, maximum = 10000)]
+    pub width_mm: i64,
+    #[schema(example = 100, minimum = 1, maximum = 10000)]
+    pub height_mm: i64,
+}
+
+/// The validated contents of a new order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderContents {
+    pub reference: Option<String>,
+    pub pickup: Address,
+    pub delivery: Address,
+    pub parcels: Vec<Parcel>,
+    pub notes: Option<String>,
+}
+
+impl OrderContents {
+    /// Checks every field and reports every problem, or returns the contents.
+    pub fn parse(
+        reference: Option<String>,
+        pickup: Address,
+        delivery: Address,
+        parcels: Vec<Parcel>,
+        notes: Option<String>,
+    ) -> Result<OrderContents, Vec<FieldError>> {
+        let mut checks = Checks::default();
+        if let Some(reference) = &reference {
+            checks.line("reference", reference, MAX_REFERENCE_CHARS);
+        }
+        check_address(&mut checks, "pickup", &pickup);
+        check_address(&mut checks, "delivery", &delivery);
+        if parcels.is_empty() || parcels.len() > MAX_PARCELS {
+            checks.fail("parcels", format!("must hold 1 to {MAX_PARCELS} parcels"));
+        }
+        for (i, parcel) in parcels.iter().enumerate() {
+            let field = |name: &str| format!("parcels[{i}].{name}");
+            checks.range(&field("weight_grams"), parcel.weight_grams, 1, MAX_WEIGHT_GRAMS);
+            checks.range(&field("length_mm"), parcel.length_mm, 1, MAX_DIMENSION_MM);
+            checks.range(&field("width_mm"), parcel.width_mm, 1, MAX_DIMENSION_MM);
+            checks.range(&field("height_mm"), parcel.height_mm, 1, MAX_DIMENSION_MM);
+        }
+        if let Some(notes) = &notes {
+            checks.text("notes", notes, MAX_NOTES_CHARS, true);
+        }
+        checks.finish()?;
+        Ok(OrderContents {
+            reference,
+            pickup,
+            delivery,
+            parcels,
+            notes,
+        })
+    }
+}
+
+fn check_address(checks: &mut Checks, prefix: &str, address: &Address) {
+    let field = |name: &str| format!("{prefix}.{name}");
+    checks.line(&field("name"), &address.name, 200);
+    checks.line(&field("line1"), &address.line1, 200);
+    if let Some(line2) = &address.line2 {
+        checks.text(&field("line2"), line2, 200, false);
+    }
+    checks.line(&field("city"), &address.city, 100);
+    checks.line(&field("postal_code"), &address.postal_code, 20);
+    if !country::is_assigned(&address.country) {
+        checks.fail(
+            field("country"),
+            "must be an ISO 3166-1 alpha-2 code in upper case, like NL",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn address() -> Address {
+        Address {
+            name: "A".into(),
+            line1: "1 Road".into(),
+            line2: None,
+            city: "Town".into(),
+            postal_code: "1000".into(),
+            country: "NL".into(),
+        }
+    }
+
+    fn parcel() -> Parcel {
+        Parcel {
+            weight_grams: 1,
+            length_mm: 1,
+            width_mm: 1,
+            height_mm: 1,
+        }
+    }
+
+    #[test]
+    fn a_valid_order_parses() {
+        let parsed = OrderContents::parse(None, address(), address(), vec![parcel()], None);
+        assert!(parsed.is_ok());
+    }
+
+    #[test]
+    fn every_bad_field_is_reported() {
+        let mut pickup = address();
+        pickup.country = "nl".into();
+        pickup.name = "  ".into();
+        let mut bad = parcel();
+        bad.weight_grams = 0;
+        bad.height_mm = MAX_DIMENSION_MM + 1;
+        let errors = OrderContents::parse(
+            Some("x".repeat(101)),
+            pickup,
+            address(),
+            vec![parcel(), bad],
+            Some("\u{0}".into()),
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "reference",
+                "pickup.name",
+                "pickup.country",
+                "parcels[1].weight_grams",
+                "parcels[1].height_mm",
+                "notes"
+            ]
+        );
+    }
+
+    #[test]
+    fn parcel_count_is_bounded() {
+        for count in [0, MAX_PARCELS + 1] {
+            let errors =
+                OrderContents::parse(None, address(), address(), vec![parcel(); count], None)
+                    .unwrap_err();
+            assert_eq!(errors[0].field, "parcels");
+        }
+        assert!(OrderContents::parse(
+            None,
+            address(),
+            address(),
+            vec![parcel(); MAX_PARCELS],
+            None
+        )
+        .is_ok());
+    }
+}
+
+/// An order as the API returns it and as events carry it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Order {
+    pub id: uuid::Uuid,
+    pub customer_id: uuid::Uuid,
+    /// The customer's own reference, unique per customer.
+    pub reference: Option<String>,
+    pub status: super::OrderStatus,
+    pub pickup: Address,
+    pub delivery: Address,
+    pub parcels: Vec<Parcel>,
+    pub notes: Option<String>,
+    /// Starts at 1 and grows by one with every change; also the `ETag`.
+    #[schema(example = 1)]
+    pub version: u32,
+    #[serde(with = "super::time::millis")]
+    #[schema(value_type = String, format = DateTime, example = "2026-11-24T19:20:56.123Z")]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    #[serde(with = "super::time::millis")]
+    #[schema(value_type = String, format = DateTime, example = "2026-11-24T19:20:56.123Z")]
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}

@@ -1,0 +1,228 @@
+//! `ApiError`, the one error type of the API, and its RFC 9457
+//! problem+json form. This is the only place HTTP error statuses are chosen.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// One invalid input, named by its JSON path, query parameter or header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    #[schema(example = "parcels[0].weight_grams")]
+    pub field: String,
+    #[schema(example = "must be between 1 and 1000000")]
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    #[schema(example = "https://mechanica.dev/problems/validation")]
+    pub problem_type: String,
+    #[schema(example = "Invalid request")]
+    pub title: String,
+    #[schema(example = 422)]
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed request: {0}")]
+    BadRequest(String),
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("not found: {0}")]
+    NotFound(&'static str),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("conflict ({kind}): {detail}")]
+    Conflict { kind: &'static str, detail: String },
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    #[error("validation failed: {0:?}")]
+    Validation(Vec<FieldError>),
+    #[error("service unavailable: {0}")]
+    Unavailable(&'static str),
+    /// Already logged where it happened; the client gets an opaque 500.
+    #[error("internal error")]
+    Internal,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Validation(vec![FieldError::new(field, message)])
+    }
+
+    pub fn conflict(kind: &'static str, detail: impl Into<String>) -> Self {
+        ApiError::Conflict {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// Logs an unexpected failure with its context and hides it from the client.
+    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "{context}");
+        ApiError::Internal
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let (slug, title, detail, errors) = match self {
+            ApiError::BadRequest(d) => ("malformed-request", "Malformed request", d.clone(), None),
+            ApiError::Unauthorized => (
+                "unauthorized",
+                "Authentication required",
+                "send `Authorization: Bearer <token>` with a valid operator token or API key".into(),
+                None,
+            ),
+            ApiError::Forbidden(d) => ("forbidden", "Forbidden", d.clone(), None),
+            ApiError::NotFound(what) => ("not-found", "Not found", format!("{what} not found"), None),
+            ApiError::MethodNotAllowed => (
+                "method-not-allowed",
+                "Method not allowed",
+                "this route does not accept that method".into(),
+                None,
+            ),
+            ApiError::Conflict { kind, detail } => (*kind, "Conflict", detail.clone(), None),
+            ApiError::PreconditionFailed(d) => ("precondition-failed", "Precondition failed", d.clone(), None),
+            ApiError::PayloadTooLarge => (
+                "payload-too-large",
+                "Payload too large",
+                "the request body is over 256 KiB".into(),
+                None,
+            ),
+            ApiError::UnsupportedMediaType(d) => ("unsupported-media-type", "Unsupported media type", d.clone(), None),
+            ApiError::Validation(errors) => (
+                "validation",
+                "Invalid request",
+                describe(errors),
+                Some(errors.clone()),
+            ),
+            ApiError::Unavailable(d) => ("unavailable", "Service unavailable", (*d).into(), None),
+            ApiError::Internal => (
+                "internal",
+                "Internal error",
+                "an unexpected error occurred; it has been logged".into(),
+                None,
+            ),
+        };
+        Problem {
+            problem_type: format!("https://mechanica.dev/problems/{slug}"),
+            title: title.into(),
+            status: self.status().as_u16(),
+            detail,
+            errors,
+        }
+    }
+}
+
+fn describe(errors: &[FieldError]) -> String {
+    match errors {
+        [one] => format!("{}: {}", one.field, one.message),
+        many => format!("{} fields are invalid", many.len()),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match self {
+            ApiError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// Database failures: an unreachable or overloaded database is a 503 the
+/// client may retry; anything else is a bug, logged and answered as a 500.
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => {
+                tracing::warn!(error = %err, "database unavailable");
+                ApiError::Unavailable("the database is unavailable; retry shortly")
+            }
+            sqlx::Error::Database(db) if is_transient(db.as_ref()) => {
+                tracing::warn!(error = %err, "database contention");
+                ApiError::Unavailable("the database is busy; retry shortly")
+            }
+            _ => ApiError::internal("database error", err),
+        }
+    }
+}
+
+/// MySQL error numbers worth a retry: lock wait timeout, deadlock, server
+/// shutting down, connection killed, query interrupted.
+fn is_transient(err: &dyn sqlx::error::DatabaseError) -> bool {
+    mysql_errno(err).is_some_and(|n| matches!(n, 1205 | 1213 | 1053 | 1927 | 1317))
+}
+
+fn mysql_errno(err: &dyn sqlx::error::DatabaseError) -> Option<u16> {
+    err.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .map(|e| e.number())
+}
+
+/// True when a database error is a duplicate-key violation (MySQL 1062).
+pub fn is_duplicate_key(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => mysql_errno(db.as_ref()) == Some(1062),
+        _ => false,
+    }
+}

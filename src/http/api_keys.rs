@@ -1,0 +1,169 @@
+//! `/v1/customers/{id}/api-keys`: customer API keys, made and revoked by the
+//! operator. A token is shown once, at creation; only its hash is kept.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::extract::{parse_id, Invalid, Params};
+use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::app::AppState;
+use crate::auth::{self, Operator};
+use crate::db;
+use crate::db::api_keys::ApiKeyRow;
+use crate::domain::cursor::{self, CursorKind};
+use crate::domain::time;
+use crate::error::{ApiError, ApiResult, Problem};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/customers/{id}/api-keys", get(list).post(create))
+        .route("/v1/customers/{id}/api-keys/{key_id}", delete(revoke))
+}
+
+/// A new key, with its token: the only time the token is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyCreated {
+    pub id: Uuid,
+    /// Keep it: it cannot be shown again.
+    #[schema(example = "mk_q2l0aW5nLW9ubHktZXhhbXBsZS1ub3QtYS1rZXk")]
+    pub token: String,
+    #[schema(example = "mk_q2l0aW5n")]
+    pub prefix: String,
+    #[serde(with = "time::millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyOut {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    /// The first characters of the token, to tell keys apart.
+    #[schema(example = "mk_q2l0aW5n")]
+    pub prefix: String,
+    #[serde(with = "time::millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<ApiKeyRow> for ApiKeyOut {
+    fn from(row: ApiKeyRow) -> Self {
+        ApiKeyOut {
+            id: row.id,
+            customer_id: row.customer_id,
+            prefix: row.prefix,
+            created_at: row.created_at,
+        }
+    }
+}
+
+async fn existing_customer(state: &AppState, raw_id: &str) -> ApiResult<Uuid> {
+    let id = parse_id(raw_id, "customer")?;
+    db::customers::find(&state.db, id)
+        .await?
+        .map(|c| c.id)
+        .ok_or(ApiError::NotFound("customer"))
+}
+
+/// Create an API key for a customer (operator). The token is in this response only.
+#[utoipa::path(post, path = "/v1/customers/{id}/api-keys", tag = "api keys",
+    params(("id" = Uuid, Path, description = "Customer id")),
+    responses(
+        (status = 201, description = "Created; `token` is shown only here", body = ApiKeyCreated),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the operator", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such customer", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn create(
+    _: Operator,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, axum::Json<ApiKeyCreated>)> {
+    let customer_id = existing_customer(&state, &id).await?;
+    let token = auth::generate_token(auth::API_KEY_PREFIX);
+    let row = ApiKeyRow {
+        id: Uuid::now_v7(),
+        customer_id,
+        prefix: token[..auth::DISPLAY_PREFIX_LEN].to_string(),
+        created_at: time::now(),
+    };
+    db::api_keys::insert(&state.db, &row, &auth::hash_token(&token)).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(ApiKeyCreated {
+            id: row.id,
+            token,
+            prefix: row.prefix,
+            created_at: row.created_at,
+        }),
+    ))
+}
+
+/// List a customer's API keys, newest first, without tokens (operator).
+#[utoipa::path(get, path = "/v1/customers/{id}/api-keys", tag = "api keys",
+    params(
+        ("id" = Uuid, Path, description = "Customer id"),
+        ("limit" = Option<u32>, Query, description = "1..100, default 20"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of keys", body = Page<ApiKeyOut>),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the operator", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such customer", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad query parameter", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn list(
+    _: Operator,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    params: Params,
+) -> ApiResult<axum::Json<Page<ApiKeyOut>>> {
+    let customer_id = existing_customer(&state, &id).await?;
+    let mut invalid = Invalid::default();
+    let limit = invalid.take(params.limit(DEFAULT_LIMIT, MAX_LIMIT));
+    let before = invalid.take(params.cursor_id(CursorKind::ApiKeys));
+    invalid.finish()?;
+    let rows = db::api_keys::list(&state.db, customer_id, before, db::fetch_limit(limit)).await?;
+    Ok(axum::Json(Page::from_rows(
+        rows,
+        limit,
+        |row| cursor::encode_id(CursorKind::ApiKeys, row.id),
+        ApiKeyOut::from,
+    )))
+}
+
+/// Revoke an API key (operator). It stops working at once.
+#[utoipa::path(delete, path = "/v1/customers/{id}/api-keys/{key_id}", tag = "api keys",
+    params(
+        ("id" = Uuid, Path, description = "Customer id"),
+        ("key_id" = Uuid, Path, description = "API key id"),
+    ),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the operator", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such customer or key", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn revoke(
+    _: Operator,
+    State(state): State<AppState>,
+    Path((id, key_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let customer_id = parse_id(&id, "API key")?;
+    let key_id = parse_id(&key_id, "API key")?;
+    if db::api_keys::delete(&state.db, customer_id, key_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("API key"))
+    }
+}

@@ -1,0 +1,238 @@
+//! Extractors whose rejections are `ApiError`s: JSON bodies with the bad
+//! field named, query parameters, ids in paths.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::domain::cursor::{self, CursorKind};
+use crate::error::{ApiError, FieldError};
+
+/// A JSON request body. Wrong content type 415, too large 413, not JSON 400,
+/// JSON of the wrong shape 422 naming the field.
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(req.headers().get(CONTENT_TYPE)) {
+            return Err(ApiError::UnsupportedMediaType(
+                "send the body as `Content-Type: application/json`".into(),
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest("the request body could not be read".into())
+            }
+        })?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+fn is_json(content_type: Option<&axum::http::HeaderValue>) -> bool {
+    let Some(mime) = content_type.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = mime.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses a body, naming the offending field on a shape error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let message = without_position(&inner.to_string());
+                ApiError::Validation(vec![FieldError::new(field_of(&path, &message), message)])
+            }
+            _ => ApiError::BadRequest(format!(
+                "the body is not valid JSON: {}",
+                without_position(&inner.to_string())
+            )),
+        }
+    })?;
+    de.end().map_err(|_| ApiError::BadRequest("trailing characters after the JSON body".into()))?;
+    Ok(value)
+}
+
+fn without_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// The field an error is about: serde reports unknown and missing fields at
+/// their parent's path, with the name in the message.
+fn field_of(path: &str, message: &str) -> String {
+    let parent = if path == "." { "" } else { path };
+    let named = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|lead| message.strip_prefix(lead))
+        .and_then(|rest| rest.split('`').next());
+    match (named, parent) {
+        (Some(name), "") => name.to_string(),
+        (Some(name), parent) => format!("{parent}.{name}"),
+        (None, "") => "body".to_string(),
+        (None, parent) => parent.to_string(),
+    }
+}
+
+/// Query parameters, read by name; a value that does not parse is a 422
+/// naming the parameter.
+pub struct Params(HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::BadRequest("the query string is malformed".into()))?;
+        let mut map = HashMap::new();
+        for (name, value) in pairs {
+            map.entry(name).or_insert(value);
+        }
+        Ok(Params(map))
+    }
+}
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// `limit` within 1..=max, `default` when absent.
+    pub fn limit(&self, default: u32, max: u32) -> Result<u32, FieldError> {
+        match self.get("limit") {
+            None => Ok(default),
+            Some(raw) => raw
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| {
+                    FieldError::new("limit", format!("must be an integer from 1 to {max}"))
+                }),
+        }
+    }
+
+    pub fn cursor_id(&self, kind: CursorKind) -> Result<Option<Uuid>, FieldError> {
+        self.get("cursor")
+            .map(|raw| cursor::decode_id(kind, raw).ok_or_else(bad_cursor))
+            .transpose()
+    }
+
+    pub fn cursor_number(&self, kind: CursorKind) -> Result<Option<u64>, FieldError> {
+        self.get("cursor")
+            .map(|raw| cursor::decode_number(kind, raw).ok_or_else(bad_cursor))
+            .transpose()
+    }
+
+    pub fn uuid(&self, name: &str) -> Result<Option<Uuid>, FieldError> {
+        self.get(name)
+            .map(|raw| {
+                Uuid::parse_str(raw).map_err(|_| FieldError::new(name, "must be a UUID"))
+            })
+            .transpose()
+    }
+}
+
+fn bad_cursor() -> FieldError {
+    FieldError::new("cursor", "is not a cursor this list returned")
+}
+
+/// Collects the errors of reading several parameters into one 422.
+#[derive(Default)]
+pub struct Invalid(Vec<FieldError>);
+
+impl Invalid {
+    /// The value, or its default with the error kept for `finish`.
+    pub fn take<T: Default>(&mut self, result: Result<T, FieldError>) -> T {
+        result.unwrap_or_else(|e| {
+            self.0.push(e);
+            T::default()
+        })
+    }
+
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.0))
+        }
+    }
+}
+
+/// An id from the path. One that is not a UUID names nothing: 404.
+pub fn parse_id(raw: &str, what: &'static str) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(raw).map_err(|_| ApiError::NotFound(what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: u32,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        items: Vec<Inner>,
+    }
+
+    fn field(body: &str) -> String {
+        match parse_json::<Outer>(body.as_bytes()).unwrap_err() {
+            ApiError::Validation(errors) => errors[0].field.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn shape_errors_name_the_field() {
+        assert_eq!(field(r#"{"items":[{"n":1},{"n":-1}]}"#), "items[1].n");
+        assert_eq!(field(r#"{"items":[{"n":1,"x":2}]}"#), "items[0].x");
+        assert_eq!(field(r#"{"items":[],"extra":true}"#), "extra");
+        assert_eq!(field(r#"{}"#), "items");
+        assert_eq!(field(r#"[]"#), "body");
+    }
+
+    #[test]
+    fn syntax_errors_are_bad_requests() {
+        for body in ["{", "not json", "{\"items\":[]} trailing", "\u{0}"] {
+            assert!(matches!(
+                parse_json::<Outer>(body.as_bytes()),
+                Err(ApiError::BadRequest(_))
+            ));
+        }
+        let deep = "[".repeat(10_000);
+        assert!(matches!(
+            parse_json::<Outer>(deep.as_bytes()),
+            Err(ApiError::BadRequest(_)) | Err(ApiError::Validation(_))
+        ));
+        for invalid_utf8 in [&b"{\"items\":\"\xff\"}"[..], b"{\"\xff\":1}"] {
+            assert!(matches!(
+                parse_json::<Outer>(invalid_utf8),
+                Err(ApiError::BadRequest(_)) | Err(ApiError::Validation(_))
+            ));
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! `/v1/orders`: create (idempotently), read, list, move through the status
+//! machine, and read an order's history. Every change writes its event in
+//! the same transaction.
+
+use axum::extract::{Path, State};
+use axum::http::header::{CONTENT_TYPE, ETAG, IF_MATCH, LOCATION};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::extract::{parse_id, Invalid, Json, Params};
+use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::db;
+use crate::db::idempotency::Claim;
+use crate::db::orders::InsertError;
+use crate::domain::cursor::{self, CursorKind};
+use crate::domain::text::Checks;
+use crate::domain::{time, Address, Event, Order, OrderContents, OrderStatus, Parcel};
+use crate::error::{ApiError, ApiResult, FieldError, Problem};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/orders", get(list).post(create))
+        .route("/v1/orders/{id}", get(show))
+        .route("/v1/orders/{id}/status", post(change_status))
+        .route("/v1/orders/{id}/events", get(history))
+}
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+const MAX_NOTE_CHARS: usize = 500;
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderIn {
+    /// Required for the operator, who creates orders on a customer's behalf;
+    /// a customer may leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<Uuid>,
+    /// The customer's own reference, unique per customer (1..100 characters).
+    #[serde(default)]
+    #[schema(example = "PO-2026-0042")]
+    pub reference: Option<String>,
+    pub pickup: Address,
+    pub delivery: Address,
+    /// 1..100 parcels.
+    pub parcels: Vec<Parcel>,
+    /// Up to 2000 characters.
+    #[serde(default)]
+    pub notes: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusChangeIn {
+    /// The status to move to.
+    #[schema(value_type = OrderStatus)]
+    pub status: String,
+    /// Free text, up to 500 characters.
+    #[serde(default)]
+    pub note: Option<String>,
+    /// Free text, up to 500 characters.
+    #[serde(default)]
+    #[schema(example = "Rotterdam hub")]
+    pub location: Option<String>,
+}
+
+/// Create an order. With `Idempotency-Key`, a retry returns the first response.
+#[utoipa::path(post, path = "/v1/orders", tag = "orders",
+    request_body = OrderIn,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1..255 printable ASCII characters; the same key and body within 24 h replays the first response")),
+    responses(
+        (status = 201, description = "Created (or replayed, with `Idempotent-Replayed: true`)", body = Order,
+            headers(("ETag" = String, description = "The order's version, quoted"))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Duplicate reference, or the same key is still being processed", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 256 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field, or the key was used with another body", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn create(
+    principal: Principal,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<OrderIn>,
+) -> ApiResult<Response> {
+    let key = idempotency_key(&headers)?;
+    let customer_id = principal.scope(body.customer_id)?.ok_or_else(|| {
+        ApiError::invalid("customer_id", "required when the operator creates an order")
+    })?;
+    let request_hash = request_hash(customer_id, &body);
+    let contents = OrderContents::parse(
+        body.reference,
+        body.pickup,
+        body.delivery,
+        body.parcels,
+        body.notes,
+    )
+    .map_err(ApiError::Validation)?;
+
+    let owner = principal.owner_id();
+    if let Some(key) = &key {
+        match db::idempotency::claim(&state.db, owner, key, &request_hash, time::now()).await? {
+            Claim::Claimed => {}
+            Claim::Replay { status, body } => return Ok(replay(status, body)),
+            Claim::InProgress => {
+                return Err(ApiError::conflict(
+                    "idempotency-in-progress",
+                    "a request with this Idempotency-Key is still being processed; retry shortly",
+                ))
+            }
+            Claim::Mismatch => {
+                return Err(ApiError::invalid(
+                    "Idempotency-Key",
+                    "this key was already used with a different request body",
+                ))
+            }
+        }
+    }
+    let created = insert_order(&state, principal, customer_id, contents, key.as_deref()).await;
+    if let (Err(_), Some(key)) = (&created, &key) {
+        // Best effort: an unreleased claim is taken over once abandoned.
+        if let Err(e) = db::idempotency::release(&state.db, owner, key).await {
+            tracing::warn!(error = %e, "could not release an idempotency key");
+        }
+    }
+    let order = created?;
+    let location = format!("/v1/orders/{}", order.id);
+    Ok((
+        StatusCode::CREATED,
+        [(LOCATION, location), (ETAG, etag(&order))],
+        axum::Json(order),
+    )
+        .into_response())
+}
+
+async fn insert_order(
+    state: &AppState,
+    principal: Principal,
+    customer_id: Uuid,
+    contents: OrderContents,
+    key: Option<&str>,
+) -> ApiResult<Order> {
+    let mut tx = state.db.begin().await?;
+    if principal == Principal::Operator
+        && db::customers::find(&mut *tx, customer_id).await?.is_none()
+    {
+        return Err(ApiError::invalid("customer_id", "no such customer"));
+    }
+    let now = time::now();
+    let order = Order {
+        id: Uuid::now_v7(),
+        customer_id,
+        reference: contents.reference,
+        status: OrderStatus::Pending,
+        pickup: contents.pickup,
+        delivery: contents.delivery,
+        parcels: contents.parcels,
+        notes: contents.notes,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    db::orders::insert(&mut *tx, &order)
+        .await
+        .map_err(|e| match e {
+            InsertError::DuplicateReference => ApiError::conflict(
+                "duplicate-reference",
+                format!(
+                    "an order with reference {:?} already exists",
+                    order.reference.as_deref().unwrap_or_default()
+                ),
+            ),
+            InsertError::Db(e) => e.into(),
+        })?;
+    db::order_events::insert(&mut *tx, &Event::created(&order)).await?;
+    if let Some(key) = key {
+        let body = serde_json::to_string(&order).map_err(|e| ApiError::internal("order JSON", e))?;
+        db::idempotency::complete(&mut *tx, principal.owner_id(), key, 201, &body).await?;
+    }
+    tx.commit().await?;
+    Ok(order)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let valid = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| (0x20..0x7f).contains(&b)));
+    match valid {
+        Some(key) => Ok(Some(key.to_string())),
+        None => Err(ApiError::invalid(
+            "Idempotency-Key",
+            "must be 1 to 255 printable ASCII characters",
+        )),
+    }
+}
+
+/// What makes two requests "the same": the customer and the parsed body.
+fn request_hash(customer_id: Uuid, body: &OrderIn) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(customer_id.as_bytes());
+    hasher.update(serde_json::to_vec(body).unwrap_or_default());
+    hasher.finalize().into()
+}
+
+fn replay(status: u16, body: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
+    (
+        status,
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (IDEMPOTENT_REPLAYED, HeaderValue::from_static("true")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn etag(order: &Order) -> String {
+    format!("\"{}\"", order.version)
+}
+
+/// Reads `If-Match`: `*`, or one or more quoted versions. `None` if absent.
+fn if_match(headers: &HeaderMap) -> ApiResult<Option<Vec<u32>>> {
+    let Some(value) = headers.get(IF_MATCH) else {
+        return Ok(None);
+    };
+    let bad = || ApiError::invalid("If-Match", "must be `*` or a quoted version like \"3\"");
+    let value = value.to_str().map_err(|_| bad())?;
+    if value.trim() == "*" {
+        return Ok(None);
+    }
+    value
+        .split(',')
+        .map(|tag| {
+            tag.trim()
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .and_then(|t| t.parse::<u32>().ok())
+                .ok_or_else(bad)
+        })
+        .collect::<ApiResult<Vec<u32>>>()
+        .map(Some)
+}
+
+/// Finds an order the caller may see; anything else is 404.
+async fn visible_order(state: &AppState, principal: Principal, raw_id: &str) -> ApiResult<Order> {
+    let id = parse_id(raw_id, "order")?;
+    match db::orders::find(&state.db, id).await? {
+        Some(order) if principal.can_see(order.customer_id) => Ok(order),
+        _ => Err(ApiError::NotFound("order")),
+    }
+}
+
+/// Get an order.
+#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders",
+    params(("id" = Uuid, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "The order", body = Order,
+            headers(("ETag" = String, description = "The order's version, quoted"))),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order (or another customer's)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn show(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let order = visible_order(&state, principal, &id).await?;
+    Ok(([(ETAG, etag(&order))], axum::Json(order)).into_response())
+}
+
+/// List orders, newest first.
+#[utoipa::path(get, path = "/v1/orders", tag = "orders",
+    params(
+        ("status" = Option<OrderStatus>, Query, description = "Only orders in this status"),
+        ("customer_id" = Option<Uuid>, Query, description = "Operator only: one customer's orders"),
+        ("limit" = Option<u32>, Query, description = "1..100, default 20"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of orders", body = Page<Order>),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad query parameter", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn list(
+    principal: Principal,
+    State(state): State<AppState>,
+    params: Params,
+) -> ApiResult<axum::Json<Page<Order>>> {
+    let mut invalid = Invalid::default();
+    let limit = invalid.take(params.limit(DEFAULT_LIMIT, MAX_LIMIT));
+    let before = invalid.take(params.cursor_id(CursorKind::Orders));
+    let requested = invalid.take(params.uuid("customer_id"));
+    let status = invalid.take(
+        params
+            .get("status")
+            .map(|s| OrderStatus::parse(s).ok_or_else(|| unknown_status("status")))
+            .transpose(),
+    );
+    invalid.finish()?;
+    let customer_id = principal.scope(requested)?;
+    let filter = db::orders::ListFilter {
+        customer_id,
+        status,
+        before,
+        limit: db::fetch_limit(limit),
+    };
+    let orders = db::orders::list(&state.db, &filter).await?;
+    Ok(axum::Json(Page::from_rows(
+        orders,
+        limit,
+        |o| cursor::encode_id(CursorKind::Orders, o.id),
+        |o| o,
+    )))
+}
+
+fn unknown_status(field: &str) -> FieldError {
+    let names: Vec<&str> = OrderStatus::ALL.iter().map(|s| s.as_str()).collect();
+    FieldError::new(field, format!("must be one of {}", names.join(", ")))
+}
+
+/// Move an order to another status. Customers may only cancel.
+#[utoipa::path(post, path = "/v1/orders/{id}/status", tag = "orders",
+    request_body = StatusChangeIn,
+    params(
+        ("id" = Uuid, Path, description = "Order id"),
+        ("If-Match" = Option<String>, Header, description = "The version you last saw, quoted: 412 if the order has changed since"),
+    ),
+    responses(
+        (status = 200, description = "The updated order", body = Order,
+            headers(("ETag" = String, description = "The order's new version, quoted"))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A customer asked for a status other than `cancelled`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order (or another customer's)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed from the current status (`invalid-transition`)", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn change_status(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<StatusChangeIn>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id, "order")?;
+    let expected = if_match(&headers)?;
+    let mut checks = Checks::default();
+    let target = OrderStatus::parse(&body.status);
+    if target.is_none() {
+        let e = unknown_status("status");
+        checks.fail(e.field, e.message);
+    }
+    if let Some(note) = &body.note {
+        checks.text("note", note, MAX_NOTE_CHARS, true);
+    }
+    if let Some(location) = &body.location {
+        checks.text("location", location, MAX_NOTE_CHARS, false);
+    }
+    checks.finish().map_err(ApiError::Validation)?;
+    let target = target.ok_or(ApiError::Internal)?;
+
+    let mut tx = state.db.begin().await?;
+    let mut order = match db::orders::find_for_update(&mut *tx, id).await? {
+        Some(order) if principal.can_see(order.customer_id) => order,
+        _ => return Err(ApiError::NotFound("order")),
+    };
+    if let Some(versions) = expected {
+        if !versions.contains(&order.version) {
+            return Err(ApiError::PreconditionFailed(format!(
+                "the order is at version {}, not the one in If-Match",
+                order.version
+            )));
+        }
+    }
+    if matches!(principal, Principal::Customer(_)) && target != OrderStatus::Cancelled {
+        return Err(ApiError::Forbidden(
+            "customers may only move their orders to `cancelled`".into(),
+        ));
+    }
+    let previous = order.status;
+    if target == previous {
+        return Err(ApiError::conflict(
+            "invalid-transition",
+            format!("the order is already `{previous}`"),
+        ));
+    }
+    if !previous.can_move_to(target) {
+        return Err(ApiError::conflict(
+            "invalid-transition",
+            format!("cannot move an order from `{previous}` to `{target}`"),
+        ));
+    }
+    order.status = target;
+    order.version += 1;
+    order.updated_at = time::now().max(order.updated_at);
+    db::orders::update_status(&mut *tx, &order).await?;
+    let event = Event::status_changed(&order, previous, body.note, body.location);
+    db::order_events::insert(&mut *tx, &event).await?;
+    tx.commit().await?;
+    Ok(([(ETAG, etag(&order))], axum::Json(order)).into_response())
+}
+
+/// An order's events, oldest first: the same envelopes webhooks carry.
+#[utoipa::path(get, path = "/v1/orders/{id}/events", tag = "orders",
+    params(
+        ("id" = Uuid, Path, description = "Order id"),
+        ("limit" = Option<u32>, Query, description = "1..100, default 20"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of the order's events", body = Page<Event>),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order (or another customer's)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad query parameter", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn history(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    params: Params,
+) -> ApiResult<axum::Json<Page<Box<RawValue>>>> {
+    let order = visible_order(&state, principal, &id).await?;
+    let mut invalid = Invalid::default();
+    let limit = invalid.take(params.limit(DEFAULT_LIMIT, MAX_LIMIT));
+    let after = invalid.take(params.cursor_number(CursorKind::OrderEvents));
+    invalid.finish()?;
+    let after = after.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    let events = db::order_events::history(&state.db, order.id, after, db::fetch_limit(limit)).await?;
+    let mut page = Page::from_rows(
+        events,
+        limit,
+        |e| cursor::encode_number(CursorKind::OrderEvents, e.sequence.into()),
+        |e| e.payload,
+    );
+    let data = page
+        .data
+        .drain(..)
+        .map(RawValue::from_string)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::internal("stored event is not JSON", e))?;
+    Ok(axum::Json(Page {
+        data,
+        next_cursor: page.next_cursor,
+    }))
+}

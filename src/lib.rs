@@ -1,0 +1,20 @@
+//! Mechanica shipping API. The code tour:
+
+/// `AppState`, `App::build` (shared by `main` and the tests), middleware, shutdown.
+pub mod app;
+/// Bearer tokens: operator and customer API keys; the `Principal` extractor.
+pub mod auth;
+/// Every setting, read from the environment and validated once.
+pub mod config;
+/// Pool, migrations, and the SQL of each table.
+pub mod db;
+/// Types that refuse invalid values: order status machine, contents, events, cursors.
+pub mod domain;
+/// `ApiError` and its problem+json form.
+pub mod error;
+/// Handlers, request/response types and routers, one module per resource.
+pub mod http;
+/// Request counts and latencies in Prometheus text.
+pub mod metrics;
+/// Tracing set-up for both binaries.
+pub mod telemetry;
