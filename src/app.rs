@@ -119,7 +119,10 @@ pub fn router(state: AppState, config: &Config) -> Router {
             ApiError::Internal.into_response()
         }))
         .layer(middleware::map_response(problem_for_bare_errors))
-        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
         .with_state(state);
     api.layer(
         TraceLayer::new_for_http()

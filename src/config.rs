@@ -50,11 +50,20 @@ impl Config {
         let mut errors = Vec::new();
 
         let database_url = keep(&mut errors, env.url("DATABASE_URL", DEFAULT_DATABASE_URL));
-        let database_max_connections = keep(&mut errors, env.bounded("DATABASE_MAX_CONNECTIONS", 16, 1, 1000));
+        let database_max_connections = keep(
+            &mut errors,
+            env.bounded("DATABASE_MAX_CONNECTIONS", 16, 1, 1000),
+        );
         let auto_migrate = keep(&mut errors, env.bool("AUTO_MIGRATE", true));
-        let bind_addr = keep(&mut errors, env.parse("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080))));
+        let bind_addr = keep(
+            &mut errors,
+            env.parse("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080))),
+        );
         let log_format = keep(&mut errors, log_format(&env));
-        let request_timeout = keep(&mut errors, env.bounded("REQUEST_TIMEOUT_SECS", 60, 1, 3600));
+        let request_timeout = keep(
+            &mut errors,
+            env.bounded("REQUEST_TIMEOUT_SECS", 60, 1, 3600),
+        );
         let admin_token = keep(&mut errors, env.secret("ADMIN_TOKEN"));
         let metrics_token = keep(&mut errors, env.secret("METRICS_TOKEN"));
         let cors_allowed_origins = env
@@ -117,7 +126,9 @@ pub fn log_format(env: &Env) -> Result<LogFormat, String> {
     match env.string("LOG_FORMAT", "pretty").as_str() {
         "pretty" => Ok(LogFormat::Pretty),
         "json" => Ok(LogFormat::Json),
-        other => Err(format!("LOG_FORMAT: must be `pretty` or `json`, not `{other}`")),
+        other => Err(format!(
+            "LOG_FORMAT: must be `pretty` or `json`, not `{other}`"
+        )),
     }
 }
 
@@ -148,7 +159,9 @@ impl Env {
         if (min..=max).contains(&value) {
             Ok(value)
         } else {
-            Err(format!("{name}: must be between {min} and {max}, not {value}"))
+            Err(format!(
+                "{name}: must be between {min} and {max}, not {value}"
+            ))
         }
     }
 

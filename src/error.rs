@@ -111,11 +111,14 @@ impl ApiError {
             ApiError::Unauthorized => (
                 "unauthorized",
                 "Authentication required",
-                "send `Authorization: Bearer <token>` with a valid operator token or API key".into(),
+                "send `Authorization: Bearer <token>` with a valid operator token or API key"
+                    .into(),
                 None,
             ),
             ApiError::Forbidden(d) => ("forbidden", "Forbidden", d.clone(), None),
-            ApiError::NotFound(what) => ("not-found", "Not found", format!("{what} not found"), None),
+            ApiError::NotFound(what) => {
+                ("not-found", "Not found", format!("{what} not found"), None)
+            }
             ApiError::MethodNotAllowed => (
                 "method-not-allowed",
                 "Method not allowed",
@@ -123,14 +126,24 @@ impl ApiError {
                 None,
             ),
             ApiError::Conflict { kind, detail } => (*kind, "Conflict", detail.clone(), None),
-            ApiError::PreconditionFailed(d) => ("precondition-failed", "Precondition failed", d.clone(), None),
+            ApiError::PreconditionFailed(d) => (
+                "precondition-failed",
+                "Precondition failed",
+                d.clone(),
+                None,
+            ),
             ApiError::PayloadTooLarge => (
                 "payload-too-large",
                 "Payload too large",
                 "the request body is over 256 KiB".into(),
                 None,
             ),
-            ApiError::UnsupportedMediaType(d) => ("unsupported-media-type", "Unsupported media type", d.clone(), None),
+            ApiError::UnsupportedMediaType(d) => (
+                "unsupported-media-type",
+                "Unsupported media type",
+                d.clone(),
+                None,
+            ),
             ApiError::Validation(errors) => (
                 "validation",
                 "Invalid request",

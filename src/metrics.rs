@@ -68,8 +68,16 @@ impl Metrics {
                 "http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
                 series.count
             );
-            let _ = writeln!(out, "http_request_duration_seconds_sum{{{labels}}} {}", series.sum);
-            let _ = writeln!(out, "http_request_duration_seconds_count{{{labels}}} {}", series.count);
+            let _ = writeln!(
+                out,
+                "http_request_duration_seconds_sum{{{labels}}} {}",
+                series.sum
+            );
+            let _ = writeln!(
+                out,
+                "http_request_duration_seconds_count{{{labels}}} {}",
+                series.count
+            );
         }
         out
     }
@@ -85,9 +93,8 @@ mod tests {
         metrics.observe("GET", "/v1/orders", 200, Duration::from_millis(3));
         metrics.observe("GET", "/v1/orders", 200, Duration::from_millis(30));
         let text = metrics.render();
-        assert!(text.contains(
-            "http_requests_total{method=\"GET\",route=\"/v1/orders\",status=\"200\"} 2"
-        ));
+        assert!(text
+            .contains("http_requests_total{method=\"GET\",route=\"/v1/orders\",status=\"200\"} 2"));
         assert!(text.contains("route=\"/v1/orders\",status=\"200\",le=\"0.005\"} 1"));
         assert!(text.contains("route=\"/v1/orders\",status=\"200\",le=\"0.05\"} 2"));
         assert!(text.contains("le=\"+Inf\"} 2"));

@@ -38,8 +38,7 @@ pub async fn history(
     after_sequence: Option<u32>,
     limit: i64,
 ) -> sqlx::Result<Vec<StoredEvent>> {
-    let mut sql =
-        QueryBuilder::new("SELECT sequence, payload FROM order_events WHERE order_id = ");
+    let mut sql = QueryBuilder::new("SELECT sequence, payload FROM order_events WHERE order_id = ");
     sql.push_bind(order_id);
     if let Some(after) = after_sequence {
         sql.push(" AND sequence > ").push_bind(after);

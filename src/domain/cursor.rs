@@ -76,7 +76,14 @@ mod tests {
         let orders = encode_id(CursorKind::Orders, id);
         assert_eq!(decode_id(CursorKind::Customers, &orders), None);
         assert_eq!(decode_number(CursorKind::OrderEvents, &orders), None);
-        for bad in ["", "x", "!!!!", "AQE", &"A".repeat(100), "AQEAAAAAAAAAAAAAAAAAAAAA="] {
+        for bad in [
+            "",
+            "x",
+            "!!!!",
+            "AQE",
+            &"A".repeat(100),
+            "AQEAAAAAAAAAAAAAAAAAAAAA=",
+        ] {
             assert_eq!(decode_id(CursorKind::Orders, bad), None, "{bad}");
         }
     }

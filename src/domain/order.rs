@@ -77,7 +77,12 @@ impl OrderContents {
         }
         for (i, parcel) in parcels.iter().enumerate() {
             let field = |name: &str| format!("parcels[{i}].{name}");
-            checks.range(&field("weight_grams"), parcel.weight_grams, 1, MAX_WEIGHT_GRAMS);
+            checks.range(
+                &field("weight_grams"),
+                parcel.weight_grams,
+                1,
+                MAX_WEIGHT_GRAMS,
+            );
             checks.range(&field("length_mm"), parcel.length_mm, 1, MAX_DIMENSION_MM);
             checks.range(&field("width_mm"), parcel.width_mm, 1, MAX_DIMENSION_MM);
             checks.range(&field("height_mm"), parcel.height_mm, 1, MAX_DIMENSION_MM);

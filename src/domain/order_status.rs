@@ -45,7 +45,9 @@ impl OrderStatus {
     }
 
     pub fn parse(s: &str) -> Option<OrderStatus> {
-        OrderStatus::ALL.into_iter().find(|status| status.as_str() == s)
+        OrderStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
     }
 
     /// The statuses an order may move to from this one (SPEC §4).

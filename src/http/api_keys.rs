@@ -1,7 +1,7 @@
 //! `/v1/customers/{id}/api-keys`: customer API keys, made and revoked by the
 //! operator. A token is shown once, at creation; only its hash is kept.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::Router;
@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::extract::{parse_id, Invalid, Params};
+use super::extract::{parse_id, Invalid, Params, PathText};
 use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::app::AppState;
 use crate::auth::{self, Operator};
@@ -84,7 +84,7 @@ async fn existing_customer(state: &AppState, raw_id: &str) -> ApiResult<Uuid> {
 pub async fn create(
     _: Operator,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText<String>,
 ) -> ApiResult<(StatusCode, axum::Json<ApiKeyCreated>)> {
     let customer_id = existing_customer(&state, &id).await?;
     let token = auth::generate_token(auth::API_KEY_PREFIX);
@@ -124,7 +124,7 @@ pub async fn create(
 pub async fn list(
     _: Operator,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText<String>,
     params: Params,
 ) -> ApiResult<axum::Json<Page<ApiKeyOut>>> {
     let customer_id = existing_customer(&state, &id).await?;
@@ -157,7 +157,7 @@ pub async fn list(
 pub async fn revoke(
     _: Operator,
     State(state): State<AppState>,
-    Path((id, key_id)): Path<(String, String)>,
+    PathText((id, key_id)): PathText<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let customer_id = parse_id(&id, "API key")?;
     let key_id = parse_id(&key_id, "API key")?;

@@ -1,6 +1,6 @@
 //! `/v1/customers`: the operator's list of customers.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::extract::{parse_id, Invalid, Json, Params};
+use super::extract::{parse_id, Invalid, Json, Params, PathText};
 use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::app::AppState;
 use crate::auth::Operator;
@@ -127,7 +127,7 @@ pub async fn list(
 pub async fn show(
     _: Operator,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText<String>,
 ) -> ApiResult<axum::Json<CustomerOut>> {
     let id = parse_id(&id, "customer")?;
     let row = db::customers::find(&state.db, id)

@@ -42,30 +42,38 @@ fn is_json(content_type: Option<&axum::http::HeaderValue>) -> bool {
     let Some(mime) = content_type.and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = mime.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = mime
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// Parses a body, naming the offending field on a shape error.
+/// Parses a body: malformed JSON is a 400; well-formed JSON of the wrong
+/// shape a 422 naming the offending field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the body is not valid JSON: {}",
+            without_position(&e.to_string())
+        ))
+    })?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+    serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
+        let message = without_position(&inner.to_string());
         match inner.classify() {
+            // Skipping a value does not check its strings are UTF-8; reading does.
             serde_json::error::Category::Data => {
-                let message = without_position(&inner.to_string());
                 ApiError::Validation(vec![FieldError::new(field_of(&path, &message), message)])
             }
-            _ => ApiError::BadRequest(format!(
-                "the body is not valid JSON: {}",
-                without_position(&inner.to_string())
-            )),
+            _ => ApiError::BadRequest(format!("the body is not valid JSON: {message}")),
         }
-    })?;
-    de.end().map_err(|_| ApiError::BadRequest("trailing characters after the JSON body".into()))?;
-    Ok(value)
+    })
 }
 
 fn without_position(message: &str) -> String {
@@ -75,15 +83,14 @@ fn without_position(message: &str) -> String {
     }
 }
 
-/// The field an error is about: serde reports unknown and missing fields at
-/// their parent's path, with the name in the message.
+/// The field an error is about. The path already ends in an unknown
+/// field's name; a missing field is reported at its parent's path.
 fn field_of(path: &str, message: &str) -> String {
     let parent = if path == "." { "" } else { path };
-    let named = ["unknown field `", "missing field `"]
-        .iter()
-        .find_map(|lead| message.strip_prefix(lead))
+    let missing = message
+        .strip_prefix("missing field `")
         .and_then(|rest| rest.split('`').next());
-    match (named, parent) {
+    match (missing, parent) {
         (Some(name), "") => name.to_string(),
         (Some(name), parent) => format!("{parent}.{name}"),
         (None, "") => "body".to_string(),
@@ -143,9 +150,7 @@ impl Params {
 
     pub fn uuid(&self, name: &str) -> Result<Option<Uuid>, FieldError> {
         self.get(name)
-            .map(|raw| {
-                Uuid::parse_str(raw).map_err(|_| FieldError::new(name, "must be a UUID"))
-            })
+            .map(|raw| Uuid::parse_str(raw).map_err(|_| FieldError::new(name, "must be a UUID")))
             .transpose()
     }
 }
@@ -179,6 +184,25 @@ impl Invalid {
 /// An id from the path. One that is not a UUID names nothing: 404.
 pub fn parse_id(raw: &str, what: &'static str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(raw).map_err(|_| ApiError::NotFound(what))
+}
+
+/// Path segments as text, for `parse_id`. A segment that is not even UTF-8
+/// names nothing either: 404, like any other id that is not a UUID.
+pub struct PathText<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for PathText<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| PathText(value))
+            .map_err(|_| ApiError::NotFound("resource"))
+    }
 }
 
 #[cfg(test)]

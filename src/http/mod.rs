@@ -41,7 +41,11 @@ impl<T> Page<T> {
     ) -> Page<T> {
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
-        let next_cursor = if more { rows.last().map(cursor_of) } else { None };
+        let next_cursor = if more {
+            rows.last().map(cursor_of)
+        } else {
+            None
+        };
         Page {
             data: rows.into_iter().map(into).collect(),
             next_cursor,

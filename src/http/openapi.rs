@@ -46,7 +46,9 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("The operator token (`ADMIN_TOKEN`) or a customer API key (`mk_…`)"))
+                    .description(Some(
+                        "The operator token (`ADMIN_TOKEN`) or a customer API key (`mk_…`)",
+                    ))
                     .build(),
             ),
         );

@@ -2,7 +2,7 @@
 //! machine, and read an order's history. Every change writes its event in
 //! the same transaction.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, ETAG, IF_MATCH, LOCATION};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::extract::{parse_id, Invalid, Json, Params};
+use super::extract::{parse_id, Invalid, Json, Params, PathText};
 use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::app::AppState;
 use crate::auth::Principal;
@@ -186,7 +186,8 @@ async fn insert_order(
         })?;
     db::order_events::insert(&mut *tx, &Event::created(&order)).await?;
     if let Some(key) = key {
-        let body = serde_json::to_string(&order).map_err(|e| ApiError::internal("order JSON", e))?;
+        let body =
+            serde_json::to_string(&order).map_err(|e| ApiError::internal("order JSON", e))?;
         db::idempotency::complete(&mut *tx, principal.owner_id(), key, 201, &body).await?;
     }
     tx.commit().await?;
@@ -280,7 +281,7 @@ async fn visible_order(state: &AppState, principal: Principal, raw_id: &str) -> 
 pub async fn show(
     principal: Principal,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText<String>,
 ) -> ApiResult<Response> {
     let order = visible_order(&state, principal, &id).await?;
     Ok(([(ETAG, etag(&order))], axum::Json(order)).into_response())
@@ -360,7 +361,7 @@ fn unknown_status(field: &str) -> FieldError {
 pub async fn change_status(
     principal: Principal,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText<String>,
     headers: HeaderMap,
     Json(body): Json<StatusChangeIn>,
 ) -> ApiResult<Response> {
@@ -439,7 +440,7 @@ pub async fn change_status(
 pub async fn history(
     principal: Principal,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText<String>,
     params: Params,
 ) -> ApiResult<axum::Json<Page<Box<RawValue>>>> {
     let order = visible_order(&state, principal, &id).await?;
@@ -448,7 +449,8 @@ pub async fn history(
     let after = invalid.take(params.cursor_number(CursorKind::OrderEvents));
     invalid.finish()?;
     let after = after.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
-    let events = db::order_events::history(&state.db, order.id, after, db::fetch_limit(limit)).await?;
+    let events =
+        db::order_events::history(&state.db, order.id, after, db::fetch_limit(limit)).await?;
     let mut page = Page::from_rows(
         events,
         limit,

@@ -1,0 +1,141 @@
+//! Customers and their API keys.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_key_is_shown_once_stored_hashed_and_stops_working_when_revoked() {
+    let app = TestApp::spawn().await;
+    let customer = app.create_customer("Keyholder").await;
+    let customer_id = customer["id"].as_str().unwrap();
+
+    let key = app.create_api_key(customer_id).await;
+    let token = key["token"].as_str().unwrap();
+    let key_id = key["id"].as_str().unwrap();
+    assert!(token.starts_with("mk_"));
+    assert!(token.starts_with(key["prefix"].as_str().unwrap()));
+
+    let listed: Value = app
+        .get(&format!("/v1/customers/{customer_id}/api-keys"), ADMIN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let keys = listed["data"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["id"], key_id);
+    assert!(keys[0].get("token").is_none());
+    assert!(!listed.to_string().contains(token));
+
+    // Only a hash is stored: the token appears in no column.
+    let rows: Vec<(Vec<u8>, String)> = sqlx::query_as("SELECT token_hash, prefix FROM api_keys")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0.len(), 32);
+    assert_ne!(rows[0].0, token.as_bytes());
+    assert!(token.len() > rows[0].1.len());
+
+    assert_eq!(app.get("/v1/orders", token).await.status(), StatusCode::OK);
+    let revoked = app
+        .delete(
+            &format!("/v1/customers/{customer_id}/api-keys/{key_id}"),
+            ADMIN,
+        )
+        .await;
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    assert_problem(app.get("/v1/orders", token).await, StatusCode::UNAUTHORIZED).await;
+    let again = app
+        .delete(
+            &format!("/v1/customers/{customer_id}/api-keys/{key_id}"),
+            ADMIN,
+        )
+        .await;
+    assert_problem(again, StatusCode::NOT_FOUND).await;
+}
+
+#[tokio::test]
+async fn keys_of_another_customer_cannot_be_revoked_through_the_wrong_path() {
+    let app = TestApp::spawn().await;
+    let a = app.create_customer("A").await;
+    let b = app.create_customer("B").await;
+    let key = app.create_api_key(a["id"].as_str().unwrap()).await;
+    let wrong = app
+        .delete(
+            &format!(
+                "/v1/customers/{}/api-keys/{}",
+                b["id"].as_str().unwrap(),
+                key["id"].as_str().unwrap()
+            ),
+            ADMIN,
+        )
+        .await;
+    assert_problem(wrong, StatusCode::NOT_FOUND).await;
+    assert_eq!(
+        app.get("/v1/orders", key["token"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn customers_are_created_listed_and_fetched() {
+    let app = TestApp::spawn().await;
+    let mut ids = vec![];
+    for i in 0..5 {
+        ids.push(app.create_customer(&format!("Customer {i}")).await["id"].clone());
+    }
+    let mut seen = vec![];
+    let mut path = "/v1/customers?limit=2".to_string();
+    loop {
+        let page: Value = app.get(&path, ADMIN).await.json().await.unwrap();
+        seen.extend(
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].clone()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/customers?limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(seen, ids);
+
+    let one: Value = app
+        .get(
+            &format!("/v1/customers/{}", ids[0].as_str().unwrap()),
+            ADMIN,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["name"], "Customer 4");
+
+    let blank = app
+        .post("/v1/customers", ADMIN, &json!({ "name": " " }))
+        .await;
+    assert_eq!(
+        fields(&assert_problem(blank, StatusCode::UNPROCESSABLE_ENTITY).await),
+        ["name"]
+    );
+    let missing = app
+        .get(&format!("/v1/customers/{}", uuid::Uuid::now_v7()), ADMIN)
+        .await;
+    assert_problem(missing, StatusCode::NOT_FOUND).await;
+    let no_keys_for_ghost = app
+        .post(
+            &format!("/v1/customers/{}/api-keys", uuid::Uuid::now_v7()),
+            ADMIN,
+            &json!({}),
+        )
+        .await;
+    assert_problem(no_keys_for_ghost, StatusCode::NOT_FOUND).await;
+}

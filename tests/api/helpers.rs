@@ -1,0 +1,224 @@
+//! `TestApp`: the real app, started through `App::build` on port 0 against
+//! a fresh database of its own on the local MariaDB, with one method per route.
+
+use std::time::Duration;
+
+use mechanica::app::App;
+use mechanica::config::{Config, LogFormat};
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use sqlx::{Connection, MySqlConnection, MySqlPool};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+/// The server without a database name; `MECHANICA_TEST_MYSQL` overrides it.
+pub fn server_url() -> String {
+    std::env::var("MECHANICA_TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+pub fn test_config(database_url: String) -> Config {
+    Config {
+        database_url,
+        database_max_connections: 8,
+        auto_migrate: true,
+        bind_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_token: ADMIN.into(),
+        admin_token_generated: false,
+        metrics_token: None,
+        cors_allowed_origins: vec![],
+        log_format: LogFormat::Pretty,
+        request_timeout: Duration::from_secs(30),
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub db: MySqlPool,
+    pub db_name: String,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+/// A customer with an API key.
+#[derive(Clone)]
+pub struct Tenant {
+    pub id: String,
+    pub token: String,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        let db_name = format!("mechanica_test_{}", Uuid::new_v4().simple());
+        let config = test_config(format!("{}/{db_name}", server_url()));
+        TestApp::spawn_with(config, db_name).await
+    }
+
+    pub async fn spawn_with(config: Config, db_name: String) -> TestApp {
+        let app = App::build(&config).await.expect("the app starts");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let db = app.db.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            address,
+            client: reqwest::Client::new(),
+            db,
+            db_name,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn create_customer(&self, name: &str) -> Value {
+        let response = self
+            .post("/v1/customers", ADMIN, &json!({ "name": name }))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    pub async fn create_api_key(&self, customer_id: &str) -> Value {
+        let path = format!("/v1/customers/{customer_id}/api-keys");
+        let response = self.post(&path, ADMIN, &json!({})).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    pub async fn tenant(&self, name: &str) -> Tenant {
+        let customer = self.create_customer(name).await;
+        let id = customer["id"].as_str().unwrap().to_string();
+        let key = self.create_api_key(&id).await;
+        Tenant {
+            id,
+            token: key["token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    pub async fn create_order(&self, token: &str, body: &Value) -> Response {
+        self.post("/v1/orders", token, body).await
+    }
+
+    /// Creates a valid order and returns it.
+    pub async fn new_order(&self, tenant: &Tenant) -> Value {
+        let response = self.create_order(&tenant.token, &order_body()).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    pub async fn change_status(&self, token: &str, order_id: &str, status: &str) -> Response {
+        let path = format!("/v1/orders/{order_id}/status");
+        self.post(&path, token, &json!({ "status": status })).await
+    }
+
+    /// Moves an order (as the operator) along `path`, asserting each step.
+    pub async fn drive(&self, order_id: &str, path: &[&str]) {
+        for status in path {
+            let response = self.change_status(ADMIN, order_id, status).await;
+            assert_eq!(response.status(), StatusCode::OK, "moving to {status}");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Drop the test's database on a thread of its own: Drop cannot await.
+        let db_name = self.db_name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(mut conn) = MySqlConnection::connect(&server_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{db_name}`"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn address(name: &str, country: &str) -> Value {
+    json!({
+        "name": name,
+        "line1": "12 Dock Road",
+        "city": "Rotterdam",
+        "postal_code": "3011 AA",
+        "country": country
+    })
+}
+
+pub fn order_body() -> Value {
+    json!({
+        "pickup": address("Empress Products", "NL"),
+        "delivery": address("Jane Doe", "DE"),
+        "parcels": [{ "weight_grams": 1200, "length_mm": 300, "width_mm": 200, "height_mm": 100 }]
+    })
+}
+
+/// Asserts an RFC 9457 problem with this status and returns its body.
+pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status);
+    assert!(response.headers().contains_key("x-request-id"));
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status.as_u16());
+    for member in ["type", "title", "detail"] {
+        assert!(body[member].is_string(), "problem without {member}: {body}");
+    }
+    body
+}
+
+/// The `field`s named by a validation problem.
+pub fn fields(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .expect("errors[]")
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_string())
+        .collect()
+}

@@ -1,0 +1,128 @@
+//! `Idempotency-Key` on order creation.
+
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+async fn create_with_key(app: &TestApp, token: &str, key: &str, body: &Value) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/orders"))
+        .bearer_auth(token)
+        .header("idempotency-key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn order_count(app: &TestApp, token: &str) -> usize {
+    let page: Value = app
+        .get("/v1/orders?limit=100", token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    page["data"].as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_key_replays_the_first_response() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Retrier").await;
+    let body = order_body();
+
+    let first = create_with_key(&app, &tenant.token, "order-1", &body).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+
+    let second = create_with_key(&app, &tenant.token, "order-1", &body).await;
+    assert_eq!(second.status(), StatusCode::CREATED);
+    assert_eq!(second.headers()["idempotent-replayed"], "true");
+    assert_eq!(second.json::<Value>().await.unwrap(), first);
+    assert_eq!(order_count(&app, &tenant.token).await, 1);
+
+    let mut other = order_body();
+    other["notes"] = json!("different");
+    let mismatch = create_with_key(&app, &tenant.token, "order-1", &other).await;
+    let problem = assert_problem(mismatch, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(fields(&problem), ["Idempotency-Key"]);
+    assert_eq!(order_count(&app, &tenant.token).await, 1);
+
+    // Keys belong to their customer: another customer's same key is its own.
+    let neighbour = app.tenant("Neighbour").await;
+    let theirs = create_with_key(&app, &neighbour.token, "order-1", &body).await;
+    assert_eq!(theirs.status(), StatusCode::CREATED);
+    assert!(theirs.headers().get("idempotent-replayed").is_none());
+}
+
+#[tokio::test]
+async fn concurrent_identical_requests_create_one_order() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Stampede").await;
+    let body = order_body();
+
+    let responses =
+        join_all((0..16).map(|_| create_with_key(&app, &tenant.token, "same-key", &body))).await;
+
+    let mut created = 0;
+    let mut ids = vec![];
+    for response in responses {
+        match response.status() {
+            StatusCode::CREATED => {
+                if response.headers().get("idempotent-replayed").is_none() {
+                    created += 1;
+                }
+                ids.push(response.json::<Value>().await.unwrap()["id"].clone());
+            }
+            StatusCode::CONFLICT => {
+                let problem = assert_problem(response, StatusCode::CONFLICT).await;
+                assert!(problem["type"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("/idempotency-in-progress"));
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(created, 1, "exactly one request did the work");
+    assert!(
+        ids.windows(2).all(|w| w[0] == w[1]),
+        "every 201 names the same order"
+    );
+    assert_eq!(order_count(&app, &tenant.token).await, 1);
+}
+
+#[tokio::test]
+async fn a_failed_request_does_not_burn_its_key() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Fixer").await;
+    let mut body = order_body();
+    body["reference"] = json!("R-1");
+    assert_eq!(
+        app.create_order(&tenant.token, &body).await.status(),
+        StatusCode::CREATED
+    );
+
+    // The key's first use fails (duplicate reference): nothing is stored.
+    let failed = create_with_key(&app, &tenant.token, "k", &body).await;
+    assert_problem(failed, StatusCode::CONFLICT).await;
+    body["reference"] = json!("R-2");
+    let fixed = create_with_key(&app, &tenant.token, "k", &body).await;
+    assert_eq!(fixed.status(), StatusCode::CREATED);
+    assert!(fixed.headers().get("idempotent-replayed").is_none());
+}
+
+#[tokio::test]
+async fn malformed_keys_are_refused() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Odd").await;
+    for key in ["".to_string(), "k".repeat(256), "tab\there".to_string()] {
+        let response = create_with_key(&app, &tenant.token, &key, &order_body()).await;
+        let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(fields(&problem), ["Idempotency-Key"]);
+    }
+    assert_eq!(order_count(&app, &tenant.token).await, 0);
+}

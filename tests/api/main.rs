@@ -1,0 +1,13 @@
+//! Integration tests: the real app on a random port, a fresh database each.
+
+mod helpers;
+
+mod api_keys;
+mod errors;
+mod idempotency;
+mod indexes;
+mod openapi;
+mod operations;
+mod orders;
+mod status_machine;
+mod tenancy;

@@ -1,0 +1,81 @@
+//! The committed OpenAPI document is current, served, and the docs page
+//! works offline.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+#[test]
+fn the_committed_document_is_current() {
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json"))
+            .unwrap_or_default();
+    let generated = mechanica::http::openapi::render();
+    assert!(
+        committed == generated,
+        "openapi/openapi.json is stale: run `cargo run -q -- openapi > openapi/openapi.json`"
+    );
+}
+
+#[tokio::test]
+async fn the_document_is_served_and_documents_every_route() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let doc: Value = response.json().await.unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/customers", "post"),
+        ("/v1/customers", "get"),
+        ("/v1/customers/{id}", "get"),
+        ("/v1/customers/{id}/api-keys", "post"),
+        ("/v1/customers/{id}/api-keys", "get"),
+        ("/v1/customers/{id}/api-keys/{key_id}", "delete"),
+        ("/v1/orders", "post"),
+        ("/v1/orders", "get"),
+        ("/v1/orders/{id}", "get"),
+        ("/v1/orders/{id}/status", "post"),
+        ("/v1/orders/{id}/events", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+    ] {
+        assert!(
+            paths[path][method].is_object(),
+            "{method} {path} is undocumented"
+        );
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}
+
+#[tokio::test]
+async fn the_docs_page_is_served_from_the_binary() {
+    let app = TestApp::spawn().await;
+    let page = app.client.get(app.url("/docs/")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("swagger-ui"));
+    assert!(
+        !html.contains("https://"),
+        "the page must not load assets from the internet"
+    );
+    for asset in [
+        "/docs/swagger-ui.css",
+        "/docs/swagger-ui-bundle.js",
+        "/docs/swagger-initializer.js",
+    ] {
+        let response = app.client.get(app.url(asset)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{asset}");
+        let body = response.text().await.unwrap();
+        assert!(body.len() > 50, "{asset} is empty");
+    }
+}

@@ -1,0 +1,140 @@
+//! Health, readiness (including a database outage and its recovery),
+//! metrics, the OpenAPI document and the docs page.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use tokio::io::copy_bidirectional;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let app = TestApp::spawn().await;
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+}
+
+/// A TCP proxy to MariaDB that the test can cut and restore, so an outage
+/// is real for the app without stopping the shared database server.
+struct Tunnel {
+    port: u16,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Tunnel {
+    async fn open(port: u16) -> Tunnel {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    break;
+                };
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect("127.0.0.1:3306").await {
+                        let _ = copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Tunnel {
+            port,
+            task: Some(task),
+        }
+    }
+
+    /// Drops the listener and every proxied connection.
+    fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test]
+async fn readiness_follows_the_database_and_recovers_without_a_restart() {
+    let db_name = format!("mechanica_test_{}", uuid::Uuid::new_v4().simple());
+    // Migrate directly, then run the app through the tunnel.
+    let direct = TestApp::spawn_with(
+        test_config(format!("{}/{db_name}", server_url())),
+        db_name.clone(),
+    )
+    .await;
+    let mut tunnel = Tunnel::open(0).await;
+    let mut config = test_config(format!("mysql://root@127.0.0.1:{}/{db_name}", tunnel.port));
+    config.auto_migrate = false;
+    let app = TestApp::spawn_with(config, format!("{db_name}_unused")).await;
+    let tenant = direct.tenant("Outage").await;
+
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+
+    tunnel.cut();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let down = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_problem(down, StatusCode::SERVICE_UNAVAILABLE).await;
+    let order = app.create_order(&tenant.token, &order_body()).await;
+    assert_problem(order, StatusCode::SERVICE_UNAVAILABLE).await;
+    let list = app.get("/v1/orders", &tenant.token).await;
+    assert_problem(list, StatusCode::SERVICE_UNAVAILABLE).await;
+
+    let _restored = Tunnel::open(tunnel.port).await;
+    let mut recovered = false;
+    for _ in 0..50 {
+        let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+        if ready.status() == StatusCode::OK {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "readyz did not recover");
+    let order = app.create_order(&tenant.token, &order_body()).await;
+    assert_eq!(order.status(), StatusCode::CREATED);
+    drop(direct);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Counted").await;
+    app.new_order(&tenant).await;
+    app.get("/v1/orders/not-an-id", &tenant.token).await;
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"http_requests_total{method="POST",route="/v1/orders",status="201"} 1"#),
+        "{text}"
+    );
+    assert!(text
+        .contains(r#"http_requests_total{method="GET",route="/v1/orders/{id}",status="404"} 1"#));
+    assert!(text.contains(
+        r#"http_request_duration_seconds_count{method="POST",route="/v1/orders",status="201"} 1"#
+    ));
+    assert!(text.contains("db_pool_connections"));
+}
+
+#[tokio::test]
+async fn metrics_can_require_a_token() {
+    let db_name = format!("mechanica_test_{}", uuid::Uuid::new_v4().simple());
+    let mut config = test_config(format!("{}/{db_name}", server_url()));
+    config.metrics_token = Some("metrics-token-0123456789".into());
+    let app = TestApp::spawn_with(config, db_name).await;
+    let anonymous = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_problem(anonymous, StatusCode::UNAUTHORIZED).await;
+    let scraped = app.get("/metrics", "metrics-token-0123456789").await;
+    assert_eq!(scraped.status(), StatusCode::OK);
+}

@@ -1,0 +1,347 @@
+//! Orders: creation, reading, listing, history and their events.
+
+use std::collections::HashSet;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn creating_an_order_returns_it_and_records_its_first_event() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Empress").await;
+    let mut body = order_body();
+    body["reference"] = json!("PO-1");
+    body["notes"] = json!("Fragile.\nHandle with care.");
+
+    let response = app.create_order(&tenant.token, &body).await;
+
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()["etag"], "\"1\"");
+    let order: Value = response.json().await.unwrap();
+    let id = order["id"].as_str().unwrap();
+    assert_eq!(order["customer_id"], tenant.id.as_str());
+    assert_eq!(order["reference"], "PO-1");
+    assert_eq!(order["status"], "pending");
+    assert_eq!(order["version"], 1);
+    assert_eq!(order["pickup"], body["pickup"]);
+    assert_eq!(order["delivery"], body["delivery"]);
+    assert_eq!(order["parcels"], body["parcels"]);
+    assert_eq!(order["notes"], body["notes"]);
+    assert_eq!(order["created_at"], order["updated_at"]);
+
+    let fetched = app.get(&format!("/v1/orders/{id}"), &tenant.token).await;
+    assert_eq!(fetched.headers()["etag"], "\"1\"");
+    assert_eq!(fetched.json::<Value>().await.unwrap(), order);
+
+    let history: Value = app
+        .get(&format!("/v1/orders/{id}/events"), &tenant.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["next_cursor"], Value::Null);
+    let events = history["data"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    let event = &events[0];
+    assert_eq!(event["type"], "order.created");
+    assert_eq!(event["timestamp"], order["created_at"]);
+    assert_eq!(event["data"]["order_id"], id);
+    assert_eq!(event["data"]["customer_id"], tenant.id.as_str());
+    assert_eq!(event["data"]["sequence"], 1);
+    assert_eq!(event["data"]["status"], "pending");
+    assert_eq!(event["data"]["order"], order);
+}
+
+#[tokio::test]
+async fn a_status_change_records_the_full_envelope() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Tracker").await;
+    let order = app.new_order(&tenant).await;
+    let id = order["id"].as_str().unwrap();
+    app.drive(id, &["confirmed", "picked_up"]).await;
+
+    let response = app
+        .post(
+            &format!("/v1/orders/{id}/status"),
+            ADMIN,
+            &json!({ "status": "in_transit", "note": "on the ferry", "location": "Hook of Holland" }),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let moved: Value = response.json().await.unwrap();
+
+    let history: Value = app
+        .get(&format!("/v1/orders/{id}/events"), &tenant.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let events = history["data"].as_array().unwrap();
+    let sequences: Vec<u64> = events
+        .iter()
+        .map(|e| e["data"]["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sequences, [1, 2, 3, 4]);
+    let last = &events[3];
+    assert_eq!(last["type"], "order.status_changed");
+    assert_eq!(last["data"]["previous_status"], "picked_up");
+    assert_eq!(last["data"]["status"], "in_transit");
+    assert_eq!(last["data"]["note"], "on the ferry");
+    assert_eq!(last["data"]["location"], "Hook of Holland");
+    assert_eq!(last["data"]["order"], moved);
+    let ids: HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 4, "event ids are unique");
+}
+
+#[tokio::test]
+async fn history_pages_oldest_first() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Pager").await;
+    let order = app.new_order(&tenant).await;
+    let id = order["id"].as_str().unwrap();
+    app.drive(
+        id,
+        &[
+            "confirmed",
+            "picked_up",
+            "in_transit",
+            "out_for_delivery",
+            "delivered",
+        ],
+    )
+    .await;
+
+    let mut sequences = vec![];
+    let mut path = format!("/v1/orders/{id}/events?limit=4");
+    loop {
+        let page: Value = app.get(&path, &tenant.token).await.json().await.unwrap();
+        for event in page["data"].as_array().unwrap() {
+            sequences.push(event["data"]["sequence"].as_u64().unwrap());
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/orders/{id}/events?limit=4&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(sequences, [1, 2, 3, 4, 5, 6]);
+}
+
+#[tokio::test]
+async fn pagination_returns_every_order_exactly_once_newest_first() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Lister").await;
+    let mut created = vec![];
+    for _ in 0..23 {
+        created.push(
+            app.new_order(&tenant).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    for id in &created[..5] {
+        app.drive(id, &["confirmed"]).await;
+    }
+
+    let collect = |query: &'static str| {
+        let (app, token) = (&app, tenant.token.clone());
+        async move {
+            let mut seen = vec![];
+            let mut path = format!("/v1/orders?limit=7{query}");
+            loop {
+                let response = app.get(&path, &token).await;
+                assert_eq!(response.status(), StatusCode::OK);
+                let page: Value = response.json().await.unwrap();
+                let data = page["data"].as_array().unwrap();
+                assert!(data.len() <= 7);
+                seen.extend(data.iter().map(|o| o["id"].as_str().unwrap().to_string()));
+                match page["next_cursor"].as_str() {
+                    Some(cursor) => path = format!("/v1/orders?limit=7{query}&cursor={cursor}"),
+                    None => break,
+                }
+            }
+            seen
+        }
+    };
+
+    let all = collect("").await;
+    let mut newest_first = created.clone();
+    newest_first.reverse();
+    assert_eq!(all, newest_first);
+
+    let confirmed = collect("&status=confirmed").await;
+    let mut expected: Vec<String> = created[..5].to_vec();
+    expected.reverse();
+    assert_eq!(confirmed, expected);
+
+    let pending = collect("&status=pending").await;
+    assert_eq!(pending.len(), 18);
+
+    let default_page: Value = app
+        .get("/v1/orders", &tenant.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(default_page["data"].as_array().unwrap().len(), 20);
+}
+
+#[tokio::test]
+async fn references_are_unique_per_customer() {
+    let app = TestApp::spawn().await;
+    let a = app.tenant("A").await;
+    let b = app.tenant("B").await;
+    let mut body = order_body();
+    body["reference"] = json!("PO-7");
+
+    assert_eq!(
+        app.create_order(&a.token, &body).await.status(),
+        StatusCode::CREATED
+    );
+    let again = app.create_order(&a.token, &body).await;
+    let problem = assert_problem(again, StatusCode::CONFLICT).await;
+    assert!(problem["detail"].as_str().unwrap().contains("PO-7"));
+    assert_eq!(
+        app.create_order(&b.token, &body).await.status(),
+        StatusCode::CREATED
+    );
+
+    let page: Value = app.get("/v1/orders", &a.token).await.json().await.unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_operator_creates_orders_for_a_named_customer() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Managed").await;
+
+    let unnamed = app.create_order(ADMIN, &order_body()).await;
+    let problem = assert_problem(unnamed, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(fields(&problem), ["customer_id"]);
+
+    let mut body = order_body();
+    body["customer_id"] = json!(uuid::Uuid::now_v7());
+    let unknown = app.create_order(ADMIN, &body).await;
+    let problem = assert_problem(unknown, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(fields(&problem), ["customer_id"]);
+
+    body["customer_id"] = json!(tenant.id);
+    let response = app.create_order(ADMIN, &body).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let order: Value = response.json().await.unwrap();
+    assert_eq!(order["customer_id"], tenant.id.as_str());
+
+    let filtered: Value = app
+        .get(&format!("/v1/orders?customer_id={}", tenant.id), ADMIN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(filtered["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn every_invalid_field_is_named_and_nothing_is_created() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Sloppy").await;
+    let body = json!({
+        "reference": "",
+        "pickup": { "name": "", "line1": "x", "city": "y", "postal_code": "1", "country": "XX" },
+        "delivery": { "name": "n", "line1": "x".repeat(201), "city": "y", "postal_code": "1", "country": "de" },
+        "parcels": [
+            { "weight_grams": 0, "length_mm": 1, "width_mm": -4, "height_mm": 1 },
+            { "weight_grams": 99999999999i64, "length_mm": 1, "width_mm": 1, "height_mm": 10001 }
+        ],
+        "notes": "n".repeat(2001)
+    });
+
+    let response = app.create_order(&tenant.token, &body).await;
+
+    let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(
+        fields(&problem),
+        [
+            "reference",
+            "pickup.name",
+            "pickup.country",
+            "delivery.line1",
+            "delivery.country",
+            "parcels[0].weight_grams",
+            "parcels[0].width_mm",
+            "parcels[1].weight_grams",
+            "parcels[1].height_mm",
+            "notes"
+        ]
+    );
+    let page: Value = app
+        .get("/v1/orders", &tenant.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["data"], json!([]));
+
+    let mut none = order_body();
+    none["parcels"] = json!([]);
+    let problem = assert_problem(
+        app.create_order(&tenant.token, &none).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(fields(&problem), ["parcels"]);
+
+    let mut many = order_body();
+    many["parcels"] = json!(vec![order_body()["parcels"][0].clone(); 101]);
+    let problem = assert_problem(
+        app.create_order(&tenant.token, &many).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(fields(&problem), ["parcels"]);
+}
+
+#[tokio::test]
+async fn status_change_input_is_validated() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Mover").await;
+    let order = app.new_order(&tenant).await;
+    let path = format!("/v1/orders/{}/status", order["id"].as_str().unwrap());
+
+    let cases = [
+        (json!({ "status": "teleported" }), vec!["status"]),
+        (
+            json!({ "status": "confirmed", "note": "n".repeat(501) }),
+            vec!["note"],
+        ),
+        (
+            json!({ "status": "confirmed", "location": "l".repeat(501) }),
+            vec!["location"],
+        ),
+        (
+            json!({ "status": "confirmed", "colour": "red" }),
+            vec!["colour"],
+        ),
+        (json!({ "note": "no status" }), vec!["status"]),
+        (json!({ "status": 3 }), vec!["status"]),
+    ];
+    for (body, expected) in cases {
+        let problem = assert_problem(
+            app.post(&path, ADMIN, &body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        assert_eq!(fields(&problem), expected, "{body}");
+    }
+    let order: Value = app
+        .get(
+            &format!("/v1/orders/{}", order["id"].as_str().unwrap()),
+            ADMIN,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(order["version"], 1);
+}
