@@ -27,6 +27,7 @@ pub fn pool(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx::Error> {
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(5))
         .idle_timeout(Duration::from_secs(300))
+        .test_before_acquire(false)
         .connect_lazy_with(options))
 }
 
