@@ -1,7 +1,7 @@
 # Multi-stage build of both binaries; a small runtime image that runs as a
 # non-root user. No checked query macros are used, so no database or
 # SQLX_OFFLINE data is needed at build time.
-FROM rust:1.85-slim-bookworm AS build
+FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 # Dependencies first, so they are cached while only the code changes.
 COPY Cargo.toml Cargo.lock ./
