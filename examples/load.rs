@@ -91,7 +91,10 @@ fn peak_rss_mib(pid: &str) -> Option<f64> {
 async fn main() {
     let api = env("API_URL", "http://127.0.0.1:8080");
     let admin = env("ADMIN_TOKEN", "dev-admin-token-change-me");
-    let baseline_url = env("BASELINE_DATABASE_URL", "mysql://root@127.0.0.1:3306/mechanica_bench_baseline");
+    let baseline_url = env(
+        "BASELINE_DATABASE_URL",
+        "mysql://root@127.0.0.1:3306/mechanica_bench_baseline",
+    );
     let count: usize = env("COUNT", "5000").parse().expect("COUNT");
     let concurrency: usize = env("CONCURRENCY", "32").parse().expect("CONCURRENCY");
     let client = reqwest::Client::builder()
@@ -110,7 +113,10 @@ async fn main() {
         .await
         .unwrap();
     let key: Value = client
-        .post(format!("{api}/v1/customers/{}/api-keys", customer["id"].as_str().unwrap()))
+        .post(format!(
+            "{api}/v1/customers/{}/api-keys",
+            customer["id"].as_str().unwrap()
+        ))
         .bearer_auth(&admin)
         .send()
         .await
@@ -129,7 +135,8 @@ async fn main() {
     let orders = {
         let (client, api, token, body) = (client.clone(), api.clone(), token.clone(), body.clone());
         drive(count, concurrency, move || {
-            let (client, api, token, body) = (client.clone(), api.clone(), token.clone(), body.clone());
+            let (client, api, token, body) =
+                (client.clone(), api.clone(), token.clone(), body.clone());
             async move {
                 let response = client
                     .post(format!("{api}/v1/orders"))
@@ -149,9 +156,17 @@ async fn main() {
     orders.report("create order (HTTP)");
 
     let server = baseline_url.rsplit_once('/').unwrap().0.to_string();
-    let mut admin_conn = MySqlConnection::connect(&server).await.expect("MariaDB reachable");
-    sqlx::query("DROP DATABASE IF EXISTS mechanica_bench_baseline").execute(&mut admin_conn).await.unwrap();
-    sqlx::query("CREATE DATABASE mechanica_bench_baseline").execute(&mut admin_conn).await.unwrap();
+    let mut admin_conn = MySqlConnection::connect(&server)
+        .await
+        .expect("MariaDB reachable");
+    sqlx::query("DROP DATABASE IF EXISTS mechanica_bench_baseline")
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE mechanica_bench_baseline")
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
     let pool = MySqlPoolOptions::new()
         .max_connections(concurrency as u32)
         .connect(&baseline_url)
@@ -179,7 +194,10 @@ async fn main() {
         .await
     };
     baseline.report("baseline INSERT (sqlx)");
-    sqlx::query("DROP DATABASE mechanica_bench_baseline").execute(&mut admin_conn).await.unwrap();
+    sqlx::query("DROP DATABASE mechanica_bench_baseline")
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
 
     println!(
         "ratio                  {:.0}% of the baseline",
