@@ -203,7 +203,7 @@ async fn main() {
         "ratio                  {:.0}% of the baseline",
         100.0 * orders.per_second() / baseline.per_second()
     );
-    if let Some(pid) = std::env::var("API_PID").ok() {
+    if let Ok(pid) = std::env::var("API_PID") {
         match peak_rss_mib(&pid) {
             Some(mib) => println!("API peak RSS           {mib:.1} MiB"),
             None => println!("API peak RSS           unknown (pid {pid})"),
