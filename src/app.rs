@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use sqlx::MySqlPool;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -27,6 +28,9 @@ use crate::db;
 use crate::error::ApiError;
 use crate::http;
 use crate::metrics::Metrics;
+use crate::queue::Queue;
+use crate::signals::Signals;
+use crate::{outbox, sequencer};
 
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -37,6 +41,9 @@ pub struct AppState {
     pub admin_token_hash: [u8; 32],
     pub metrics_token_hash: Option<[u8; 32]>,
     pub metrics: Arc<Metrics>,
+    pub signals: Arc<Signals>,
+    /// Signs feed cursors; the same in every instance (kept in the database).
+    pub cursor_key: Arc<[u8]>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +63,8 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     pub db: MySqlPool,
+    signals: Arc<Signals>,
+    queue: Option<Queue>,
 }
 
 impl App {
@@ -74,16 +83,35 @@ impl App {
                 addr: config.bind_addr,
                 source,
             })?;
+        let cursor_key = db::feed_clock::server_secret(
+            &pool,
+            "feed_cursor_key",
+            &crate::auth::random_bytes::<32>(),
+        )
+        .await
+        .map_err(StartupError::Database)?;
+        let queue = match &config.sqs_queue_url {
+            Some(url) => Some(Queue::connect(url).await),
+            None => {
+                tracing::warn!("SQS_QUEUE_URL is not set: events are kept for the feed but not published");
+                None
+            }
+        };
+        let signals = Arc::new(Signals::default());
         let state = AppState {
             db: pool.clone(),
             admin_token_hash: hash_token(&config.admin_token),
             metrics_token_hash: config.metrics_token.as_deref().map(hash_token),
             metrics: Arc::new(Metrics::default()),
+            signals: signals.clone(),
+            cursor_key: cursor_key.into(),
         };
         Ok(App {
             listener,
             router: router(state, config),
             db: pool,
+            signals,
+            queue,
         })
     }
 
@@ -91,14 +119,29 @@ impl App {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    /// Serves, sequences the feed and relays the outbox until `shutdown`
+    /// completes; then lets in-flight requests finish and stops the loops.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router)
+        let (stop, stopped) = watch::channel(false);
+        let mut background = tokio::task::JoinSet::new();
+        background.spawn(sequencer::run(
+            self.db.clone(),
+            self.signals.clone(),
+            stopped.clone(),
+        ));
+        if let Some(queue) = self.queue {
+            background.spawn(outbox::run(self.db.clone(), queue, self.signals.clone(), stopped));
+        }
+        let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        let _ = stop.send(true);
+        // A round in progress finishes (bounded by the SQS timeouts).
+        while background.join_next().await.is_some() {}
+        served
     }
 }
 

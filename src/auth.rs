@@ -61,11 +61,16 @@ impl Principal {
 
 /// A fresh random token: the prefix, then 32 bytes from the OS CSPRNG.
 pub fn generate_token(prefix: &str) -> String {
-    let mut bytes = [0u8; 32];
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
+}
+
+/// `N` bytes from the OS CSPRNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
     rand::rngs::OsRng
         .try_fill_bytes(&mut bytes)
         .expect("the OS random source is available");
-    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
+    bytes
 }
 
 pub fn hash_token(token: &str) -> [u8; 32] {

@@ -24,6 +24,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Upper bound on any one request, so no request can hang.
     pub request_timeout: Duration,
+    /// Where the relay publishes events; `None`: events are kept for the
+    /// feed and not published.
+    pub sqs_queue_url: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -36,6 +39,7 @@ impl std::fmt::Debug for Config {
             .field("bind_addr", &self.bind_addr)
             .field("cors_allowed_origins", &self.cors_allowed_origins)
             .field("log_format", &self.log_format)
+            .field("sqs_queue_url", &self.sqs_queue_url)
             .finish_non_exhaustive()
     }
 }
@@ -66,6 +70,7 @@ impl Config {
         );
         let admin_token = keep(&mut errors, env.secret("ADMIN_TOKEN"));
         let metrics_token = keep(&mut errors, env.secret("METRICS_TOKEN"));
+        let sqs_queue_url = keep(&mut errors, env.queue_url("SQS_QUEUE_URL"));
         let cors_allowed_origins = env
             .optional("CORS_ALLOWED_ORIGINS")
             .map(|list| {
@@ -85,6 +90,7 @@ impl Config {
             request_timeout,
             admin_token,
             metrics_token,
+            sqs_queue_url,
         ) {
             (
                 Some(database_url),
@@ -95,6 +101,7 @@ impl Config {
                 Some(request_timeout),
                 Some(admin_token),
                 Some(metrics_token),
+                Some(sqs_queue_url),
             ) => {
                 let admin_token_generated = admin_token.is_none();
                 Ok(Config {
@@ -109,6 +116,7 @@ impl Config {
                     cors_allowed_origins,
                     log_format,
                     request_timeout: Duration::from_secs(request_timeout),
+                    sqs_queue_url,
                 })
             }
             _ => Err(errors),
@@ -180,6 +188,16 @@ impl Env {
             Ok(url)
         } else {
             Err(format!("{name}: must be a mysql:// URL"))
+        }
+    }
+
+    /// An optional SQS queue URL.
+    pub fn queue_url(&self, name: &str) -> Result<Option<String>, String> {
+        match self.optional(name) {
+            Some(url) if !(url.starts_with("https://") || url.starts_with("http://")) => {
+                Err(format!("{name}: must be an http(s) queue URL"))
+            }
+            url => Ok(url),
         }
     }
 

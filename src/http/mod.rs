@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod customers;
+pub mod events;
 pub mod extract;
 pub mod openapi;
 pub mod ops;
@@ -20,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .merge(customers::router())
         .merge(api_keys::router())
         .merge(orders::router())
+        .merge(events::router())
         .merge(ops::router())
 }
 

@@ -5,7 +5,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{api_keys, customers, ops, orders};
+use super::{api_keys, customers, events, ops, orders};
 use crate::domain::{Address, Event, EventType, Order, OrderEventData, OrderStatus, Parcel};
 use crate::error::{FieldError, Problem};
 
@@ -21,6 +21,7 @@ use crate::error::{FieldError, Problem};
         customers::create, customers::list, customers::show,
         api_keys::create, api_keys::list, api_keys::revoke,
         orders::create, orders::list, orders::show, orders::change_status, orders::history,
+        events::feed,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(
@@ -31,6 +32,7 @@ use crate::error::{FieldError, Problem};
         (name = "customers", description = "Customers (operator only)"),
         (name = "api keys", description = "Customer API keys (operator only)"),
         (name = "orders", description = "Shipping orders and their status machine"),
+        (name = "events", description = "The ordered event feed, for partners that pull"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
 )]

@@ -73,6 +73,17 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> ApiRe
     }
     let mut text = state.metrics.render();
     text.push_str(&pool_metrics(&state));
+    // The backlog is read from the database; without one, it is left out.
+    if let Ok((count, age)) = crate::db::order_events::outbox_backlog(&state.db).await {
+        text.push_str(&format!(
+            "# HELP outbox_backlog Events committed but not yet published to SQS.\n\
+             # TYPE outbox_backlog gauge\n\
+             outbox_backlog {count}\n\
+             # HELP outbox_oldest_age_seconds Age of the oldest unpublished event.\n\
+             # TYPE outbox_oldest_age_seconds gauge\n\
+             outbox_oldest_age_seconds {age}\n"
+        ));
+    }
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 

@@ -191,6 +191,7 @@ async fn insert_order(
         db::idempotency::complete(&mut *tx, principal.owner_id(), key, 201, &body).await?;
     }
     tx.commit().await?;
+    state.signals.events_committed();
     Ok(order)
 }
 
@@ -420,6 +421,7 @@ pub async fn change_status(
     let event = Event::status_changed(&order, previous, body.note, body.location);
     db::order_events::insert(&mut *tx, &event).await?;
     tx.commit().await?;
+    state.signals.events_committed();
     Ok(([(ETAG, etag(&order))], axum::Json(order)).into_response())
 }
 

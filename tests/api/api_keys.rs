@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_is_shown_once_stored_hashed_and_stops_working_when_revoked() {
     let app = TestApp::spawn().await;
     let customer = app.create_customer("Keyholder").await;
@@ -57,7 +57,7 @@ async fn a_key_is_shown_once_stored_hashed_and_stops_working_when_revoked() {
     assert_problem(again, StatusCode::NOT_FOUND).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_of_another_customer_cannot_be_revoked_through_the_wrong_path() {
     let app = TestApp::spawn().await;
     let a = app.create_customer("A").await;
@@ -82,7 +82,7 @@ async fn keys_of_another_customer_cannot_be_revoked_through_the_wrong_path() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customers_are_created_listed_and_fetched() {
     let app = TestApp::spawn().await;
     let mut ids = vec![];

@@ -19,7 +19,7 @@ async fn raw_post(
     request.send().await.unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_that_are_not_json_of_the_right_shape() {
     let app = TestApp::spawn().await;
     let json_type = Some("application/json");
@@ -118,7 +118,7 @@ async fn bodies_that_are_not_json_of_the_right_shape() {
     assert_eq!(customers["data"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_required_and_checked() {
     let app = TestApp::spawn().await;
     let anonymous = app.client.get(app.url("/v1/orders")).send().await.unwrap();
@@ -142,7 +142,7 @@ async fn tokens_are_required_and_checked() {
     assert_problem(basic, StatusCode::UNAUTHORIZED).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_methods_and_ids() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Lost").await;
@@ -199,7 +199,7 @@ async fn unknown_routes_methods_and_ids() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_query_parameters_are_named() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Querier").await;
@@ -248,7 +248,7 @@ async fn bad_query_parameters_are_named() {
     assert_eq!(fields(&problem), ["cursor"]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_response_carries_a_request_id() {
     let app = TestApp::spawn().await;
     let ok = app.client.get(app.url("/healthz")).send().await.unwrap();

@@ -30,6 +30,7 @@ pub fn test_config(database_url: String) -> Config {
         cors_allowed_origins: vec![],
         log_format: LogFormat::Pretty,
         request_timeout: Duration::from_secs(30),
+        sqs_queue_url: None,
     }
 }
 
@@ -160,6 +161,10 @@ impl Drop for TestApp {
             let _ = stop.send(());
         }
         // Drop the test's database on a thread of its own: Drop cannot await.
+        // Tests run on a multi-threaded runtime, so while this worker waits,
+        // the app's loops finish their transactions on the other and release
+        // the locks DROP DATABASE waits for. If it still cannot, the next
+        // `scripts/test` run removes the database.
         let db_name = self.db_name.clone();
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -168,6 +173,9 @@ impl Drop for TestApp {
                 .unwrap();
             runtime.block_on(async {
                 if let Ok(mut conn) = MySqlConnection::connect(&server_url()).await {
+                    let _ = sqlx::query("SET SESSION lock_wait_timeout = 10")
+                        .execute(&mut conn)
+                        .await;
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{db_name}`"))
                         .execute(&mut conn)
                         .await;

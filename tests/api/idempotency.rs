@@ -27,7 +27,7 @@ async fn order_count(app: &TestApp, token: &str) -> usize {
     page["data"].as_array().unwrap().len()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_with_the_same_key_replays_the_first_response() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Retrier").await;
@@ -58,7 +58,7 @@ async fn a_retry_with_the_same_key_replays_the_first_response() {
     assert!(theirs.headers().get("idempotent-replayed").is_none());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_identical_requests_create_one_order() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Stampede").await;
@@ -95,7 +95,7 @@ async fn concurrent_identical_requests_create_one_order() {
     assert_eq!(order_count(&app, &tenant.token).await, 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_request_does_not_burn_its_key() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Fixer").await;
@@ -115,7 +115,7 @@ async fn a_failed_request_does_not_burn_its_key() {
     assert!(fixed.headers().get("idempotent-replayed").is_none());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_keys_are_refused() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Odd").await;

@@ -26,7 +26,7 @@ async fn assert_indexed(app: &TestApp, sql: &str, keys: &[&str]) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_queries_use_their_indexes() {
     let app = TestApp::spawn().await;
     // Enough rows of enough customers that the optimizer plans as it would

@@ -18,7 +18,7 @@ fn the_committed_document_is_current() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_is_served_and_documents_every_route() {
     let app = TestApp::spawn().await;
     let response = app
@@ -57,7 +57,7 @@ async fn the_document_is_served_and_documents_every_route() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_docs_page_is_served_from_the_binary() {
     let app = TestApp::spawn().await;
     let page = app.client.get(app.url("/docs/")).send().await.unwrap();

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::helpers::*;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness() {
     let app = TestApp::spawn().await;
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
@@ -57,7 +57,7 @@ impl Tunnel {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_database_and_recovers_without_a_restart() {
     let db_name = format!("mechanica_test_{}", uuid::Uuid::new_v4().simple());
     // Migrate directly, then run the app through the tunnel.
@@ -100,7 +100,7 @@ async fn readiness_follows_the_database_and_recovers_without_a_restart() {
     drop(direct);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_by_route_and_status() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Counted").await;
@@ -127,7 +127,7 @@ async fn metrics_count_requests_by_route_and_status() {
     assert!(text.contains("db_pool_connections"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_can_require_a_token() {
     let db_name = format!("mechanica_test_{}", uuid::Uuid::new_v4().simple());
     let mut config = test_config(format!("{}/{db_name}", server_url()));

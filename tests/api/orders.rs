@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creating_an_order_returns_it_and_records_its_first_event() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Empress").await;
@@ -54,7 +54,7 @@ async fn creating_an_order_returns_it_and_records_its_first_event() {
     assert_eq!(event["data"]["order"], order);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_change_records_the_full_envelope() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Tracker").await;
@@ -95,7 +95,7 @@ async fn a_status_change_records_the_full_envelope() {
     assert_eq!(ids.len(), 4, "event ids are unique");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_oldest_first() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Pager").await;
@@ -128,7 +128,7 @@ async fn history_pages_oldest_first() {
     assert_eq!(sequences, [1, 2, 3, 4, 5, 6]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pagination_returns_every_order_exactly_once_newest_first() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Lister").await;
@@ -188,7 +188,7 @@ async fn pagination_returns_every_order_exactly_once_newest_first() {
     assert_eq!(default_page["data"].as_array().unwrap().len(), 20);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn references_are_unique_per_customer() {
     let app = TestApp::spawn().await;
     let a = app.tenant("A").await;
@@ -212,7 +212,7 @@ async fn references_are_unique_per_customer() {
     assert_eq!(page["data"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_creates_orders_for_a_named_customer() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Managed").await;
@@ -242,7 +242,7 @@ async fn the_operator_creates_orders_for_a_named_customer() {
     assert_eq!(filtered["data"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_invalid_field_is_named_and_nothing_is_created() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Sloppy").await;
@@ -302,7 +302,7 @@ async fn every_invalid_field_is_named_and_nothing_is_created() {
     assert_eq!(fields(&problem), ["parcels"]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_change_input_is_validated() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Mover").await;

@@ -59,7 +59,7 @@ fn path_to(status: &str) -> &'static [&'static str] {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_pair_of_statuses_follows_the_table() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Machine").await;
@@ -125,7 +125,7 @@ async fn every_pair_of_statuses_follows_the_table() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customers_may_only_cancel() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Canceller").await;
@@ -141,7 +141,7 @@ async fn customers_may_only_cancel() {
     assert_problem(response, StatusCode::CONFLICT).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn if_match_guards_against_stale_writes() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Careful").await;

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_customers_order_is_not_found_on_every_order_route() {
     let app = TestApp::spawn().await;
     let owner = app.tenant("Owner").await;
@@ -65,7 +65,7 @@ async fn another_customers_order_is_not_found_on_every_order_route() {
     assert_eq!(page["data"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_from_another_customer_shows_only_your_own_orders() {
     let app = TestApp::spawn().await;
     let a = app.tenant("A").await;
@@ -94,7 +94,7 @@ async fn a_cursor_from_another_customer_shows_only_your_own_orders() {
     let _ = mine;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customers_cannot_use_operator_routes() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Curious").await;
@@ -135,7 +135,7 @@ async fn customers_cannot_use_operator_routes() {
     assert_eq!(customers["data"].as_array().unwrap().len(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_sees_and_moves_every_customers_orders() {
     let app = TestApp::spawn().await;
     let a = app.tenant("A").await;
