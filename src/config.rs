@@ -27,6 +27,8 @@ pub struct Config {
     /// Where the relay publishes events; `None`: events are kept for the
     /// feed and not published.
     pub sqs_queue_url: Option<String>,
+    /// `AWS_ENDPOINT_URL`: an SQS endpoint other than AWS's (an emulator).
+    pub aws_endpoint_url: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -71,6 +73,7 @@ impl Config {
         let admin_token = keep(&mut errors, env.secret("ADMIN_TOKEN"));
         let metrics_token = keep(&mut errors, env.secret("METRICS_TOKEN"));
         let sqs_queue_url = keep(&mut errors, env.queue_url("SQS_QUEUE_URL"));
+        let aws_endpoint_url = keep(&mut errors, env.queue_url("AWS_ENDPOINT_URL"));
         let cors_allowed_origins = env
             .optional("CORS_ALLOWED_ORIGINS")
             .map(|list| {
@@ -91,6 +94,7 @@ impl Config {
             admin_token,
             metrics_token,
             sqs_queue_url,
+            aws_endpoint_url,
         ) {
             (
                 Some(database_url),
@@ -102,6 +106,7 @@ impl Config {
                 Some(admin_token),
                 Some(metrics_token),
                 Some(sqs_queue_url),
+                Some(aws_endpoint_url),
             ) => {
                 let admin_token_generated = admin_token.is_none();
                 Ok(Config {
@@ -117,6 +122,7 @@ impl Config {
                     log_format,
                     request_timeout: Duration::from_secs(request_timeout),
                     sqs_queue_url,
+                    aws_endpoint_url,
                 })
             }
             _ => Err(errors),
@@ -191,11 +197,11 @@ impl Env {
         }
     }
 
-    /// An optional SQS queue URL.
+    /// An optional http(s) URL (a queue, an endpoint).
     pub fn queue_url(&self, name: &str) -> Result<Option<String>, String> {
         match self.optional(name) {
             Some(url) if !(url.starts_with("https://") || url.starts_with("http://")) => {
-                Err(format!("{name}: must be an http(s) queue URL"))
+                Err(format!("{name}: must be an http(s) URL"))
             }
             url => Ok(url),
         }

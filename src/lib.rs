@@ -14,6 +14,8 @@ pub mod domain;
 pub mod error;
 /// Handlers, request/response types and routers, one module per resource.
 pub mod http;
+/// Request counts and latencies in Prometheus text.
+pub mod metrics;
 /// The relay from the outbox to SQS.
 pub mod outbox;
 /// The SQS client wrapper.
@@ -22,7 +24,5 @@ pub mod queue;
 pub mod sequencer;
 /// In-process wake-ups between commits, the sequencer, the relay and long polls.
 pub mod signals;
-/// Request counts and latencies in Prometheus text.
-pub mod metrics;
 /// Tracing set-up for both binaries.
 pub mod telemetry;

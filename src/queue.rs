@@ -27,9 +27,14 @@ pub struct Outgoing<'a> {
 }
 
 impl Queue {
-    /// A client for `url`, configured from the environment like any AWS SDK.
-    pub async fn connect(url: &str) -> Queue {
-        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    /// A client for `url`, configured from the environment like any AWS SDK
+    /// (region, credentials), at `endpoint` if given.
+    pub async fn connect(url: &str, endpoint: Option<&str>) -> Queue {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(endpoint) = endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let shared = loader
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(2))
@@ -85,7 +90,11 @@ impl Queue {
                 "SQS refused a message"
             );
         }
-        Ok(output.successful().iter().map(|s| s.id().to_string()).collect())
+        Ok(output
+            .successful()
+            .iter()
+            .map(|s| s.id().to_string())
+            .collect())
     }
 }
 

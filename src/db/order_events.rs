@@ -98,7 +98,9 @@ pub async fn feed(
 ) -> sqlx::Result<Vec<FeedEvent>> {
     let mut sql = QueryBuilder::new("SELECT feed_position, payload FROM order_events WHERE ");
     if let Some(customer_id) = customer_id {
-        sql.push("customer_id = ").push_bind(customer_id).push(" AND ");
+        sql.push("customer_id = ")
+            .push_bind(customer_id)
+            .push(" AND ");
     }
     sql.push("feed_position > ")
         .push_bind(after)
@@ -133,7 +135,8 @@ pub async fn mark_published(db: impl MySqlExecutor<'_>, positions: &[u64]) -> sq
     if positions.is_empty() {
         return Ok(());
     }
-    let mut sql = QueryBuilder::new("UPDATE order_events SET published_at = NOW(3) WHERE position IN (");
+    let mut sql =
+        QueryBuilder::new("UPDATE order_events SET published_at = NOW(3) WHERE position IN (");
     let mut list = sql.separated(", ");
     for position in positions {
         list.push_bind(*position);

@@ -116,7 +116,10 @@ mod tests {
         let mut bytes = URL_SAFE_NO_PAD.decode(&cursor).unwrap();
         bytes[9] ^= 1;
         assert_eq!(decode_feed(key, me, &URL_SAFE_NO_PAD.encode(bytes)), None);
-        assert_eq!(decode_feed(key, me, &encode_number(CursorKind::Feed, 77)), None);
+        assert_eq!(
+            decode_feed(key, me, &encode_number(CursorKind::Feed, 77)),
+            None
+        );
     }
 
     #[test]

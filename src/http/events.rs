@@ -68,9 +68,8 @@ pub async fn feed(
     let reader = customer_id.unwrap_or(Uuid::nil());
     let after = match params.get("after") {
         None => 0,
-        Some(raw) => cursor::decode_feed(&state.cursor_key, reader, raw).ok_or_else(|| {
-            ApiError::invalid("after", "is not a cursor this feed gave you")
-        })?,
+        Some(raw) => cursor::decode_feed(&state.cursor_key, reader, raw)
+            .ok_or_else(|| ApiError::invalid("after", "is not a cursor this feed gave you"))?,
     };
 
     let deadline = Instant::now() + wait;
@@ -110,7 +109,10 @@ fn wait_param(raw: Option<&str>) -> Result<Duration, FieldError> {
             .filter(|s| *s <= MAX_WAIT_SECS)
             .map(Duration::from_secs)
             .ok_or_else(|| {
-                FieldError::new("wait", format!("must be whole seconds from 0 to {MAX_WAIT_SECS}"))
+                FieldError::new(
+                    "wait",
+                    format!("must be whole seconds from 0 to {MAX_WAIT_SECS}"),
+                )
             }),
     }
 }

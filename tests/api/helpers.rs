@@ -31,6 +31,7 @@ pub fn test_config(database_url: String) -> Config {
         log_format: LogFormat::Pretty,
         request_timeout: Duration::from_secs(30),
         sqs_queue_url: None,
+        aws_endpoint_url: None,
     }
 }
 
@@ -229,4 +230,175 @@ pub fn fields(problem: &Value) -> Vec<String> {
         .iter()
         .map(|e| e["field"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// A TCP proxy the test can cut and restore, so an outage of MariaDB or
+/// SQS is real for the app without stopping the shared server.
+pub struct Tunnel {
+    pub port: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Tunnel {
+    /// Listens on `port` (0: any) and forwards every connection to `target`.
+    pub async fn open(port: u16, target: &'static str) -> Tunnel {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    break;
+                };
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Tunnel {
+            port,
+            task: Some(task),
+        }
+    }
+
+    /// Drops the listener and every connection through it.
+    pub fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// The SQS emulator `scripts/test` starts.
+pub fn sqs_endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL")
+        .expect("AWS_ENDPOINT_URL is not set: run the tests with scripts/test, which starts the SQS emulator")
+}
+
+/// The emulator's address without the scheme, for a `Tunnel`.
+pub fn sqs_address() -> &'static str {
+    let endpoint = sqs_endpoint();
+    Box::leak(
+        endpoint
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
+            .into_boxed_str(),
+    )
+}
+
+/// A queue of the test's own on the SQS emulator, read with the SDK.
+pub struct TestQueue {
+    pub client: aws_sdk_sqs::Client,
+    pub url: String,
+}
+
+/// A received message: body, attributes, FIFO ids.
+#[derive(Debug)]
+pub struct Received {
+    pub body: Value,
+    pub event_type: Option<String>,
+    pub customer_id: Option<String>,
+    pub group_id: Option<String>,
+    pub dedup_id: Option<String>,
+}
+
+impl TestQueue {
+    pub async fn create(fifo: bool) -> TestQueue {
+        use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(sqs_endpoint())
+            .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+            .build();
+        let client = aws_sdk_sqs::Client::from_conf(config);
+        let mut name = format!("test-{}", Uuid::new_v4().simple());
+        let mut request = client.create_queue();
+        if fifo {
+            name.push_str(".fifo");
+            request = request.attributes(QueueAttributeName::FifoQueue, "true");
+        }
+        let created = request
+            .queue_name(name)
+            .send()
+            .await
+            .expect("queue created");
+        TestQueue {
+            client,
+            url: created.queue_url().unwrap().to_string(),
+        }
+    }
+
+    /// Receives (and deletes) messages until `count` arrived or `within` passed.
+    pub async fn receive(&self, count: usize, within: Duration) -> Vec<Received> {
+        use aws_sdk_sqs::types::MessageSystemAttributeName;
+        let deadline = tokio::time::Instant::now() + within;
+        let mut received = vec![];
+        while received.len() < count && tokio::time::Instant::now() < deadline {
+            let output = self
+                .client
+                .receive_message()
+                .queue_url(&self.url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .message_attribute_names("All")
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .send()
+                .await
+                .expect("receive");
+            for message in output.messages() {
+                let attribute = |name: &str| {
+                    message
+                        .message_attributes()
+                        .and_then(|a| a.get(name))
+                        .and_then(|v| v.string_value())
+                        .map(str::to_string)
+                };
+                let system = |name: MessageSystemAttributeName| {
+                    message.attributes().and_then(|a| a.get(&name)).cloned()
+                };
+                received.push(Received {
+                    body: serde_json::from_str(message.body().unwrap()).expect("JSON body"),
+                    event_type: attribute("event_type"),
+                    customer_id: attribute("customer_id"),
+                    group_id: system(MessageSystemAttributeName::MessageGroupId),
+                    dedup_id: system(MessageSystemAttributeName::MessageDeduplicationId),
+                });
+                self.client
+                    .delete_message()
+                    .queue_url(&self.url)
+                    .receipt_handle(message.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .expect("delete");
+            }
+        }
+        received
+    }
+}
+
+impl TestApp {
+    /// An app publishing to `queue_url` through `endpoint`, on database `db_name`.
+    pub async fn spawn_publishing(db_name: &str, queue_url: &str, endpoint: &str) -> TestApp {
+        let mut config = test_config(format!("{}/{db_name}", server_url()));
+        config.sqs_queue_url = Some(queue_url.to_string());
+        config.aws_endpoint_url = Some(endpoint.to_string());
+        TestApp::spawn_with(config, db_name.to_string()).await
+    }
+}
+
+pub fn fresh_db_name() -> String {
+    format!("mechanica_test_{}", Uuid::new_v4().simple())
 }

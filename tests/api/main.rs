@@ -4,10 +4,12 @@ mod helpers;
 
 mod api_keys;
 mod errors;
+mod feed;
 mod idempotency;
 mod indexes;
 mod openapi;
 mod operations;
 mod orders;
+mod relay;
 mod status_machine;
 mod tenancy;

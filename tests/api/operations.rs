@@ -4,9 +4,6 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use tokio::io::copy_bidirectional;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 use crate::helpers::*;
 
@@ -19,44 +16,6 @@ async fn health_and_readiness() {
     assert_eq!(ready.status(), StatusCode::OK);
 }
 
-/// A TCP proxy to MariaDB that the test can cut and restore, so an outage
-/// is real for the app without stopping the shared database server.
-struct Tunnel {
-    port: u16,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Tunnel {
-    async fn open(port: u16) -> Tunnel {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let task = tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    break;
-                };
-                connections.spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect("127.0.0.1:3306").await {
-                        let _ = copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Tunnel {
-            port,
-            task: Some(task),
-        }
-    }
-
-    /// Drops the listener and every proxied connection.
-    fn cut(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_database_and_recovers_without_a_restart() {
     let db_name = format!("mechanica_test_{}", uuid::Uuid::new_v4().simple());
@@ -66,7 +25,7 @@ async fn readiness_follows_the_database_and_recovers_without_a_restart() {
         db_name.clone(),
     )
     .await;
-    let mut tunnel = Tunnel::open(0).await;
+    let mut tunnel = Tunnel::open(0, "127.0.0.1:3306").await;
     let mut config = test_config(format!("mysql://root@127.0.0.1:{}/{db_name}", tunnel.port));
     config.auto_migrate = false;
     let app = TestApp::spawn_with(config, format!("{db_name}_unused")).await;
@@ -84,7 +43,7 @@ async fn readiness_follows_the_database_and_recovers_without_a_restart() {
     let list = app.get("/v1/orders", &tenant.token).await;
     assert_problem(list, StatusCode::SERVICE_UNAVAILABLE).await;
 
-    let _restored = Tunnel::open(tunnel.port).await;
+    let _restored = Tunnel::open(tunnel.port, "127.0.0.1:3306").await;
     let mut recovered = false;
     for _ in 0..50 {
         let ready = app.client.get(app.url("/readyz")).send().await.unwrap();

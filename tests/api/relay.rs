@@ -1,0 +1,195 @@
+//! The outbox relay, against the real SQS emulator.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const LIFE: [&str; 5] = [
+    "confirmed",
+    "picked_up",
+    "in_transit",
+    "out_for_delivery",
+    "delivered",
+];
+
+async fn history(app: &TestApp, order_id: &str) -> Vec<Value> {
+    let page: Value = app
+        .get(&format!("/v1/orders/{order_id}/events?limit=100"), ADMIN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    page["data"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_reaches_the_queue_once_with_its_attributes() {
+    let queue = TestQueue::create(false).await;
+    let app = TestApp::spawn_publishing(&fresh_db_name(), &queue.url, &sqs_endpoint()).await;
+    let tenant = app.tenant("Published").await;
+    let order = app.new_order(&tenant).await;
+    let id = order["id"].as_str().unwrap();
+    app.drive(id, &LIFE).await;
+
+    let received = queue.receive(6, Duration::from_secs(10)).await;
+
+    let expected = history(&app, id).await;
+    assert_eq!(received.len(), 6);
+    let mut bodies: Vec<Value> = received.iter().map(|m| m.body.clone()).collect();
+    bodies.sort_by_key(|b| b["data"]["sequence"].as_u64());
+    assert_eq!(bodies, expected, "message bodies are the event envelopes");
+    for message in &received {
+        assert_eq!(message.event_type.as_deref(), message.body["type"].as_str());
+        assert_eq!(message.customer_id.as_deref(), Some(tenant.id.as_str()));
+        assert_eq!(message.group_id, None, "a standard queue has no groups");
+    }
+    assert!(
+        queue
+            .receive(1, Duration::from_millis(1500))
+            .await
+            .is_empty(),
+        "published twice"
+    );
+
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("outbox_backlog 0"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_queue_gets_group_and_deduplication_ids() {
+    let queue = TestQueue::create(true).await;
+    let app = TestApp::spawn_publishing(&fresh_db_name(), &queue.url, &sqs_endpoint()).await;
+    let tenant = app.tenant("Fifo").await;
+    let order = app.new_order(&tenant).await;
+    let id = order["id"].as_str().unwrap();
+    app.drive(id, &LIFE[..2]).await;
+
+    let received = queue.receive(3, Duration::from_secs(10)).await;
+
+    assert_eq!(received.len(), 3);
+    let sequences: Vec<u64> = received
+        .iter()
+        .map(|m| m.body["data"]["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sequences, [1, 2, 3]);
+    for message in &received {
+        assert_eq!(message.group_id.as_deref(), Some(id));
+        assert_eq!(message.dedup_id.as_deref(), message.body["id"].as_str());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_wait_out_an_sqs_outage_and_keep_their_order() {
+    let queue = TestQueue::create(true).await;
+    let mut tunnel = Tunnel::open(0, sqs_address()).await;
+    let endpoint = format!("http://127.0.0.1:{}", tunnel.port);
+    let app = TestApp::spawn_publishing(&fresh_db_name(), &queue.url, &endpoint).await;
+    let tenant = app.tenant("Patient").await;
+    tunnel.cut();
+
+    // 10 orders, 5 events each: 50 changes while SQS is unreachable.
+    let ids: Vec<String> = join_all((0..10).map(|_| async {
+        let order = app.new_order(&tenant).await;
+        let id = order["id"].as_str().unwrap().to_string();
+        app.drive(&id, &LIFE[..4]).await;
+        id
+    }))
+    .await;
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(
+        ready.status(),
+        StatusCode::OK,
+        "readiness is about the database"
+    );
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("outbox_backlog 50"), "{metrics}");
+    assert!(queue
+        .receive(1, Duration::from_millis(500))
+        .await
+        .is_empty());
+
+    let _restored = Tunnel::open(tunnel.port, sqs_address()).await;
+    let received = queue.receive(50, Duration::from_secs(40)).await;
+
+    assert_eq!(received.len(), 50);
+    let unique: HashSet<&str> = received
+        .iter()
+        .map(|m| m.body["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(unique.len(), 50, "no event twice");
+    let mut per_order: HashMap<&str, Vec<u64>> = HashMap::new();
+    for m in &received {
+        per_order
+            .entry(m.body["data"]["order_id"].as_str().unwrap())
+            .or_default()
+            .push(m.body["data"]["sequence"].as_u64().unwrap());
+    }
+    assert_eq!(per_order.len(), 10);
+    for id in &ids {
+        assert_eq!(
+            per_order[id.as_str()],
+            [1, 2, 3, 4, 5],
+            "order {id} out of order"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_publish_every_event_exactly_once() {
+    let queue = TestQueue::create(false).await;
+    let db_name = fresh_db_name();
+    let first = TestApp::spawn_publishing(&db_name, &queue.url, &sqs_endpoint()).await;
+    let second = TestApp::spawn_publishing(&db_name, &queue.url, &sqs_endpoint()).await;
+    let tenant = first.tenant("Twins").await;
+
+    // 100 orders, each moved 5 times, alternating instances: 500 changes.
+    let apps = [&first, &second];
+    join_all((0..100).map(|i| {
+        let tenant = &tenant;
+        async move {
+            let order = apps[i % 2].new_order(tenant).await;
+            let id = order["id"].as_str().unwrap();
+            for (step, status) in LIFE.iter().enumerate() {
+                let response = apps[(i + step + 1) % 2]
+                    .change_status(ADMIN, id, status)
+                    .await;
+                assert_eq!(response.status(), StatusCode::OK);
+            }
+        }
+    }))
+    .await;
+
+    let received = queue.receive(600, Duration::from_secs(60)).await;
+    assert_eq!(received.len(), 600);
+    let unique: HashSet<&str> = received
+        .iter()
+        .map(|m| m.body["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(unique.len(), 600, "an event was published twice");
+    assert!(queue
+        .receive(1, Duration::from_millis(1500))
+        .await
+        .is_empty());
+    drop(second);
+}
