@@ -154,6 +154,10 @@ async fn main() {
         .await
     };
     orders.report("create order (HTTP)");
+    if env("BASELINE", "run") == "skip" {
+        report_rss();
+        return;
+    }
 
     let server = baseline_url.rsplit_once('/').unwrap().0.to_string();
     let mut admin_conn = MySqlConnection::connect(&server)
@@ -203,6 +207,10 @@ async fn main() {
         "ratio                  {:.0}% of the baseline",
         100.0 * orders.per_second() / baseline.per_second()
     );
+    report_rss();
+}
+
+fn report_rss() {
     if let Ok(pid) = std::env::var("API_PID") {
         match peak_rss_mib(&pid) {
             Some(mib) => println!("API peak RSS           {mib:.1} MiB"),
