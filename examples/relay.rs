@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use serde_json::{json, Value};
 
+/// When each (order, sequence) was committed or arrived.
+type Times = Arc<Mutex<HashMap<(String, u64), Instant>>>;
+
 const ADMIN: &str = "bench-admin-token-0123456789";
 const PORT: u16 = 18089;
 
@@ -176,8 +179,8 @@ async fn latency(rate: u64, seconds: u64) {
         drained += receive(&sqs, &queue, None).await;
     }
 
-    let committed: Arc<Mutex<HashMap<(String, u64), Instant>>> = Default::default();
-    let arrived: Arc<Mutex<HashMap<(String, u64), Instant>>> = Default::default();
+    let committed: Times = Default::default();
+    let arrived: Times = Default::default();
     let consumer = {
         let (sqs, queue, arrived) = (sqs.clone(), queue.clone(), arrived.clone());
         tokio::spawn(async move {
@@ -241,11 +244,7 @@ async fn latency(rate: u64, seconds: u64) {
 }
 
 /// Receives one batch; records arrivals by (order, sequence).
-async fn receive(
-    sqs: &aws_sdk_sqs::Client,
-    queue: &str,
-    arrived: Option<&Arc<Mutex<HashMap<(String, u64), Instant>>>>,
-) -> usize {
+async fn receive(sqs: &aws_sdk_sqs::Client, queue: &str, arrived: Option<&Times>) -> usize {
     let out = sqs
         .receive_message()
         .queue_url(queue)
