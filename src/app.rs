@@ -29,6 +29,7 @@ use crate::error::ApiError;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
+use crate::secrets::SecretBox;
 use crate::signals::Signals;
 use crate::{outbox, sequencer};
 
@@ -44,6 +45,8 @@ pub struct AppState {
     pub signals: Arc<Signals>,
     /// Signs feed cursors; the same in every instance (kept in the database).
     pub cursor_key: Arc<[u8]>,
+    pub secrets: Arc<SecretBox>,
+    pub allow_private_networks: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,8 @@ pub enum StartupError {
     Database(#[source] sqlx::Error),
     #[error("migrating the database failed: {0}")]
     Migrate(#[source] sqlx::Error),
+    #[error("{0}")]
+    Config(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -107,6 +112,11 @@ impl App {
             metrics: Arc::new(Metrics::default()),
             signals: signals.clone(),
             cursor_key: cursor_key.into(),
+            secrets: Arc::new(
+                SecretBox::new(config.secrets_encryption_key.as_deref())
+                    .map_err(StartupError::Config)?,
+            ),
+            allow_private_networks: config.webhook_allow_private_networks,
         };
         Ok(App {
             listener,

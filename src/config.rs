@@ -29,6 +29,10 @@ pub struct Config {
     pub sqs_queue_url: Option<String>,
     /// `AWS_ENDPOINT_URL`: an SQS endpoint other than AWS's (an emulator).
     pub aws_endpoint_url: Option<String>,
+    /// Allow webhook endpoints on loopback and private networks (dev, tests).
+    pub webhook_allow_private_networks: bool,
+    /// Base64 of 32 bytes: seal webhook secrets at rest with AES-256-GCM.
+    pub secrets_encryption_key: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -42,6 +46,11 @@ impl std::fmt::Debug for Config {
             .field("cors_allowed_origins", &self.cors_allowed_origins)
             .field("log_format", &self.log_format)
             .field("sqs_queue_url", &self.sqs_queue_url)
+            .field(
+                "webhook_allow_private_networks",
+                &self.webhook_allow_private_networks,
+            )
+            .field("secrets_encrypted", &self.secrets_encryption_key.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -74,6 +83,14 @@ impl Config {
         let metrics_token = keep(&mut errors, env.secret("METRICS_TOKEN"));
         let sqs_queue_url = keep(&mut errors, env.queue_url("SQS_QUEUE_URL"));
         let aws_endpoint_url = keep(&mut errors, env.queue_url("AWS_ENDPOINT_URL"));
+        let webhook_allow_private_networks = keep(
+            &mut errors,
+            env.bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", false),
+        );
+        let secrets_encryption_key = env.optional("SECRETS_ENCRYPTION_KEY");
+        if let Err(e) = crate::secrets::SecretBox::new(secrets_encryption_key.as_deref()) {
+            errors.push(e);
+        }
         let cors_allowed_origins = env
             .optional("CORS_ALLOWED_ORIGINS")
             .map(|list| {
@@ -95,6 +112,7 @@ impl Config {
             metrics_token,
             sqs_queue_url,
             aws_endpoint_url,
+            webhook_allow_private_networks,
         ) {
             (
                 Some(database_url),
@@ -107,6 +125,7 @@ impl Config {
                 Some(metrics_token),
                 Some(sqs_queue_url),
                 Some(aws_endpoint_url),
+                Some(webhook_allow_private_networks),
             ) => {
                 let admin_token_generated = admin_token.is_none();
                 Ok(Config {
@@ -123,6 +142,8 @@ impl Config {
                     request_timeout: Duration::from_secs(request_timeout),
                     sqs_queue_url,
                     aws_endpoint_url,
+                    webhook_allow_private_networks,
+                    secrets_encryption_key,
                 })
             }
             _ => Err(errors),

@@ -8,6 +8,8 @@ pub mod auth;
 pub mod config;
 /// Pool, migrations, and the SQL of each table.
 pub mod db;
+/// Webhook delivery: for now, Standard Webhooks signing.
+pub mod delivery;
 /// Types that refuse invalid values: order status machine, contents, events, cursors.
 pub mod domain;
 /// `ApiError` and its problem+json form.
@@ -20,6 +22,8 @@ pub mod metrics;
 pub mod outbox;
 /// The SQS client wrapper.
 pub mod queue;
+/// Webhook signing secrets at rest (AES-256-GCM when a key is set).
+pub mod secrets;
 /// Assigns feed positions to committed events, in commit order.
 pub mod sequencer;
 /// In-process wake-ups between commits, the sequencer, the relay and long polls.

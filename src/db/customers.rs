@@ -28,6 +28,17 @@ pub async fn find(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Result<Option<C
         .await
 }
 
+/// Reads the customer and locks it until the transaction ends.
+pub async fn find_for_update(
+    db: impl MySqlExecutor<'_>,
+    id: Uuid,
+) -> sqlx::Result<Option<CustomerRow>> {
+    sqlx::query_as("SELECT id, name, created_at FROM customers WHERE id = ? FOR UPDATE")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
 /// Newest first, after the cursor's id.
 pub async fn list(
     db: impl MySqlExecutor<'_>,

@@ -8,6 +8,7 @@ pub mod feed_clock;
 pub mod idempotency;
 pub mod order_events;
 pub mod orders;
+pub mod webhook_endpoints;
 
 use std::str::FromStr;
 use std::time::Duration;

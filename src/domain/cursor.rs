@@ -17,6 +17,7 @@ pub enum CursorKind {
     ApiKeys = 3,
     OrderEvents = 4,
     Feed = 5,
+    Webhooks = 6,
 }
 
 /// A position after an item with this id (lists ordered by UUIDv7 id).

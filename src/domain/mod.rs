@@ -7,6 +7,8 @@ pub mod order;
 pub mod order_status;
 pub mod text;
 pub mod time;
+pub mod webhook;
+pub mod webhook_url;
 
 pub use event::{Event, EventType, OrderEventData};
 pub use order::{Address, Order, OrderContents, Parcel};

@@ -38,6 +38,33 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     }
 }
 
+/// A JSON body that may be left out entirely (no bytes at all).
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = req.headers().get(CONTENT_TYPE).cloned();
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest("the request body could not be read".into())
+            }
+        })?;
+        if bytes.is_empty() {
+            return Ok(OptionalJson(None));
+        }
+        if !is_json(content_type.as_ref()) {
+            return Err(ApiError::UnsupportedMediaType(
+                "send the body as `Content-Type: application/json`".into(),
+            ));
+        }
+        parse_json(&bytes).map(|v| OptionalJson(Some(v)))
+    }
+}
+
 fn is_json(content_type: Option<&axum::http::HeaderValue>) -> bool {
     let Some(mime) = content_type.and_then(|v| v.to_str().ok()) else {
         return false;

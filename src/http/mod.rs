@@ -8,6 +8,7 @@ pub mod extract;
 pub mod openapi;
 pub mod ops;
 pub mod orders;
+pub mod webhooks;
 
 use axum::Router;
 use serde::Serialize;
@@ -22,6 +23,7 @@ pub fn router() -> Router<AppState> {
         .merge(api_keys::router())
         .merge(orders::router())
         .merge(events::router())
+        .merge(webhooks::router())
         .merge(ops::router())
 }
 

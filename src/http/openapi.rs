@@ -5,7 +5,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{api_keys, customers, events, ops, orders};
+use super::{api_keys, customers, events, ops, orders, webhooks};
 use crate::domain::{Address, Event, EventType, Order, OrderEventData, OrderStatus, Parcel};
 use crate::error::{FieldError, Problem};
 
@@ -22,6 +22,8 @@ use crate::error::{FieldError, Problem};
         api_keys::create, api_keys::list, api_keys::revoke,
         orders::create, orders::list, orders::show, orders::change_status, orders::history,
         events::feed,
+        webhooks::create, webhooks::list, webhooks::show, webhooks::update, webhooks::remove,
+        webhooks::secret, webhooks::rotate,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(
@@ -33,6 +35,7 @@ use crate::error::{FieldError, Problem};
         (name = "api keys", description = "Customer API keys (operator only)"),
         (name = "orders", description = "Shipping orders and their status machine"),
         (name = "events", description = "The ordered event feed, for partners that pull"),
+        (name = "webhooks", description = "Webhook endpoints and their Standard Webhooks signing secrets"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
 )]

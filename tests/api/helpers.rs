@@ -32,6 +32,8 @@ pub fn test_config(database_url: String) -> Config {
         request_timeout: Duration::from_secs(30),
         sqs_queue_url: None,
         aws_endpoint_url: None,
+        webhook_allow_private_networks: false,
+        secrets_encryption_key: None,
     }
 }
 

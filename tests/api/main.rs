@@ -13,3 +13,4 @@ mod orders;
 mod relay;
 mod status_machine;
 mod tenancy;
+mod webhooks;

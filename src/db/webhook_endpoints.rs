@@ -1,0 +1,144 @@
+//! SQL for `webhook_endpoints`. Secrets go in and out sealed (see `secrets`).
+
+use chrono::{DateTime, Utc};
+use sqlx::{MySqlExecutor, QueryBuilder};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EndpointRow {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub url: String,
+    pub description: Option<String>,
+    pub event_mask: u32,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, customer_id, url, description, event_mask, enabled, disabled_reason, \
+                       secret, previous_secret, previous_secret_expires_at, created_at, updated_at";
+
+pub async fn insert(db: impl MySqlExecutor<'_>, row: &EndpointRow) -> sqlx::Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO webhook_endpoints ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ))
+    .bind(row.id)
+    .bind(row.customer_id)
+    .bind(&row.url)
+    .bind(&row.description)
+    .bind(row.event_mask)
+    .bind(row.enabled)
+    .bind(&row.disabled_reason)
+    .bind(&row.secret)
+    .bind(&row.previous_secret)
+    .bind(row.previous_secret_expires_at)
+    .bind(row.created_at)
+    .bind(row.updated_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Writes every mutable column back.
+pub async fn update(db: impl MySqlExecutor<'_>, row: &EndpointRow) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE webhook_endpoints SET url = ?, description = ?, event_mask = ?, enabled = ?,
+             disabled_reason = ?, secret = ?, previous_secret = ?, previous_secret_expires_at = ?,
+             updated_at = ?
+         WHERE id = ?",
+    )
+    .bind(&row.url)
+    .bind(&row.description)
+    .bind(row.event_mask)
+    .bind(row.enabled)
+    .bind(&row.disabled_reason)
+    .bind(&row.secret)
+    .bind(&row.previous_secret)
+    .bind(row.previous_secret_expires_at)
+    .bind(row.updated_at)
+    .bind(row.id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn find(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Result<Option<EndpointRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM webhook_endpoints WHERE id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Reads the endpoint and locks it until the transaction ends.
+pub async fn find_for_update(
+    db: impl MySqlExecutor<'_>,
+    id: Uuid,
+) -> sqlx::Result<Option<EndpointRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM webhook_endpoints WHERE id = ? FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn count_for_customer(
+    db: impl MySqlExecutor<'_>,
+    customer_id: Uuid,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM webhook_endpoints WHERE customer_id = ?")
+        .bind(customer_id)
+        .fetch_one(db)
+        .await
+}
+
+/// Newest first; one customer's, or everyone's for `None`.
+pub async fn list(
+    db: impl MySqlExecutor<'_>,
+    customer_id: Option<Uuid>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<Vec<EndpointRow>> {
+    let mut sql = QueryBuilder::new(format!("SELECT {COLUMNS} FROM webhook_endpoints WHERE 1=1"));
+    if let Some(customer_id) = customer_id {
+        sql.push(" AND customer_id = ").push_bind(customer_id);
+    }
+    if let Some(before) = before {
+        sql.push(" AND id < ").push_bind(before);
+    }
+    sql.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+    sql.build_query_as().fetch_all(db).await
+}
+
+pub async fn delete(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM webhook_endpoints WHERE id = ?")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// The delivery worker's lookup: a customer's enabled endpoints subscribed
+/// to an event type (by its bit). Served by `webhook_endpoints_subscribed`.
+pub const SUBSCRIBED_SQL: &str = "SELECT id, customer_id, url, description, event_mask, enabled, \
+     disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at \
+     FROM webhook_endpoints WHERE customer_id = ? AND enabled = 1 AND (event_mask & ?) <> 0";
+
+pub async fn subscribed(
+    db: impl MySqlExecutor<'_>,
+    customer_id: Uuid,
+    event_bit: u32,
+) -> sqlx::Result<Vec<EndpointRow>> {
+    sqlx::query_as(SUBSCRIBED_SQL)
+        .bind(customer_id)
+        .bind(event_bit)
+        .fetch_all(db)
+        .await
+}

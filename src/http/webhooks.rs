@@ -1,0 +1,485 @@
+//! `/v1/webhooks`: a customer's webhook endpoints and their signing secrets.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::extract::{parse_id, Invalid, Json, OptionalJson, Params, PathText};
+use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::db;
+use crate::db::webhook_endpoints::EndpointRow;
+use crate::domain::cursor::{self, CursorKind};
+use crate::domain::text::Checks;
+use crate::domain::time;
+use crate::domain::webhook::{EventFilter, SigningSecret, MAX_ENDPOINTS_PER_CUSTOMER};
+use crate::domain::webhook_url::WebhookUrl;
+use crate::error::{ApiError, ApiResult, FieldError, Problem};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/webhooks", get(list).post(create))
+        .route("/v1/webhooks/{id}", get(show).patch(update).delete(remove))
+        .route("/v1/webhooks/{id}/secret", get(secret))
+        .route("/v1/webhooks/{id}/secret/rotate", post(rotate))
+}
+
+/// How long a rotated-out secret keeps signing beside the new one.
+pub const ROTATION_GRACE: Duration = Duration::hours(24);
+const MAX_DESCRIPTION_CHARS: usize = 500;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"url": "https://partner.example.com/webhooks/mechanica", "description": "Order updates", "event_types": ["order.status_changed"]}))]
+pub struct WebhookIn {
+    /// Required for the operator, acting for a customer.
+    #[serde(default)]
+    pub customer_id: Option<Uuid>,
+    /// http(s), no credentials, at most 2048 bytes, a public host.
+    pub url: String,
+    /// Up to 500 characters.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// `order.created`, `order.status_changed`; absent or empty: all.
+    #[serde(default)]
+    pub event_types: Option<Vec<String>>,
+    /// Default true.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Your own secret (`whsec_` + base64 of 24..64 bytes); generated if absent.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// Any subset of the fields; at least one.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"enabled": true}))]
+pub struct WebhookPatch {
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `null` clears it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+    #[serde(default)]
+    pub event_types: Option<Vec<String>>,
+    /// Re-enabling clears `disabled_reason`.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// Tells a field sent as `null` (Some(None)) from one not sent (None).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateIn {
+    /// Your own new secret; generated if absent.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookOut {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    #[schema(example = "https://partner.example.com/webhooks/mechanica")]
+    pub url: String,
+    pub description: Option<String>,
+    #[schema(example = json!(["order.created", "order.status_changed"]))]
+    pub event_types: Vec<&'static str>,
+    pub enabled: bool,
+    /// Why the system disabled it (for example, every delivery failing for 5 days).
+    pub disabled_reason: Option<String>,
+    #[serde(with = "time::millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "time::millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The endpoint with its signing secret, on creation only.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookCreated {
+    #[serde(flatten)]
+    pub endpoint: WebhookOut,
+    #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
+    pub secret: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SecretOut {
+    #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
+    pub secret: String,
+}
+
+impl From<&EndpointRow> for WebhookOut {
+    fn from(row: &EndpointRow) -> Self {
+        WebhookOut {
+            id: row.id,
+            customer_id: row.customer_id,
+            url: row.url.clone(),
+            description: row.description.clone(),
+            event_types: EventFilter(row.event_mask).names(),
+            enabled: row.enabled,
+            disabled_reason: row.disabled_reason.clone(),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// Parses a URL and, unless private networks are allowed, checks where it points.
+async fn checked_url(state: &AppState, raw: &str) -> Result<WebhookUrl, FieldError> {
+    let url = WebhookUrl::parse(raw).map_err(|e| FieldError::new("url", e))?;
+    if !state.allow_private_networks {
+        url.check_destination()
+            .await
+            .map_err(|e| FieldError::new("url", e))?;
+    }
+    Ok(url)
+}
+
+fn check_description(checks: &mut Checks, description: &str) {
+    checks.text("description", description, MAX_DESCRIPTION_CHARS, false);
+}
+
+fn parse_secret(raw: Option<&str>) -> Result<SigningSecret, FieldError> {
+    match raw {
+        None => Ok(SigningSecret::generate()),
+        Some(raw) => SigningSecret::parse(raw).map_err(|e| FieldError::new("secret", e)),
+    }
+}
+
+async fn visible_endpoint(
+    state: &AppState,
+    principal: Principal,
+    raw_id: &str,
+) -> ApiResult<EndpointRow> {
+    let id = parse_id(raw_id, "webhook endpoint")?;
+    match db::webhook_endpoints::find(&state.db, id).await? {
+        Some(row) if principal.can_see(row.customer_id) => Ok(row),
+        _ => Err(ApiError::NotFound("webhook endpoint")),
+    }
+}
+
+fn open_secret(state: &AppState, stored: &str) -> ApiResult<SigningSecret> {
+    state
+        .secrets
+        .open(stored)
+        .map_err(|e| ApiError::internal("cannot open a webhook secret", e))
+}
+
+/// Register a webhook endpoint. The response holds its signing secret.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks",
+    request_body = WebhookIn,
+    responses(
+        (status = 201, description = "Created, with `secret`", body = WebhookCreated),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The customer already has 20 endpoints", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field (e.g. a URL pointing to a private network)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn create(
+    principal: Principal,
+    State(state): State<AppState>,
+    Json(body): Json<WebhookIn>,
+) -> ApiResult<(StatusCode, axum::Json<WebhookCreated>)> {
+    let customer_id = principal.scope(body.customer_id)?.ok_or_else(|| {
+        ApiError::invalid(
+            "customer_id",
+            "required when the operator registers an endpoint",
+        )
+    })?;
+    let mut checks = Checks::default();
+    let url = checked_url(&state, &body.url)
+        .await
+        .map_err(|e| checks.fail(e.field, e.message))
+        .ok();
+    if let Some(description) = &body.description {
+        check_description(&mut checks, description);
+    }
+    let filter = EventFilter::parse(body.event_types.as_deref())
+        .map_err(|e| checks.fail("event_types", e))
+        .ok();
+    let secret = parse_secret(body.secret.as_deref())
+        .map_err(|e| checks.fail(e.field, e.message))
+        .ok();
+    checks.finish().map_err(ApiError::Validation)?;
+    let (Some(url), Some(filter), Some(secret)) = (url, filter, secret) else {
+        return Err(ApiError::Internal);
+    };
+
+    let mut tx = state.db.begin().await?;
+    // Locking the customer serializes its creations, so the limit holds.
+    if db::customers::find_for_update(&mut *tx, customer_id)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::invalid("customer_id", "no such customer"));
+    }
+    if db::webhook_endpoints::count_for_customer(&mut *tx, customer_id).await?
+        >= MAX_ENDPOINTS_PER_CUSTOMER
+    {
+        return Err(ApiError::conflict(
+            "endpoint-limit",
+            format!("a customer may have at most {MAX_ENDPOINTS_PER_CUSTOMER} webhook endpoints"),
+        ));
+    }
+    let now = time::now();
+    let row = EndpointRow {
+        id: Uuid::now_v7(),
+        customer_id,
+        url: url.as_str().to_string(),
+        description: body.description,
+        event_mask: filter.0,
+        enabled: body.enabled.unwrap_or(true),
+        disabled_reason: None,
+        secret: state.secrets.seal(&secret),
+        previous_secret: None,
+        previous_secret_expires_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    db::webhook_endpoints::insert(&mut *tx, &row).await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(WebhookCreated {
+            endpoint: (&row).into(),
+            secret: secret.expose().to_string(),
+        }),
+    ))
+}
+
+/// List webhook endpoints, newest first (no secrets).
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
+    params(
+        ("customer_id" = Option<Uuid>, Query, description = "Operator only: one customer's endpoints"),
+        ("limit" = Option<u32>, Query, description = "1..100, default 20"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of endpoints", body = Page<WebhookOut>),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad query parameter", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn list(
+    principal: Principal,
+    State(state): State<AppState>,
+    params: Params,
+) -> ApiResult<axum::Json<Page<WebhookOut>>> {
+    let mut invalid = Invalid::default();
+    let limit = invalid.take(params.limit(DEFAULT_LIMIT, MAX_LIMIT));
+    let before = invalid.take(params.cursor_id(CursorKind::Webhooks));
+    let requested = invalid.take(params.uuid("customer_id"));
+    invalid.finish()?;
+    let customer_id = principal.scope(requested)?;
+    let rows =
+        db::webhook_endpoints::list(&state.db, customer_id, before, db::fetch_limit(limit)).await?;
+    Ok(axum::Json(Page::from_rows(
+        rows,
+        limit,
+        |row| cursor::encode_id(CursorKind::Webhooks, row.id),
+        |row| WebhookOut::from(&row),
+    )))
+}
+
+/// Get a webhook endpoint (no secret).
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "Endpoint id")),
+    responses(
+        (status = 200, description = "The endpoint", body = WebhookOut),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn show(
+    principal: Principal,
+    State(state): State<AppState>,
+    PathText(id): PathText<String>,
+) -> ApiResult<axum::Json<WebhookOut>> {
+    let row = visible_endpoint(&state, principal, &id).await?;
+    Ok(axum::Json((&row).into()))
+}
+
+/// The endpoint's current signing secret.
+#[utoipa::path(get, path = "/v1/webhooks/{id}/secret", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "Endpoint id")),
+    responses(
+        (status = 200, description = "The current secret", body = SecretOut),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn secret(
+    principal: Principal,
+    State(state): State<AppState>,
+    PathText(id): PathText<String>,
+) -> ApiResult<axum::Json<SecretOut>> {
+    let row = visible_endpoint(&state, principal, &id).await?;
+    let secret = open_secret(&state, &row.secret)?;
+    Ok(axum::Json(SecretOut {
+        secret: secret.expose().to_string(),
+    }))
+}
+
+/// Change any of url, description, event_types, enabled.
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks",
+    request_body = WebhookPatch,
+    params(("id" = Uuid, Path, description = "Endpoint id")),
+    responses(
+        (status = 200, description = "The updated endpoint", body = WebhookOut),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field, or nothing to change", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn update(
+    principal: Principal,
+    State(state): State<AppState>,
+    PathText(id): PathText<String>,
+    Json(patch): Json<WebhookPatch>,
+) -> ApiResult<axum::Json<WebhookOut>> {
+    let id = parse_id(&id, "webhook endpoint")?;
+    if patch.url.is_none()
+        && patch.description.is_none()
+        && patch.event_types.is_none()
+        && patch.enabled.is_none()
+    {
+        return Err(ApiError::invalid(
+            "body",
+            "name at least one of url, description, event_types, enabled",
+        ));
+    }
+    let mut checks = Checks::default();
+    let url = match &patch.url {
+        Some(raw) => checked_url(&state, raw)
+            .await
+            .map_err(|e| checks.fail(e.field, e.message))
+            .ok(),
+        None => None,
+    };
+    if let Some(Some(description)) = &patch.description {
+        check_description(&mut checks, description);
+    }
+    let filter = match &patch.event_types {
+        Some(names) => EventFilter::parse(Some(names))
+            .map_err(|e| checks.fail("event_types", e))
+            .ok(),
+        None => None,
+    };
+    checks.finish().map_err(ApiError::Validation)?;
+
+    let mut tx = state.db.begin().await?;
+    let mut row = match db::webhook_endpoints::find_for_update(&mut *tx, id).await? {
+        Some(row) if principal.can_see(row.customer_id) => row,
+        _ => return Err(ApiError::NotFound("webhook endpoint")),
+    };
+    if let Some(url) = url {
+        row.url = url.as_str().to_string();
+    }
+    if let Some(description) = patch.description {
+        row.description = description;
+    }
+    if let Some(filter) = filter {
+        row.event_mask = filter.0;
+    }
+    if let Some(enabled) = patch.enabled {
+        if enabled {
+            row.disabled_reason = None;
+        }
+        row.enabled = enabled;
+    }
+    row.updated_at = time::now();
+    db::webhook_endpoints::update(&mut *tx, &row).await?;
+    tx.commit().await?;
+    Ok(axum::Json((&row).into()))
+}
+
+/// Delete a webhook endpoint; nothing is delivered to it afterwards.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "Endpoint id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn remove(
+    principal: Principal,
+    State(state): State<AppState>,
+    PathText(id): PathText<String>,
+) -> ApiResult<StatusCode> {
+    let row = visible_endpoint(&state, principal, &id).await?;
+    db::webhook_endpoints::delete(&state.db, row.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Rotate the signing secret. The previous one keeps signing beside the new
+/// one for 24 hours; a second rotation within that time drops the oldest.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/secret/rotate", tag = "webhooks",
+    request_body(content = Option<RotateIn>, description = "Optional: your own new secret"),
+    params(("id" = Uuid, Path, description = "Endpoint id")),
+    responses(
+        (status = 200, description = "The new secret", body = SecretOut),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The supplied secret is malformed", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn rotate(
+    principal: Principal,
+    State(state): State<AppState>,
+    PathText(id): PathText<String>,
+    OptionalJson(body): OptionalJson<RotateIn>,
+) -> ApiResult<axum::Json<SecretOut>> {
+    let id = parse_id(&id, "webhook endpoint")?;
+    let requested = body.and_then(|b| b.secret);
+    let new = parse_secret(requested.as_deref()).map_err(|e| ApiError::Validation(vec![e]))?;
+    let mut tx = state.db.begin().await?;
+    let mut row = match db::webhook_endpoints::find_for_update(&mut *tx, id).await? {
+        Some(row) if principal.can_see(row.customer_id) => row,
+        _ => return Err(ApiError::NotFound("webhook endpoint")),
+    };
+    let now = time::now();
+    row.previous_secret = Some(std::mem::replace(&mut row.secret, state.secrets.seal(&new)));
+    row.previous_secret_expires_at = Some(now + ROTATION_GRACE);
+    row.updated_at = now;
+    db::webhook_endpoints::update(&mut *tx, &row).await?;
+    tx.commit().await?;
+    Ok(axum::Json(SecretOut {
+        secret: new.expose().to_string(),
+    }))
+}
+
+/// The secrets that sign a delivery now: the current one, and the previous
+/// one during its grace period.
+pub fn live_secrets(
+    state: &AppState,
+    row: &EndpointRow,
+    now: DateTime<Utc>,
+) -> ApiResult<Vec<SigningSecret>> {
+    let mut secrets = vec![open_secret(state, &row.secret)?];
+    if let (Some(previous), Some(until)) = (&row.previous_secret, row.previous_secret_expires_at) {
+        if until > now {
+            secrets.push(open_secret(state, previous)?);
+        }
+    }
+    Ok(secrets)
+}
