@@ -10,14 +10,21 @@ use uuid::Uuid;
 
 #[tokio::main]
 async fn main() {
-    let server = std::env::var("DATABASE_SERVER").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-    let lookups: usize = std::env::var("LOOKUPS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let server =
+        std::env::var("DATABASE_SERVER").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    let lookups: usize = std::env::var("LOOKUPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let url = format!("{server}/mechanica_bench_endpoints");
     let pool = db::pool(&url, 4).unwrap();
     {
         use sqlx::Connection;
         let mut conn = sqlx::MySqlConnection::connect(&server).await.unwrap();
-        sqlx::query("DROP DATABASE IF EXISTS mechanica_bench_endpoints").execute(&mut conn).await.unwrap();
+        sqlx::query("DROP DATABASE IF EXISTS mechanica_bench_endpoints")
+            .execute(&mut conn)
+            .await
+            .unwrap();
     }
     db::migrate(&url, &pool).await.unwrap();
     // Customer n has id UNHEX(MD5(n)); 20 endpoints each, every fifth disabled.
@@ -31,11 +38,15 @@ async fn main() {
     .execute(&pool)
     .await
     .unwrap();
-    sqlx::query("ANALYZE TABLE webhook_endpoints").execute(&pool).await.unwrap();
-    let customers: Vec<Uuid> = sqlx::query_scalar("SELECT DISTINCT customer_id FROM webhook_endpoints")
-        .fetch_all(&pool)
+    sqlx::query("ANALYZE TABLE webhook_endpoints")
+        .execute(&pool)
         .await
         .unwrap();
+    let customers: Vec<Uuid> =
+        sqlx::query_scalar("SELECT DISTINCT customer_id FROM webhook_endpoints")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert_eq!(customers.len(), 5000);
 
     let mut latencies = Vec::with_capacity(lookups);
@@ -43,11 +54,16 @@ async fn main() {
     for i in 0..lookups {
         let customer = customers[(i * 7919) % customers.len()];
         let started = Instant::now();
-        found += db::webhook_endpoints::subscribed(&pool, customer, 2).await.unwrap().len();
+        found += db::webhook_endpoints::subscribed(&pool, customer, 2)
+            .await
+            .unwrap()
+            .len();
         latencies.push(started.elapsed());
     }
     latencies.sort();
-    let at = |p: f64| -> Duration { latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1] };
+    let at = |p: f64| -> Duration {
+        latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
     println!(
         "endpoint lookup (100,000 endpoints, 5,000 customers): {lookups} lookups, {:.1} endpoints each; p50 {:.3} ms  p99 {:.3} ms",
         found as f64 / lookups as f64,
@@ -57,6 +73,9 @@ async fn main() {
     {
         use sqlx::Connection;
         let mut conn = sqlx::MySqlConnection::connect(&server).await.unwrap();
-        sqlx::query("DROP DATABASE mechanica_bench_endpoints").execute(&mut conn).await.unwrap();
+        sqlx::query("DROP DATABASE mechanica_bench_endpoints")
+            .execute(&mut conn)
+            .await
+            .unwrap();
     }
 }
