@@ -266,3 +266,142 @@ mod tests {
         assert_eq!(redact_url("mysql://root@h/x"), "mysql://root@h/x");
     }
 }
+
+/// Every setting of `mechanica-delivery`.
+#[derive(Clone)]
+pub struct DeliveryConfig {
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub sqs_queue_url: String,
+    pub aws_endpoint_url: Option<String>,
+    pub retry_schedule: crate::delivery::schedule::RetrySchedule,
+    pub timeout: Duration,
+    pub allow_private_networks: bool,
+    /// Attempts in flight at once, over all endpoints.
+    pub max_in_flight: usize,
+    /// Attempts in flight at once to one endpoint.
+    pub max_in_flight_per_endpoint: usize,
+    pub disable_after: Duration,
+    pub metrics_addr: SocketAddr,
+    pub secrets_encryption_key: Option<String>,
+    pub log_format: LogFormat,
+}
+
+impl DeliveryConfig {
+    pub fn from_env() -> Result<DeliveryConfig, Vec<String>> {
+        use crate::delivery::schedule::{parse_duration, RetrySchedule};
+        let _ = dotenvy::dotenv();
+        let env = Env;
+        let mut errors = Vec::new();
+        let database_url = keep(&mut errors, env.url("DATABASE_URL", DEFAULT_DATABASE_URL));
+        let database_max_connections = keep(
+            &mut errors,
+            env.bounded("DATABASE_MAX_CONNECTIONS", 16, 1, 1000),
+        );
+        let sqs_queue_url = match env.queue_url("SQS_QUEUE_URL") {
+            Ok(Some(url)) => Some(url),
+            Ok(None) => {
+                errors.push("SQS_QUEUE_URL: required: the queue to deliver events from".into());
+                None
+            }
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
+        let aws_endpoint_url = keep(&mut errors, env.queue_url("AWS_ENDPOINT_URL"));
+        let retry_schedule = keep(
+            &mut errors,
+            RetrySchedule::parse(&env.string("WEBHOOK_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h"))
+                .map_err(|e| format!("WEBHOOK_RETRY_SCHEDULE: {e}")),
+        );
+        let timeout = keep(
+            &mut errors,
+            parse_duration(&env.string("WEBHOOK_TIMEOUT", "15s"))
+                .map_err(|e| format!("WEBHOOK_TIMEOUT: {e}"))
+                .and_then(|d| {
+                    if d.is_zero() || d > Duration::from_secs(300) {
+                        Err("WEBHOOK_TIMEOUT: must be more than 0 and at most 300s".into())
+                    } else {
+                        Ok(d)
+                    }
+                }),
+        );
+        let disable_after = keep(
+            &mut errors,
+            parse_duration(&env.string("WEBHOOK_DISABLE_AFTER", "5d"))
+                .map_err(|e| format!("WEBHOOK_DISABLE_AFTER: {e}")),
+        );
+        let allow_private_networks = keep(
+            &mut errors,
+            env.bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", false),
+        );
+        let max_in_flight = keep(
+            &mut errors,
+            env.bounded("WEBHOOK_MAX_IN_FLIGHT", 64, 1, 10_000),
+        );
+        let max_in_flight_per_endpoint = keep(
+            &mut errors,
+            env.bounded("WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT", 8, 1, 1000),
+        );
+        let metrics_addr = keep(
+            &mut errors,
+            env.parse(
+                "DELIVERY_METRICS_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 9090)),
+            ),
+        );
+        let secrets_encryption_key = env.optional("SECRETS_ENCRYPTION_KEY");
+        if let Err(e) = crate::secrets::SecretBox::new(secrets_encryption_key.as_deref()) {
+            errors.push(e);
+        }
+        let log_format = keep(&mut errors, log_format(&env));
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        match (
+            database_url,
+            database_max_connections,
+            sqs_queue_url,
+            aws_endpoint_url,
+            retry_schedule,
+            timeout,
+            disable_after,
+            allow_private_networks,
+            max_in_flight,
+            max_in_flight_per_endpoint,
+            metrics_addr,
+            log_format,
+        ) {
+            (
+                Some(database_url),
+                Some(database_max_connections),
+                Some(sqs_queue_url),
+                Some(aws_endpoint_url),
+                Some(retry_schedule),
+                Some(timeout),
+                Some(disable_after),
+                Some(allow_private_networks),
+                Some(max_in_flight),
+                Some(max_in_flight_per_endpoint),
+                Some(metrics_addr),
+                Some(log_format),
+            ) => Ok(DeliveryConfig {
+                database_url,
+                database_max_connections: database_max_connections as u32,
+                sqs_queue_url,
+                aws_endpoint_url,
+                retry_schedule,
+                timeout,
+                allow_private_networks,
+                max_in_flight: max_in_flight as usize,
+                max_in_flight_per_endpoint: max_in_flight_per_endpoint as usize,
+                disable_after,
+                metrics_addr,
+                secrets_encryption_key,
+                log_format,
+            }),
+            _ => Err(errors),
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod api_keys;
 pub mod customers;
+pub mod deliveries;
 pub mod feed_clock;
 pub mod idempotency;
 pub mod order_events;

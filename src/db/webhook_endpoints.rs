@@ -142,3 +142,64 @@ pub async fn subscribed(
         .fetch_all(db)
         .await
 }
+
+/// After a 2xx: the endpoint is healthy again.
+pub async fn mark_succeeding(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = ? AND failing_since IS NOT NULL")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// After a failed attempt: remembers since when it fails, and disables it
+/// once every delivery has failed for `disable_after`.
+pub async fn mark_failing(
+    db: &mut sqlx::MySqlConnection,
+    id: Uuid,
+    now: DateTime<Utc>,
+    disable_after: chrono::Duration,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, ?) WHERE id = ?",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(&mut *db)
+    .await?;
+    sqlx::query(
+        "UPDATE webhook_endpoints SET enabled = 0, disabled_reason = ?, updated_at = ?
+         WHERE id = ? AND enabled = 1 AND failing_since <= ?",
+    )
+    .bind(format!(
+        "every delivery failed for {} days",
+        disable_after.num_hours() as f64 / 24.0
+    ))
+    .bind(now)
+    .bind(id)
+    .bind(now - disable_after)
+    .execute(&mut *db)
+    .await?;
+    Ok(())
+}
+
+pub async fn disable(
+    db: impl MySqlExecutor<'_>,
+    id: Uuid,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE webhook_endpoints SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ?")
+        .bind(reason)
+        .bind(now)
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn disabled_count(db: impl MySqlExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM webhook_endpoints WHERE enabled = 0")
+        .fetch_one(db)
+        .await
+}

@@ -1,4 +1,9 @@
-//! Webhook delivery. The worker lands with its own issue; what is here now
-//! is what registration and the worker share: Standard Webhooks signing.
+//! Webhook delivery: the worker that consumes SQS, fans events out to the
+//! subscribed endpoints, signs and POSTs them, retries on a schedule kept in
+//! the database, and records every attempt.
 
+pub mod client;
+pub mod metrics;
+pub mod schedule;
 pub mod signing;
+pub mod worker;

@@ -18,6 +18,8 @@ pub enum CursorKind {
     OrderEvents = 4,
     Feed = 5,
     Webhooks = 6,
+    Deliveries = 7,
+    Attempts = 8,
 }
 
 /// A position after an item with this id (lists ordered by UUIDv7 id).

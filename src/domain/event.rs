@@ -14,6 +14,9 @@ pub enum EventType {
     OrderCreated,
     #[serde(rename = "order.status_changed")]
     OrderStatusChanged,
+    /// Sent by `POST /v1/webhooks/{id}/test` to that endpoint only.
+    #[serde(rename = "webhook.test")]
+    WebhookTest,
 }
 
 impl EventType {
@@ -21,6 +24,7 @@ impl EventType {
         match self {
             EventType::OrderCreated => "order.created",
             EventType::OrderStatusChanged => "order.status_changed",
+            EventType::WebhookTest => "webhook.test",
         }
     }
 }

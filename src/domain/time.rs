@@ -24,3 +24,16 @@ pub mod millis {
             .map_err(serde::de::Error::custom)
     }
 }
+
+/// `#[serde(with = "crate::domain::time::millis_option")]`: the same, or null.
+pub mod millis_option {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            None => s.serialize_none(),
+        }
+    }
+}

@@ -24,6 +24,8 @@ impl EventFilter {
         match event_type {
             EventType::OrderCreated => 1,
             EventType::OrderStatusChanged => 2,
+            // Never subscribed to: sent to one endpoint by request.
+            EventType::WebhookTest => 0,
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod customers;
+pub mod deliveries;
 pub mod events;
 pub mod extract;
 pub mod openapi;
@@ -24,6 +25,7 @@ pub fn router() -> Router<AppState> {
         .merge(orders::router())
         .merge(events::router())
         .merge(webhooks::router())
+        .merge(deliveries::router())
         .merge(ops::router())
 }
 

@@ -5,7 +5,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{api_keys, customers, events, ops, orders, webhooks};
+use super::{api_keys, customers, deliveries, events, ops, orders, webhooks};
 use crate::domain::{Address, Event, EventType, Order, OrderEventData, OrderStatus, Parcel};
 use crate::error::{FieldError, Problem};
 
@@ -24,6 +24,7 @@ use crate::error::{FieldError, Problem};
         events::feed,
         webhooks::create, webhooks::list, webhooks::show, webhooks::update, webhooks::remove,
         webhooks::secret, webhooks::rotate,
+        deliveries::list, deliveries::attempts, deliveries::retry, deliveries::test,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(

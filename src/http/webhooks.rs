@@ -161,7 +161,7 @@ fn parse_secret(raw: Option<&str>) -> Result<SigningSecret, FieldError> {
     }
 }
 
-async fn visible_endpoint(
+pub(super) async fn visible_endpoint(
     state: &AppState,
     principal: Principal,
     raw_id: &str,
@@ -466,20 +466,4 @@ pub async fn rotate(
     Ok(axum::Json(SecretOut {
         secret: new.expose().to_string(),
     }))
-}
-
-/// The secrets that sign a delivery now: the current one, and the previous
-/// one during its grace period.
-pub fn live_secrets(
-    state: &AppState,
-    row: &EndpointRow,
-    now: DateTime<Utc>,
-) -> ApiResult<Vec<SigningSecret>> {
-    let mut secrets = vec![open_secret(state, &row.secret)?];
-    if let (Some(previous), Some(until)) = (&row.previous_secret, row.previous_secret_expires_at) {
-        if until > now {
-            secrets.push(open_secret(state, previous)?);
-        }
-    }
-    Ok(secrets)
 }

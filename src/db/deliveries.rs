@@ -1,0 +1,259 @@
+//! SQL for `webhook_deliveries` and `webhook_attempts`.
+
+use chrono::{DateTime, Utc};
+use sqlx::{MySqlExecutor, QueryBuilder};
+use uuid::Uuid;
+
+pub const PENDING: &str = "pending";
+pub const SUCCEEDED: &str = "succeeded";
+pub const FAILED: &str = "failed";
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub id: Uuid,
+    pub endpoint_id: Uuid,
+    pub customer_id: Uuid,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub order_id: Option<Uuid>,
+    pub sequence: Option<u32>,
+    pub payload: String,
+    pub event_created_at: DateTime<Utc>,
+    pub status: String,
+    pub attempts: u32,
+    pub last_response_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub manual_requested_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, endpoint_id, customer_id, event_id, event_type, order_id, sequence, \
+     payload, event_created_at, status, attempts, last_response_status, last_error, \
+     next_attempt_at, manual_requested_at, created_at, updated_at";
+
+/// Creates the delivery unless one exists for this (event, endpoint).
+pub async fn insert_ignore(db: impl MySqlExecutor<'_>, row: &DeliveryRow) -> sqlx::Result<()> {
+    sqlx::query(&format!(
+        "INSERT IGNORE INTO webhook_deliveries ({COLUMNS}) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ))
+    .bind(row.id)
+    .bind(row.endpoint_id)
+    .bind(row.customer_id)
+    .bind(row.event_id)
+    .bind(&row.event_type)
+    .bind(row.order_id)
+    .bind(row.sequence)
+    .bind(&row.payload)
+    .bind(row.event_created_at)
+    .bind(&row.status)
+    .bind(row.attempts)
+    .bind(row.last_response_status)
+    .bind(&row.last_error)
+    .bind(row.next_attempt_at)
+    .bind(row.manual_requested_at)
+    .bind(row.created_at)
+    .bind(row.updated_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn find(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Result<Option<DeliveryRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM webhook_deliveries WHERE id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Takes up to `limit` deliveries that are due (or asked for by hand) and
+/// whose earlier events for the same order and endpoint are settled, and
+/// leases them until `lease_until`. Run in a transaction.
+pub async fn claim_due(
+    db: &mut sqlx::MySqlConnection,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<Vec<DeliveryRow>> {
+    let not_leased = "(d.lease_until IS NULL OR d.lease_until < ?)";
+    // An earlier event of the same order still pending for this endpoint
+    // holds the later ones back (per-order ordering).
+    let in_order = "NOT EXISTS (SELECT 1 FROM webhook_deliveries e \
+         WHERE e.endpoint_id = d.endpoint_id AND e.order_id = d.order_id \
+         AND e.sequence < d.sequence AND e.status = 'pending')";
+    let due: Vec<Uuid> = sqlx::query_scalar(&format!(
+        "SELECT d.id FROM webhook_deliveries d
+         WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND {not_leased} AND {in_order}
+         ORDER BY d.next_attempt_at LIMIT ? FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(now)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&mut *db)
+    .await?;
+    let manual: Vec<Uuid> = sqlx::query_scalar(&format!(
+        "SELECT d.id FROM webhook_deliveries d
+         WHERE d.manual_requested_at IS NOT NULL AND {not_leased}
+         ORDER BY d.manual_requested_at LIMIT ? FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&mut *db)
+    .await?;
+    let mut ids = due;
+    ids.extend(manual.into_iter());
+    ids.sort();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut lease = QueryBuilder::new("UPDATE webhook_deliveries SET lease_until = ");
+    lease.push_bind(lease_until).push(" WHERE id IN (");
+    let mut list = lease.separated(", ");
+    for id in &ids {
+        list.push_bind(*id);
+    }
+    lease.push(")");
+    lease.build().execute(&mut *db).await?;
+    let mut select = QueryBuilder::new(format!(
+        "SELECT {COLUMNS} FROM webhook_deliveries WHERE id IN ("
+    ));
+    let mut list = select.separated(", ");
+    for id in &ids {
+        list.push_bind(*id);
+    }
+    select.push(")");
+    select.build_query_as().fetch_all(&mut *db).await
+}
+
+/// The outcome of one attempt, written with its attempt row.
+pub struct Outcome {
+    pub status: &'static str,
+    pub attempts: u32,
+    pub last_response_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+pub async fn record_outcome(
+    db: impl MySqlExecutor<'_>,
+    id: Uuid,
+    outcome: &Outcome,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE webhook_deliveries SET status = ?, attempts = ?, last_response_status = ?,
+             last_error = ?, next_attempt_at = ?, manual_requested_at = NULL, lease_until = NULL,
+             updated_at = ?
+         WHERE id = ?",
+    )
+    .bind(outcome.status)
+    .bind(outcome.attempts)
+    .bind(outcome.last_response_status)
+    .bind(&outcome.last_error)
+    .bind(outcome.next_attempt_at)
+    .bind(now)
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Asks for one more attempt now, whatever the state.
+pub async fn request_manual(
+    db: impl MySqlExecutor<'_>,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE webhook_deliveries SET manual_requested_at = ?, updated_at = ? WHERE id = ?",
+    )
+    .bind(now)
+    .bind(now)
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// An endpoint's deliveries, newest first.
+pub async fn list(
+    db: impl MySqlExecutor<'_>,
+    endpoint_id: Uuid,
+    status: Option<&str>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<Vec<DeliveryRow>> {
+    let mut sql = QueryBuilder::new(format!(
+        "SELECT {COLUMNS} FROM webhook_deliveries WHERE endpoint_id = "
+    ));
+    sql.push_bind(endpoint_id);
+    if let Some(status) = status {
+        sql.push(" AND status = ").push_bind(status.to_string());
+    }
+    if let Some(before) = before {
+        sql.push(" AND id < ").push_bind(before);
+    }
+    sql.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+    sql.build_query_as().fetch_all(db).await
+}
+
+pub async fn pending_count(db: impl MySqlExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'pending'")
+        .fetch_one(db)
+        .await
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub id: Uuid,
+    pub delivery_id: Uuid,
+    pub attempt: u32,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u32,
+    pub response_status: Option<u16>,
+    pub response_body: Option<String>,
+    pub error: Option<String>,
+}
+
+pub async fn insert_attempt(db: impl MySqlExecutor<'_>, row: &AttemptRow) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO webhook_attempts (id, delivery_id, attempt, started_at, duration_ms,
+             response_status, response_body, error)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(row.id)
+    .bind(row.delivery_id)
+    .bind(row.attempt)
+    .bind(row.started_at)
+    .bind(row.duration_ms)
+    .bind(row.response_status)
+    .bind(&row.response_body)
+    .bind(&row.error)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A delivery's attempts, oldest first, after the given attempt number.
+pub async fn attempts(
+    db: impl MySqlExecutor<'_>,
+    delivery_id: Uuid,
+    after: Option<u32>,
+    limit: i64,
+) -> sqlx::Result<Vec<AttemptRow>> {
+    let mut sql = QueryBuilder::new(
+        "SELECT id, delivery_id, attempt, started_at, duration_ms, response_status, response_body, error
+         FROM webhook_attempts WHERE delivery_id = ",
+    );
+    sql.push_bind(delivery_id);
+    if let Some(after) = after {
+        sql.push(" AND attempt > ").push_bind(after);
+    }
+    sql.push(" ORDER BY attempt LIMIT ").push_bind(limit);
+    sql.build_query_as().fetch_all(db).await
+}

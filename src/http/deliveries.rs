@@ -1,0 +1,303 @@
+//! `/v1/webhooks/{id}/deliveries` and `/v1/webhooks/{id}/test`: what was
+//! delivered to an endpoint, each attempt, manual retries and test events.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::extract::{parse_id, Invalid, Params, PathText};
+use super::webhooks::visible_endpoint;
+use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::db;
+use crate::db::deliveries::{AttemptRow, DeliveryRow, FAILED, PENDING, SUCCEEDED};
+use crate::domain::cursor::{self, CursorKind};
+use crate::domain::{time, EventType};
+use crate::error::{ApiError, ApiResult, FieldError, Problem};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/webhooks/{id}/deliveries", get(list))
+        .route(
+            "/v1/webhooks/{id}/deliveries/{delivery_id}/attempts",
+            get(attempts),
+        )
+        .route(
+            "/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
+            post(retry),
+        )
+        .route("/v1/webhooks/{id}/test", post(test))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryOut {
+    pub id: Uuid,
+    pub endpoint_id: Uuid,
+    pub event_id: Uuid,
+    #[schema(example = "order.status_changed")]
+    pub event_type: String,
+    /// `pending`, `succeeded` or `failed`.
+    #[schema(example = "succeeded")]
+    pub status: String,
+    pub attempts: u32,
+    pub last_response_status: Option<u16>,
+    pub last_error: Option<String>,
+    #[serde(with = "time::millis_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(with = "time::millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "time::millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<DeliveryRow> for DeliveryOut {
+    fn from(row: DeliveryRow) -> Self {
+        DeliveryOut {
+            id: row.id,
+            endpoint_id: row.endpoint_id,
+            event_id: row.event_id,
+            event_type: row.event_type,
+            status: row.status,
+            attempts: row.attempts,
+            last_response_status: row.last_response_status,
+            last_error: row.last_error,
+            next_attempt_at: row.next_attempt_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptOut {
+    pub id: Uuid,
+    pub attempt: u32,
+    #[serde(with = "time::millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u32,
+    pub response_status: Option<u16>,
+    /// The first 1 KiB of the response body.
+    pub response_body: Option<String>,
+    pub error: Option<String>,
+}
+
+impl From<AttemptRow> for AttemptOut {
+    fn from(row: AttemptRow) -> Self {
+        AttemptOut {
+            id: row.id,
+            attempt: row.attempt,
+            started_at: row.started_at,
+            duration_ms: row.duration_ms,
+            response_status: row.response_status,
+            response_body: row.response_body,
+            error: row.error,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    pub delivery_id: Uuid,
+    pub event_id: Uuid,
+}
+
+/// A delivery of this endpoint the caller may see.
+async fn visible_delivery(
+    state: &AppState,
+    principal: Principal,
+    endpoint_id: &str,
+    delivery_id: &str,
+) -> ApiResult<DeliveryRow> {
+    let endpoint = visible_endpoint(state, principal, endpoint_id).await?;
+    let id = parse_id(delivery_id, "delivery")?;
+    match db::deliveries::find(&state.db, id).await? {
+        Some(row) if row.endpoint_id == endpoint.id => Ok(row),
+        _ => Err(ApiError::NotFound("delivery")),
+    }
+}
+
+/// An endpoint's deliveries, newest first: one per (event, endpoint).
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
+    params(
+        ("id" = Uuid, Path, description = "Endpoint id"),
+        ("status" = Option<String>, Query, description = "pending, succeeded or failed"),
+        ("limit" = Option<u32>, Query, description = "1..100, default 20"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of deliveries", body = Page<DeliveryOut>),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad query parameter", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn list(
+    principal: Principal,
+    State(state): State<AppState>,
+    PathText(id): PathText<String>,
+    params: Params,
+) -> ApiResult<axum::Json<Page<DeliveryOut>>> {
+    let endpoint = visible_endpoint(&state, principal, &id).await?;
+    let mut invalid = Invalid::default();
+    let limit = invalid.take(params.limit(DEFAULT_LIMIT, MAX_LIMIT));
+    let before = invalid.take(params.cursor_id(CursorKind::Deliveries));
+    let status = invalid.take(
+        params
+            .get("status")
+            .map(|s| {
+                [PENDING, SUCCEEDED, FAILED]
+                    .into_iter()
+                    .find(|known| *known == s)
+                    .ok_or_else(|| {
+                        FieldError::new("status", "must be pending, succeeded or failed")
+                    })
+            })
+            .transpose(),
+    );
+    invalid.finish()?;
+    let rows = db::deliveries::list(
+        &state.db,
+        endpoint.id,
+        status,
+        before,
+        db::fetch_limit(limit),
+    )
+    .await?;
+    Ok(axum::Json(Page::from_rows(
+        rows,
+        limit,
+        |row| cursor::encode_id(CursorKind::Deliveries, row.id),
+        DeliveryOut::from,
+    )))
+}
+
+/// A delivery's attempts, oldest first.
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/attempts", tag = "webhooks",
+    params(
+        ("id" = Uuid, Path, description = "Endpoint id"),
+        ("delivery_id" = Uuid, Path, description = "Delivery id"),
+        ("limit" = Option<u32>, Query, description = "1..100, default 20"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of attempts", body = Page<AttemptOut>),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint or delivery", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad query parameter", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn attempts(
+    principal: Principal,
+    State(state): State<AppState>,
+    PathText((id, delivery_id)): PathText<(String, String)>,
+    params: Params,
+) -> ApiResult<axum::Json<Page<AttemptOut>>> {
+    let delivery = visible_delivery(&state, principal, &id, &delivery_id).await?;
+    let mut invalid = Invalid::default();
+    let limit = invalid.take(params.limit(DEFAULT_LIMIT, MAX_LIMIT));
+    let after = invalid.take(params.cursor_number(CursorKind::Attempts));
+    invalid.finish()?;
+    let after = after.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    let rows =
+        db::deliveries::attempts(&state.db, delivery.id, after, db::fetch_limit(limit)).await?;
+    Ok(axum::Json(Page::from_rows(
+        rows,
+        limit,
+        |row| cursor::encode_number(CursorKind::Attempts, row.attempt.into()),
+        AttemptOut::from,
+    )))
+}
+
+/// One more attempt now, whatever the delivery's state (not a new schedule).
+#[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/retry", tag = "webhooks",
+    params(
+        ("id" = Uuid, Path, description = "Endpoint id"),
+        ("delivery_id" = Uuid, Path, description = "Delivery id"),
+    ),
+    responses(
+        (status = 202, description = "The attempt is queued", body = Accepted),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint or delivery", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn retry(
+    principal: Principal,
+    State(state): State<AppState>,
+    PathText((id, delivery_id)): PathText<(String, String)>,
+) -> ApiResult<(StatusCode, axum::Json<Accepted>)> {
+    let delivery = visible_delivery(&state, principal, &id, &delivery_id).await?;
+    db::deliveries::request_manual(&state.db, delivery.id, time::now()).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(Accepted {
+            delivery_id: delivery.id,
+            event_id: delivery.event_id,
+        }),
+    ))
+}
+
+/// Send a `webhook.test` event to this endpoint only, through the usual delivery path.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "Endpoint id")),
+    responses(
+        (status = 202, description = "The test event is queued for this endpoint", body = Accepted),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn test(
+    principal: Principal,
+    State(state): State<AppState>,
+    PathText(id): PathText<String>,
+) -> ApiResult<(StatusCode, axum::Json<Accepted>)> {
+    let endpoint = visible_endpoint(&state, principal, &id).await?;
+    let now = time::now();
+    let event_id = Uuid::now_v7();
+    let envelope = serde_json::json!({
+        "id": event_id,
+        "type": EventType::WebhookTest.as_str(),
+        "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "data": {
+            "customer_id": endpoint.customer_id,
+            "endpoint_id": endpoint.id,
+            "message": "A test event from Mechanica: your endpoint is reachable and verifies signatures."
+        }
+    });
+    let row = DeliveryRow {
+        id: Uuid::now_v7(),
+        endpoint_id: endpoint.id,
+        customer_id: endpoint.customer_id,
+        event_id,
+        event_type: EventType::WebhookTest.as_str().to_string(),
+        order_id: None,
+        sequence: None,
+        payload: envelope.to_string(),
+        event_created_at: now,
+        status: PENDING.to_string(),
+        attempts: 0,
+        last_response_status: None,
+        last_error: None,
+        next_attempt_at: Some(now),
+        manual_requested_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    db::deliveries::insert_ignore(&state.db, &row).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(Accepted {
+            delivery_id: row.id,
+            event_id,
+        }),
+    ))
+}
