@@ -105,7 +105,7 @@ pub async fn claim_due(
     .fetch_all(&mut *db)
     .await?;
     let mut ids = due;
-    ids.extend(manual.into_iter());
+    ids.extend(manual);
     ids.sort();
     ids.dedup();
     if ids.is_empty() {
