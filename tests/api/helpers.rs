@@ -404,3 +404,228 @@ impl TestApp {
 pub fn fresh_db_name() -> String {
     format!("mechanica_test_{}", Uuid::new_v4().simple())
 }
+
+/// What a webhook receiver got.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub path: String,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+    pub status: u16,
+}
+
+impl Hit {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+
+    pub fn header(&self, name: &str) -> String {
+        self.headers[name].to_str().unwrap().to_string()
+    }
+
+    /// Verifies the signature with the independent `standardwebhooks` crate.
+    pub fn verifies_with(&self, secret: &str) -> bool {
+        standardwebhooks::Webhook::new(secret)
+            .unwrap()
+            .verify(self.body.as_bytes(), &self.headers)
+            .is_ok()
+    }
+}
+
+/// Decides a receiver's answer: (status, delay) for the nth hit on a path.
+pub type Script = dyn Fn(&str, usize, &Value) -> (u16, Duration) + Send + Sync;
+
+/// A real HTTP receiver on loopback that records every request.
+pub struct Receiver {
+    pub base: String,
+    hits: std::sync::Arc<std::sync::Mutex<Vec<Hit>>>,
+}
+
+impl Receiver {
+    pub async fn start(
+        script: impl Fn(&str, usize, &Value) -> (u16, Duration) + Send + Sync + 'static,
+    ) -> Receiver {
+        use axum::body::Bytes;
+        use axum::extract::{OriginalUri, State};
+        use axum::http::HeaderMap;
+        type Shared = (
+            std::sync::Arc<std::sync::Mutex<Vec<Hit>>>,
+            std::sync::Arc<Script>,
+        );
+        async fn handle(
+            State((hits, script)): State<Shared>,
+            OriginalUri(uri): OriginalUri,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> axum::http::StatusCode {
+            let path = uri.path().to_string();
+            let body = String::from_utf8_lossy(&body).into_owned();
+            let value: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let nth = hits
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|h| h.path == path)
+                .count();
+            let (status, delay) = script(&path, nth, &value);
+            tokio::time::sleep(delay).await;
+            let mut copied = reqwest::header::HeaderMap::new();
+            for (name, value) in headers.iter() {
+                copied.insert(name.clone(), value.clone());
+            }
+            hits.lock().unwrap().push(Hit {
+                path,
+                headers: copied,
+                body,
+                status,
+            });
+            axum::http::StatusCode::from_u16(status).unwrap()
+        }
+        let hits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let script: std::sync::Arc<Script> = std::sync::Arc::new(script);
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state((hits.clone(), script));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { base, hits }
+    }
+
+    pub fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+
+    pub fn hits_on(&self, path: &str) -> Vec<Hit> {
+        self.hits().into_iter().filter(|h| h.path == path).collect()
+    }
+
+    /// Waits until `path` has `count` hits answered with a 2xx, or panics.
+    pub async fn wait_for_successes(&self, path: &str, count: usize, within: Duration) -> Vec<Hit> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let ok: Vec<Hit> = self
+                .hits_on(path)
+                .into_iter()
+                .filter(|h| (200..300).contains(&h.status))
+                .collect();
+            if ok.len() >= count {
+                return ok;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "{path}: {} of {count} successful deliveries; all hits: {:?}",
+                    ok.len(),
+                    self.hits_on(path)
+                        .iter()
+                        .map(|h| h.status)
+                        .collect::<Vec<_>>()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A delivery worker in this process, with a compressed retry schedule.
+pub struct TestWorker {
+    stop: Option<oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+pub fn worker_config(db_name: &str, queue_url: &str) -> mechanica::config::DeliveryConfig {
+    mechanica::config::DeliveryConfig {
+        database_url: format!("{}/{db_name}", server_url()),
+        database_max_connections: 8,
+        sqs_queue_url: queue_url.to_string(),
+        aws_endpoint_url: Some(sqs_endpoint()),
+        retry_schedule: mechanica::delivery::schedule::RetrySchedule::parse("300ms,300ms,300ms")
+            .unwrap(),
+        timeout: Duration::from_secs(2),
+        allow_private_networks: true,
+        max_in_flight: 32,
+        max_in_flight_per_endpoint: 8,
+        disable_after: Duration::from_secs(5 * 86_400),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        secrets_encryption_key: None,
+        log_format: LogFormat::Pretty,
+    }
+}
+
+impl TestWorker {
+    pub async fn start(config: mechanica::config::DeliveryConfig) -> TestWorker {
+        let worker = mechanica::delivery::worker::Worker::build(config)
+            .await
+            .expect("worker starts");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(worker.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        TestWorker {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Like `kill -9`: the worker stops mid-whatever, recording nothing more.
+    pub fn kill(mut self) {
+        self.stop.take();
+        self.task.abort();
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// API + worker + queue on one fresh database, private networks allowed.
+pub struct System {
+    pub app: TestApp,
+    pub worker: Option<TestWorker>,
+    pub queue: TestQueue,
+    pub db_name: String,
+}
+
+impl System {
+    pub async fn start() -> System {
+        let mut system = System::without_worker().await;
+        system.worker =
+            Some(TestWorker::start(worker_config(&system.db_name, &system.queue.url)).await);
+        system
+    }
+
+    pub async fn without_worker() -> System {
+        let queue = TestQueue::create(false).await;
+        let db_name = fresh_db_name();
+        let mut config = test_config(format!("{}/{db_name}", server_url()));
+        config.sqs_queue_url = Some(queue.url.clone());
+        config.aws_endpoint_url = Some(sqs_endpoint());
+        config.webhook_allow_private_networks = true;
+        let app = TestApp::spawn_with(config, db_name.clone()).await;
+        System {
+            app,
+            worker: None,
+            queue,
+            db_name,
+        }
+    }
+
+    /// Registers an endpoint; returns (id, secret).
+    pub async fn endpoint(&self, token: &str, url: &str, types: Option<Value>) -> (String, String) {
+        let mut body = serde_json::json!({ "url": url });
+        if let Some(types) = types {
+            body["event_types"] = types;
+        }
+        let response = self.app.post("/v1/webhooks", token, &body).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let created: Value = response.json().await.unwrap();
+        (
+            created["id"].as_str().unwrap().to_string(),
+            created["secret"].as_str().unwrap().to_string(),
+        )
+    }
+}

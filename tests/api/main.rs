@@ -3,6 +3,7 @@
 mod helpers;
 
 mod api_keys;
+mod delivery;
 mod errors;
 mod feed;
 mod idempotency;
