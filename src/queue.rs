@@ -38,8 +38,9 @@ impl Queue {
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(2))
-                    .operation_attempt_timeout(Duration::from_secs(10))
-                    .operation_timeout(Duration::from_secs(25))
+                    // Above the 20 s long poll of ReceiveMessage.
+                    .operation_attempt_timeout(Duration::from_secs(25))
+                    .operation_timeout(Duration::from_secs(30))
                     .build(),
             )
             .load()
@@ -81,7 +82,20 @@ impl Queue {
             }
             request = request.entries(entry.build().map_err(|e| e.to_string())?);
         }
-        let output = request.send().await.map_err(describe)?;
+        // Publishing is short: a hung SQS must not hold the relay for long.
+        let output = request
+            .customize()
+            .config_override(
+                aws_sdk_sqs::config::Config::builder().timeout_config(
+                    TimeoutConfig::builder()
+                        .operation_attempt_timeout(Duration::from_secs(5))
+                        .operation_timeout(Duration::from_secs(10))
+                        .build(),
+                ),
+            )
+            .send()
+            .await
+            .map_err(describe)?;
         for failure in output.failed() {
             tracing::warn!(
                 id = failure.id(),
