@@ -338,11 +338,11 @@ impl DeliveryConfig {
         );
         let max_in_flight = keep(
             &mut errors,
-            env.bounded("WEBHOOK_MAX_IN_FLIGHT", 64, 1, 10_000),
+            env.bounded("WEBHOOK_MAX_IN_FLIGHT", 128, 1, 10_000),
         );
         let max_in_flight_per_endpoint = keep(
             &mut errors,
-            env.bounded("WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT", 8, 1, 1000),
+            env.bounded("WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT", 16, 1, 1000),
         );
         let metrics_addr = keep(
             &mut errors,

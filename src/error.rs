@@ -232,6 +232,14 @@ fn mysql_errno(err: &dyn sqlx::error::DatabaseError) -> Option<u16> {
         .map(|e| e.number())
 }
 
+/// True for a deadlock or lock wait timeout: the transaction may be retried.
+pub fn is_retryable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => matches!(mysql_errno(db.as_ref()), Some(1213 | 1205)),
+        _ => false,
+    }
+}
+
 /// True when a database error is a duplicate-key violation (MySQL 1062).
 pub fn is_duplicate_key(err: &sqlx::Error) -> bool {
     match err {

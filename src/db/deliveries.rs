@@ -33,9 +33,10 @@ const COLUMNS: &str = "id, endpoint_id, customer_id, event_id, event_type, order
      payload, event_created_at, status, attempts, last_response_status, last_error, \
      next_attempt_at, manual_requested_at, created_at, updated_at";
 
-/// Creates the delivery unless one exists for this (event, endpoint).
-pub async fn insert_ignore(db: impl MySqlExecutor<'_>, row: &DeliveryRow) -> sqlx::Result<()> {
-    sqlx::query(&format!(
+/// Creates the delivery unless one exists for this (event, endpoint);
+/// true if it did.
+pub async fn insert_ignore(db: impl MySqlExecutor<'_>, row: &DeliveryRow) -> sqlx::Result<bool> {
+    let result = sqlx::query(&format!(
         "INSERT IGNORE INTO webhook_deliveries ({COLUMNS}) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))
@@ -58,7 +59,7 @@ pub async fn insert_ignore(db: impl MySqlExecutor<'_>, row: &DeliveryRow) -> sql
     .bind(row.updated_at)
     .execute(db)
     .await?;
-    Ok(())
+    Ok(result.rows_affected() == 1)
 }
 
 pub async fn find(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Result<Option<DeliveryRow>> {
@@ -71,63 +72,199 @@ pub async fn find(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Result<Option<D
 }
 
 /// Takes up to `limit` deliveries that are due (or asked for by hand) and
-/// whose earlier events for the same order and endpoint are settled, and
-/// leases them until `lease_until`. Run in a transaction.
+/// whose endpoint is not in `skip` (endpoints this worker has saturated);
+/// leases them until `lease_until`. Run in a transaction. A delivery
+/// waiting for an earlier event of its order has no `next_attempt_at`, so
+/// it is not due.
 pub async fn claim_due(
     db: &mut sqlx::MySqlConnection,
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
     limit: i64,
+    skip: &[Uuid],
 ) -> sqlx::Result<Vec<DeliveryRow>> {
-    let not_leased = "(d.lease_until IS NULL OR d.lease_until < ?)";
-    // An earlier event of the same order still pending for this endpoint
-    // holds the later ones back (per-order ordering).
-    let in_order = "NOT EXISTS (SELECT 1 FROM webhook_deliveries e \
-         WHERE e.endpoint_id = d.endpoint_id AND e.order_id = d.order_id \
-         AND e.sequence < d.sequence AND e.status = 'pending')";
-    let due: Vec<Uuid> = sqlx::query_scalar(&format!(
-        "SELECT d.id FROM webhook_deliveries d
-         WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND {not_leased} AND {in_order}
-         ORDER BY d.next_attempt_at LIMIT ? FOR UPDATE SKIP LOCKED"
-    ))
-    .bind(now)
-    .bind(now)
-    .bind(limit)
-    .fetch_all(&mut *db)
-    .await?;
-    let manual: Vec<Uuid> = sqlx::query_scalar(&format!(
-        "SELECT d.id FROM webhook_deliveries d
-         WHERE d.manual_requested_at IS NOT NULL AND {not_leased}
-         ORDER BY d.manual_requested_at LIMIT ? FOR UPDATE SKIP LOCKED"
-    ))
-    .bind(now)
-    .bind(limit)
-    .fetch_all(&mut *db)
-    .await?;
-    let mut ids = due;
-    ids.extend(manual);
+    // Candidates, read without locks; then locked by id, skipping rows that
+    // another worker holds, and re-checked.
+    let mut due = QueryBuilder::new(
+        "SELECT d.id FROM webhook_deliveries d WHERE d.status = 'pending' AND d.next_attempt_at <= ",
+    );
+    due.push_bind(now)
+        .push(" AND (d.lease_until IS NULL OR d.lease_until < ")
+        .push_bind(now)
+        .push(")");
+    push_skip(&mut due, skip);
+    due.push(" ORDER BY d.next_attempt_at LIMIT ")
+        .push_bind(limit);
+    let mut ids: Vec<Uuid> = due.build_query_scalar().fetch_all(&mut *db).await?;
+
+    let mut manual = QueryBuilder::new(
+        "SELECT d.id FROM webhook_deliveries d WHERE d.manual_requested_at IS NOT NULL \
+         AND (d.lease_until IS NULL OR d.lease_until < ",
+    );
+    manual.push_bind(now).push(")");
+    push_skip(&mut manual, skip);
+    manual
+        .push(" ORDER BY d.manual_requested_at LIMIT ")
+        .push_bind(limit);
+    ids.extend(
+        manual
+            .build_query_scalar::<Uuid>()
+            .fetch_all(&mut *db)
+            .await?,
+    );
     ids.sort();
     ids.dedup();
     if ids.is_empty() {
         return Ok(vec![]);
     }
+
+    let mut lock = QueryBuilder::new("SELECT id FROM webhook_deliveries WHERE id IN (");
+    push_ids(&mut lock, &ids);
+    lock.push(") AND (lease_until IS NULL OR lease_until < ")
+        .push_bind(now)
+        .push(") FOR UPDATE SKIP LOCKED");
+    let locked: Vec<Uuid> = lock.build_query_scalar().fetch_all(&mut *db).await?;
+    if locked.is_empty() {
+        return Ok(vec![]);
+    }
     let mut lease = QueryBuilder::new("UPDATE webhook_deliveries SET lease_until = ");
     lease.push_bind(lease_until).push(" WHERE id IN (");
-    let mut list = lease.separated(", ");
-    for id in &ids {
-        list.push_bind(*id);
-    }
+    push_ids(&mut lease, &locked);
     lease.push(")");
     lease.build().execute(&mut *db).await?;
     let mut select = QueryBuilder::new(format!(
         "SELECT {COLUMNS} FROM webhook_deliveries WHERE id IN ("
     ));
-    let mut list = select.separated(", ");
-    for id in &ids {
-        list.push_bind(*id);
-    }
+    push_ids(&mut select, &locked);
     select.push(")");
     select.build_query_as().fetch_all(&mut *db).await
+}
+
+fn push_ids(sql: &mut QueryBuilder<'_, sqlx::MySql>, ids: &[Uuid]) {
+    let mut list = sql.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+}
+
+fn push_skip(sql: &mut QueryBuilder<'_, sqlx::MySql>, skip: &[Uuid]) {
+    if !skip.is_empty() {
+        sql.push(" AND d.endpoint_id NOT IN (");
+        push_ids(sql, skip);
+        sql.push(")");
+    }
+}
+
+/// Gives back leases (rows claimed but not attempted).
+pub async fn release(db: impl MySqlExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut sql =
+        QueryBuilder::new("UPDATE webhook_deliveries SET lease_until = NULL WHERE id IN (");
+    push_ids(&mut sql, ids);
+    sql.push(")");
+    sql.build().execute(db).await?;
+    Ok(())
+}
+
+/// Is an earlier event of this order still pending for this endpoint?
+/// Locks what it reads, so a concurrent settle and this check serialize.
+pub async fn earlier_pending(
+    db: impl MySqlExecutor<'_>,
+    endpoint_id: Uuid,
+    order_id: Uuid,
+    sequence: u32,
+) -> sqlx::Result<bool> {
+    let found: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM webhook_deliveries
+         WHERE endpoint_id = ? AND order_id = ? AND sequence < ? AND status = 'pending'
+         LIMIT 1 FOR UPDATE",
+    )
+    .bind(endpoint_id)
+    .bind(order_id)
+    .bind(sequence)
+    .fetch_optional(db)
+    .await?;
+    Ok(found.is_some())
+}
+
+/// The state of the delivery of an event to an endpoint, if it exists.
+pub async fn status_of(
+    db: impl MySqlExecutor<'_>,
+    event_id: Uuid,
+    endpoint_id: Uuid,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT status FROM webhook_deliveries WHERE event_id = ? AND endpoint_id = ? FOR UPDATE",
+    )
+    .bind(event_id)
+    .bind(endpoint_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// After a delivery settled: the next waiting event of its order for its
+/// endpoint becomes due.
+pub async fn release_next(
+    db: impl MySqlExecutor<'_>,
+    endpoint_id: Uuid,
+    order_id: Uuid,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE webhook_deliveries SET next_attempt_at = ?
+         WHERE endpoint_id = ? AND order_id = ? AND status = 'pending' AND next_attempt_at IS NULL
+         ORDER BY sequence LIMIT 1",
+    )
+    .bind(now)
+    .bind(endpoint_id)
+    .bind(order_id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A safety net for `release_next`: waiting deliveries with no earlier
+/// pending event become due. Returns how many.
+pub async fn release_stranded(
+    db: &mut sqlx::MySqlConnection,
+    now: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT d.id FROM webhook_deliveries d
+         WHERE d.status = 'pending' AND d.next_attempt_at IS NULL
+           AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
+                           WHERE e.endpoint_id = d.endpoint_id AND e.order_id = d.order_id
+                             AND e.sequence < d.sequence AND e.status = 'pending')
+         LIMIT 100",
+    )
+    .fetch_all(&mut *db)
+    .await?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut sql = QueryBuilder::new("UPDATE webhook_deliveries SET next_attempt_at = ");
+    sql.push_bind(now)
+        .push(" WHERE next_attempt_at IS NULL AND id IN (");
+    push_ids(&mut sql, &ids);
+    sql.push(")");
+    Ok(sql.build().execute(&mut *db).await?.rows_affected())
+}
+
+/// The highest sequence of an order this endpoint has a delivery for.
+pub async fn last_sequence(
+    db: impl MySqlExecutor<'_>,
+    endpoint_id: Uuid,
+    order_id: Uuid,
+) -> sqlx::Result<Option<u32>> {
+    sqlx::query_scalar(
+        "SELECT MAX(sequence) FROM webhook_deliveries WHERE endpoint_id = ? AND order_id = ?",
+    )
+    .bind(endpoint_id)
+    .bind(order_id)
+    .fetch_one(db)
+    .await
 }
 
 /// The outcome of one attempt, written with its attempt row.

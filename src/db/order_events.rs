@@ -158,3 +158,28 @@ pub async fn outbox_backlog(db: impl MySqlExecutor<'_>) -> sqlx::Result<(i64, f6
         .unwrap_or(0.0);
     Ok((count, age))
 }
+
+/// An order's events between two sequences (exclusive), for the worker to
+/// create deliveries of events whose SQS messages have not arrived yet.
+#[derive(sqlx::FromRow)]
+pub struct EarlierEvent {
+    pub sequence: u32,
+    pub payload: String,
+}
+
+pub async fn between(
+    db: impl MySqlExecutor<'_>,
+    order_id: Uuid,
+    after: u32,
+    before: u32,
+) -> sqlx::Result<Vec<EarlierEvent>> {
+    sqlx::query_as(
+        "SELECT sequence, payload FROM order_events
+         WHERE order_id = ? AND sequence > ? AND sequence < ? ORDER BY sequence",
+    )
+    .bind(order_id)
+    .bind(after)
+    .bind(before)
+    .fetch_all(db)
+    .await
+}

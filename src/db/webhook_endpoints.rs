@@ -18,14 +18,18 @@ pub struct EndpointRow {
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Since when every delivery has failed; set by the worker.
+    #[sqlx(default)]
+    pub failing_since: Option<DateTime<Utc>>,
 }
 
 const COLUMNS: &str = "id, customer_id, url, description, event_mask, enabled, disabled_reason, \
-                       secret, previous_secret, previous_secret_expires_at, created_at, updated_at";
+                       secret, previous_secret, previous_secret_expires_at, created_at, updated_at, \
+                       failing_since";
 
 pub async fn insert(db: impl MySqlExecutor<'_>, row: &EndpointRow) -> sqlx::Result<()> {
     sqlx::query(&format!(
-        "INSERT INTO webhook_endpoints ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO webhook_endpoints ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .bind(row.id)
     .bind(row.customer_id)
@@ -39,6 +43,7 @@ pub async fn insert(db: impl MySqlExecutor<'_>, row: &EndpointRow) -> sqlx::Resu
     .bind(row.previous_secret_expires_at)
     .bind(row.created_at)
     .bind(row.updated_at)
+    .bind(row.failing_since)
     .execute(db)
     .await?;
     Ok(())
@@ -128,8 +133,8 @@ pub async fn delete(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
 /// The delivery worker's lookup: a customer's enabled endpoints subscribed
 /// to an event type (by its bit). Served by `webhook_endpoints_subscribed`.
 pub const SUBSCRIBED_SQL: &str = "SELECT id, customer_id, url, description, event_mask, enabled, \
-     disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at \
-     FROM webhook_endpoints WHERE customer_id = ? AND enabled = 1 AND (event_mask & ?) <> 0";
+     disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at, \
+     failing_since FROM webhook_endpoints WHERE customer_id = ? AND enabled = 1 AND (event_mask & ?) <> 0";
 
 pub async fn subscribed(
     db: impl MySqlExecutor<'_>,

@@ -39,6 +39,8 @@ use crate::secrets::SecretBox;
 
 /// How often dispatch looks for due retries and other workers' rows.
 const TICK: Duration = Duration::from_millis(200);
+/// How often waiting deliveries are checked for a missed release.
+const SWEEP: Duration = Duration::from_secs(10);
 /// Longest `Retry-After` honored.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -134,6 +136,12 @@ impl Worker {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let (stop, stopped) = watch::channel(false);
         let mut loops = JoinSet::new();
+        // Two receivers, so one batch's database work overlaps the next receive.
+        loops.spawn(ingest(
+            self.shared.clone(),
+            self.queue.clone(),
+            stopped.clone(),
+        ));
         loops.spawn(ingest(self.shared.clone(), self.queue, stopped.clone()));
         loops.spawn(dispatch(self.shared.clone(), stopped.clone()));
         let metrics = metrics_router(self.shared.clone());
@@ -201,9 +209,27 @@ async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::Receiver<boo
                 }
             }
         };
-        for message in messages {
+        // The batch's messages are fanned out concurrently (their commits
+        // share the database's group commit), each retried after a deadlock.
+        let outcomes = futures_util::future::join_all(messages.iter().map(|message| {
             let body = message.body().unwrap_or_default();
-            match fan_out(&shared, body).await {
+            let shared = &shared;
+            async move {
+                let mut tries = 0;
+                loop {
+                    match fan_out(shared, body).await {
+                        Err(FanOutError::Db(e)) if tries < 5 && crate::error::is_retryable(&e) => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(5 * tries)).await;
+                        }
+                        other => return other,
+                    }
+                }
+            }
+        }))
+        .await;
+        for (message, outcome) in messages.iter().zip(outcomes) {
+            match outcome {
                 Ok(()) => {
                     if let Some(handle) = message.receipt_handle() {
                         if let Err(e) = queue
@@ -231,25 +257,81 @@ async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::Receiver<boo
 }
 
 /// Records one delivery per subscribed endpoint; idempotent per (event, endpoint).
-async fn fan_out(shared: &Shared, body: &str) -> Result<(), String> {
-    let event: Incoming =
-        serde_json::from_str(body).map_err(|e| format!("malformed event: {e}"))?;
+///
+/// Ordering: a delivery whose order has an earlier event still pending for
+/// the same endpoint is written without `next_attempt_at` (waiting); when
+/// that earlier one settles, `release_next` makes the next one due. Both
+/// sides lock the rows they look at, so they cannot miss each other.
+///
+/// SQS may hand an order's events to workers out of order. So that the
+/// check sees every earlier event, deliveries of earlier events of the order
+/// that this endpoint would receive (its filter, sent after it existed) and
+/// that have none yet are created here too, from the outbox; their own
+/// messages then add nothing.
+#[derive(Debug, thiserror::Error)]
+enum FanOutError {
+    #[error("malformed event: {0}")]
+    Malformed(serde_json::Error),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+async fn fan_out(shared: &Shared, body: &str) -> Result<(), FanOutError> {
+    let event: Incoming = serde_json::from_str(body).map_err(FanOutError::Malformed)?;
     let endpoints = db::webhook_endpoints::subscribed(
         &shared.pool,
         event.data.customer_id,
         EventFilter::bit(event.event_type),
     )
-    .await
-    .map_err(|e| format!("looking up endpoints: {e}"))?;
+    .await?;
     let now = time::now();
-    let mut tx = shared.pool.begin().await.map_err(|e| e.to_string())?;
+    let mut conn = shared.pool.acquire().await?;
+    // Read committed: no gap locks between workers fanning out one order.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut *conn)
+        .await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     for endpoint in endpoints {
-        let row = new_delivery(&endpoint, &event, body, now);
-        db::deliveries::insert_ignore(&mut *tx, &row)
-            .await
-            .map_err(|e| format!("recording a delivery: {e}"))?;
+        let (Some(order_id), Some(sequence)) = (event.data.order_id, event.data.sequence) else {
+            let row = new_delivery(&endpoint, &event, body, now, true);
+            db::deliveries::insert_ignore(&mut *tx, &row).await?;
+            continue;
+        };
+        // This event and any earlier ones not yet recorded, oldest first.
+        let last = db::deliveries::last_sequence(&mut *tx, endpoint.id, order_id)
+            .await?
+            .unwrap_or(0);
+        let mut events: Vec<(Incoming, String)> = vec![];
+        if last + 1 < sequence {
+            for missing in db::order_events::between(&mut *tx, order_id, last, sequence).await? {
+                if let Ok(earlier) = serde_json::from_str::<Incoming>(&missing.payload) {
+                    if EventFilter(endpoint.event_mask).includes(earlier.event_type)
+                        && earlier.timestamp >= endpoint.created_at
+                    {
+                        events.push((earlier, missing.payload));
+                    }
+                }
+            }
+        }
+        events.push((
+            serde_json::from_str(body).map_err(FanOutError::Malformed)?,
+            body.to_string(),
+        ));
+        let first = events[0].0.data.sequence.unwrap_or(sequence);
+        let mut blocked =
+            db::deliveries::earlier_pending(&mut *tx, endpoint.id, order_id, first).await?;
+        for (incoming, payload) in &events {
+            let row = new_delivery(&endpoint, incoming, payload, now, !blocked);
+            let created = db::deliveries::insert_ignore(&mut *tx, &row).await?;
+            let pending = created
+                || db::deliveries::status_of(&mut *tx, incoming.id, endpoint.id)
+                    .await?
+                    .is_some_and(|s| s == PENDING);
+            blocked = blocked || pending;
+        }
     }
-    tx.commit().await.map_err(|e| e.to_string())
+    tx.commit().await?;
+    Ok(())
 }
 
 fn new_delivery(
@@ -257,6 +339,7 @@ fn new_delivery(
     event: &Incoming,
     body: &str,
     now: DateTime<Utc>,
+    due: bool,
 ) -> DeliveryRow {
     DeliveryRow {
         id: Uuid::now_v7(),
@@ -272,7 +355,7 @@ fn new_delivery(
         attempts: 0,
         last_response_status: None,
         last_error: None,
-        next_attempt_at: Some(now),
+        next_attempt_at: due.then_some(now),
         manual_requested_at: None,
         created_at: now,
         updated_at: now,
@@ -282,14 +365,25 @@ fn new_delivery(
 /// Due delivery rows → attempts, bounded overall and per endpoint.
 async fn dispatch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut attempts = JoinSet::new();
+    let mut last_sweep = std::time::Instant::now();
     loop {
         if *stop.borrow() {
             break;
         }
+        if last_sweep.elapsed() > SWEEP {
+            last_sweep = std::time::Instant::now();
+            if let Ok(mut conn) = shared.pool.acquire().await {
+                match db::deliveries::release_stranded(&mut conn, time::now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(count = n, "released deliveries left waiting"),
+                    Err(e) => tracing::warn!(error = %e, "sweeping waiting deliveries failed"),
+                }
+            }
+        }
         let free = shared.in_flight.available_permits();
         let mut claimed_any = false;
         if free > 0 {
-            match claim(&shared, free).await {
+            match claim(&shared, free, &saturated(&shared)).await {
                 Ok(rows) => {
                     claimed_any = !rows.is_empty();
                     let mut busy = vec![];
@@ -346,23 +440,32 @@ fn permits_for(shared: &Shared, endpoint_id: Uuid) -> Option<Permits> {
     Some(Permits(one, all))
 }
 
-async fn claim(shared: &Shared, limit: usize) -> sqlx::Result<Vec<DeliveryRow>> {
+async fn claim(shared: &Shared, limit: usize, skip: &[Uuid]) -> sqlx::Result<Vec<DeliveryRow>> {
     let now = time::now();
     let lease = chrono::Duration::from_std(shared.config.timeout + Duration::from_secs(30))
         .unwrap_or(chrono::Duration::minutes(5));
     let mut tx = shared.pool.begin().await?;
-    let rows = db::deliveries::claim_due(&mut tx, now, now + lease, limit as i64).await?;
+    let rows = db::deliveries::claim_due(&mut tx, now, now + lease, limit as i64, skip).await?;
     tx.commit().await?;
     Ok(rows)
 }
 
+/// Endpoints with every one of their attempt slots in use here.
+fn saturated(shared: &Shared) -> Vec<Uuid> {
+    let map = shared
+        .per_endpoint
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    map.iter()
+        .filter(|(_, s)| s.available_permits() == 0)
+        .map(|(id, _)| *id)
+        .collect()
+}
+
 /// Gives back leases of rows whose endpoint is at its concurrency limit.
 async fn release(shared: &Shared, ids: &[Uuid]) {
-    for id in ids {
-        let _ = sqlx::query("UPDATE webhook_deliveries SET lease_until = NULL WHERE id = ?")
-            .bind(id)
-            .execute(&shared.pool)
-            .await;
+    if let Err(e) = db::deliveries::release(&shared.pool, ids).await {
+        tracing::warn!(error = %e, "releasing leases failed; they run out by themselves");
     }
 }
 
@@ -481,29 +584,66 @@ async fn deliver(shared: &Shared, row: DeliveryRow) {
     };
     let disable_after = chrono::Duration::from_std(shared.config.disable_after)
         .unwrap_or(chrono::Duration::days(5));
-    let recorded: sqlx::Result<()> = async {
-        let mut tx = shared.pool.begin().await?;
+    let recorded = with_retries(|| async {
+        let mut conn = shared.pool.acquire().await?;
+        // Read committed: settles of one endpoint's deliveries lock only
+        // the rows they change.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .execute(&mut *conn)
+            .await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         db::deliveries::insert_attempt(&mut *tx, &attempt).await?;
         db::deliveries::record_outcome(&mut *tx, row.id, &outcome, now).await?;
-        if succeeded {
-            db::webhook_endpoints::mark_succeeding(&mut *tx, endpoint.id).await?;
+        if let (Some(order_id), true) = (row.order_id, outcome.status != PENDING) {
+            db::deliveries::release_next(&mut *tx, row.endpoint_id, order_id, now).await?;
+        }
+        tx.commit().await
+    })
+    .await;
+    // The endpoint's health, apart: one row every settle of it touches.
+    let health = with_retries(|| async {
+        if succeeded && endpoint.failing_since.is_none() {
+            Ok(())
+        } else if succeeded {
+            db::webhook_endpoints::mark_succeeding(&shared.pool, endpoint.id).await
         } else if gone {
             db::webhook_endpoints::disable(
-                &mut *tx,
+                &shared.pool,
                 endpoint.id,
                 "the endpoint answered 410 Gone",
                 now,
             )
-            .await?;
+            .await
         } else {
-            db::webhook_endpoints::mark_failing(&mut tx, endpoint.id, now, disable_after).await?;
+            let mut conn = shared.pool.acquire().await?;
+            db::webhook_endpoints::mark_failing(&mut conn, endpoint.id, now, disable_after).await
         }
-        tx.commit().await
-    }
+    })
     .await;
+    if let Err(e) = health {
+        tracing::warn!(error = %e, endpoint_id = %endpoint.id, "recording the endpoint's health failed");
+    }
     if let Err(e) = recorded {
         // The lease runs out and the delivery is attempted again: at least once.
         tracing::error!(error = %e, delivery_id = %row.id, "recording an attempt failed");
+    }
+}
+
+/// Runs a database step again after a deadlock or lock wait timeout.
+async fn with_retries<F, Fut>(mut step: F) -> sqlx::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = sqlx::Result<()>>,
+{
+    let mut tries = 0;
+    loop {
+        match step().await {
+            Err(e) if tries < 5 && crate::error::is_retryable(&e) => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(5 * tries)).await;
+            }
+            other => return other,
+        }
     }
 }
 

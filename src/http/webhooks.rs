@@ -252,6 +252,7 @@ pub async fn create(
         previous_secret_expires_at: None,
         created_at: now,
         updated_at: now,
+        failing_since: None,
     };
     db::webhook_endpoints::insert(&mut *tx, &row).await?;
     tx.commit().await?;
