@@ -8,8 +8,9 @@
 //!    change's response to the webhook's arrival;
 //! 3. drain: DRAIN events queued with the worker stopped, then the worker
 //!    started; deliveries/s;
-//! 4. ceiling: the receiver driven directly by an HTTP client at concurrency 32;
-//! and the peak RSS of both binaries.
+//! 4. ceiling: the receiver driven directly by an HTTP client at concurrency 32.
+//!
+//! It also reports the peak RSS of both binaries.
 
 use std::collections::HashMap;
 use std::process::{Child, Command};
