@@ -530,3 +530,96 @@ async fn a_killed_worker_is_replaced_and_nothing_is_delivered_twice() {
     let rows = settled(&system.app, &tenant.token, &endpoint, "succeeded", 1).await;
     assert_eq!(rows[0]["attempts"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_does_not_delay_a_healthy_one() {
+    let system = System::start().await;
+    // The worker's timeout in tests is 2 s; /slow sleeps past it.
+    let receiver = Receiver::start(|path, _, _| {
+        if path == "/slow" {
+            (200, Duration::from_secs(3))
+        } else {
+            (200, FAST)
+        }
+    })
+    .await;
+    let tenant = system.app.tenant("Mixed").await;
+    let (slow, _) = system
+        .endpoint(&tenant.token, &format!("{}/slow", receiver.base), None)
+        .await;
+    system
+        .endpoint(&tenant.token, &format!("{}/fast", receiver.base), None)
+        .await;
+
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        system.app.new_order(&tenant).await;
+    }
+    receiver
+        .wait_for_successes("/fast", 10, Duration::from_secs(10))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the healthy endpoint got all 10 in {:?}, while the slow one was still timing out",
+        started.elapsed()
+    );
+    // Meanwhile the slow endpoint's attempts time out and are recorded so.
+    let mut timed_out = false;
+    for _ in 0..100 {
+        let rows = deliveries(&system.app, &tenant.token, &slow, "").await;
+        if rows.iter().any(|r| {
+            r["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("timed out")
+        }) {
+            timed_out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(timed_out, "attempts to the slow endpoint time out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_rotation_each_delivery_carries_both_signatures() {
+    let system = System::start().await;
+    let receiver = Receiver::start(|_, _, _| (200, FAST)).await;
+    let tenant = system.app.tenant("Rotating").await;
+    let (endpoint, old) = system
+        .endpoint(&tenant.token, &format!("{}/rot", receiver.base), None)
+        .await;
+    let rotated: Value = system
+        .app
+        .post(
+            &format!("/v1/webhooks/{endpoint}/secret/rotate"),
+            &tenant.token,
+            &json!({}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let new = rotated["secret"].as_str().unwrap();
+    system.app.new_order(&tenant).await;
+
+    let hits = receiver
+        .wait_for_successes("/rot", 1, Duration::from_secs(10))
+        .await;
+    let header = hits[0].header("webhook-signature");
+    let signatures: Vec<&str> = header.split(' ').collect();
+    assert_eq!(signatures.len(), 2, "{header}");
+    assert!(hits[0].verifies_with(new));
+    assert!(hits[0].verifies_with(&old));
+    // Each signature on its own verifies with its own secret.
+    let mut only_new = hits[0].clone();
+    only_new
+        .headers
+        .insert("webhook-signature", signatures[0].parse().unwrap());
+    assert!(only_new.verifies_with(new) && !only_new.verifies_with(&old));
+    let mut only_old = hits[0].clone();
+    only_old
+        .headers
+        .insert("webhook-signature", signatures[1].parse().unwrap());
+    assert!(only_old.verifies_with(&old) && !only_old.verifies_with(new));
+}
