@@ -177,8 +177,8 @@ pub async fn mark_failing(
          WHERE id = ? AND enabled = 1 AND failing_since <= ?",
     )
     .bind(format!(
-        "every delivery failed for {} days",
-        disable_after.num_hours() as f64 / 24.0
+        "every delivery failed for {}",
+        human(disable_after)
     ))
     .bind(now)
     .bind(id)
@@ -186,6 +186,16 @@ pub async fn mark_failing(
     .execute(&mut *db)
     .await?;
     Ok(())
+}
+
+/// "5 days", "12 hours", "90 seconds".
+fn human(period: chrono::Duration) -> String {
+    let seconds = period.num_seconds();
+    match seconds {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{} days", s / 86_400),
+        s if s >= 3_600 && s % 3_600 == 0 => format!("{} hours", s / 3_600),
+        s => format!("{} seconds", s.max(1)),
+    }
 }
 
 pub async fn disable(

@@ -623,3 +623,56 @@ async fn during_a_rotation_each_delivery_carries_both_signatures() {
         .insert("webhook-signature", signatures[1].parse().unwrap());
     assert!(only_old.verifies_with(&old) && !only_old.verifies_with(new));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_for_the_whole_disable_period_is_disabled() {
+    // WEBHOOK_DISABLE_AFTER compressed from 5 days to half a second; the
+    // schedule's three retries (300 ms ± 20 % each) span more than that.
+    let system = System::without_worker().await;
+    let mut config = worker_config(&system.db_name, &system.queue.url);
+    config.disable_after = Duration::from_millis(500);
+    let _worker = TestWorker::start(config).await;
+    let receiver = Receiver::start(|_, _, _| (500, FAST)).await;
+    let tenant = system.app.tenant("Dead").await;
+    let (endpoint, _) = system
+        .endpoint(&tenant.token, &format!("{}/dead", receiver.base), None)
+        .await;
+    system.app.new_order(&tenant).await;
+
+    let mut disabled = Value::Null;
+    for _ in 0..100 {
+        let e: Value = system
+            .app
+            .get(&format!("/v1/webhooks/{endpoint}"), &tenant.token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if e["enabled"] == false {
+            disabled = e;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        disabled["disabled_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("every delivery failed"),
+        "{disabled}"
+    );
+    // Re-enabling clears the reason.
+    let enabled: Value = system
+        .app
+        .client
+        .patch(system.app.url(&format!("/v1/webhooks/{endpoint}")))
+        .bearer_auth(&tenant.token)
+        .json(&json!({ "enabled": true }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(enabled["disabled_reason"], Value::Null);
+}
