@@ -29,6 +29,45 @@ pub struct DeliveryRow {
     pub updated_at: DateTime<Utc>,
 }
 
+/// What a new delivery is of: one event, for one endpoint.
+pub struct NewDelivery<'a> {
+    pub endpoint_id: Uuid,
+    pub customer_id: Uuid,
+    pub event_id: Uuid,
+    pub event_type: &'a str,
+    pub order_id: Option<Uuid>,
+    pub sequence: Option<u32>,
+    /// The envelope, sent as is on every attempt.
+    pub payload: &'a str,
+    pub event_created_at: DateTime<Utc>,
+}
+
+impl DeliveryRow {
+    /// A pending delivery; `due` false makes it wait for an earlier event
+    /// of its order (it gets no `next_attempt_at`).
+    pub fn pending(new: NewDelivery<'_>, now: DateTime<Utc>, due: bool) -> DeliveryRow {
+        DeliveryRow {
+            id: Uuid::now_v7(),
+            endpoint_id: new.endpoint_id,
+            customer_id: new.customer_id,
+            event_id: new.event_id,
+            event_type: new.event_type.to_string(),
+            order_id: new.order_id,
+            sequence: new.sequence,
+            payload: new.payload.to_string(),
+            event_created_at: new.event_created_at,
+            status: PENDING.to_string(),
+            attempts: 0,
+            last_response_status: None,
+            last_error: None,
+            next_attempt_at: due.then_some(now),
+            manual_requested_at: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 const COLUMNS: &str = "id, endpoint_id, customer_id, event_id, event_type, order_id, sequence, \
      payload, event_created_at, status, attempts, last_response_status, last_error, \
      next_attempt_at, manual_requested_at, created_at, updated_at";

@@ -29,7 +29,7 @@ use super::metrics::WorkerMetrics;
 use super::signing;
 use crate::config::DeliveryConfig;
 use crate::db;
-use crate::db::deliveries::{DeliveryRow, Outcome, FAILED, PENDING, SUCCEEDED};
+use crate::db::deliveries::{DeliveryRow, NewDelivery, Outcome, FAILED, PENDING, SUCCEEDED};
 use crate::db::webhook_endpoints::EndpointRow;
 use crate::domain::time;
 use crate::domain::webhook::{EventFilter, SigningSecret};
@@ -75,7 +75,7 @@ pub struct Worker {
 }
 
 /// The part of an envelope the worker reads; the body is kept as received.
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct Incoming {
     id: Uuid,
     #[serde(rename = "type")]
@@ -85,7 +85,7 @@ struct Incoming {
     data: IncomingData,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct IncomingData {
     customer_id: Uuid,
     #[serde(default)]
@@ -313,10 +313,7 @@ async fn fan_out(shared: &Shared, body: &str) -> Result<(), FanOutError> {
                 }
             }
         }
-        events.push((
-            serde_json::from_str(body).map_err(FanOutError::Malformed)?,
-            body.to_string(),
-        ));
+        events.push((event.clone(), body.to_string()));
         let first = events[0].0.data.sequence.unwrap_or(sequence);
         let mut blocked =
             db::deliveries::earlier_pending(&mut *tx, endpoint.id, order_id, first).await?;
@@ -341,25 +338,17 @@ fn new_delivery(
     now: DateTime<Utc>,
     due: bool,
 ) -> DeliveryRow {
-    DeliveryRow {
-        id: Uuid::now_v7(),
+    let new = NewDelivery {
         endpoint_id: endpoint.id,
         customer_id: endpoint.customer_id,
         event_id: event.id,
-        event_type: event.event_type.as_str().to_string(),
+        event_type: event.event_type.as_str(),
         order_id: event.data.order_id,
         sequence: event.data.sequence,
-        payload: body.to_string(),
+        payload: body,
         event_created_at: event.timestamp,
-        status: PENDING.to_string(),
-        attempts: 0,
-        last_response_status: None,
-        last_error: None,
-        next_attempt_at: due.then_some(now),
-        manual_requested_at: None,
-        created_at: now,
-        updated_at: now,
-    }
+    };
+    DeliveryRow::pending(new, now, due)
 }
 
 /// Due delivery rows → attempts, bounded overall and per endpoint.

@@ -16,7 +16,7 @@ use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::db;
-use crate::db::deliveries::{AttemptRow, DeliveryRow, FAILED, PENDING, SUCCEEDED};
+use crate::db::deliveries::{AttemptRow, DeliveryRow, NewDelivery, FAILED, PENDING, SUCCEEDED};
 use crate::domain::cursor::{self, CursorKind};
 use crate::domain::{time, EventType};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
@@ -273,25 +273,18 @@ pub async fn test(
             "message": "A test event from Mechanica: your endpoint is reachable and verifies signatures."
         }
     });
-    let row = DeliveryRow {
-        id: Uuid::now_v7(),
+    let payload = envelope.to_string();
+    let new = NewDelivery {
         endpoint_id: endpoint.id,
         customer_id: endpoint.customer_id,
         event_id,
-        event_type: EventType::WebhookTest.as_str().to_string(),
+        event_type: EventType::WebhookTest.as_str(),
         order_id: None,
         sequence: None,
-        payload: envelope.to_string(),
+        payload: &payload,
         event_created_at: now,
-        status: PENDING.to_string(),
-        attempts: 0,
-        last_response_status: None,
-        last_error: None,
-        next_attempt_at: Some(now),
-        manual_requested_at: None,
-        created_at: now,
-        updated_at: now,
     };
+    let row = DeliveryRow::pending(new, now, true);
     db::deliveries::insert_ignore(&state.db, &row).await?;
     Ok((
         StatusCode::ACCEPTED,

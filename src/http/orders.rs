@@ -99,7 +99,8 @@ pub async fn create(
     let customer_id = principal.scope(body.customer_id)?.ok_or_else(|| {
         ApiError::invalid("customer_id", "required when the operator creates an order")
     })?;
-    let request_hash = request_hash(customer_id, &body);
+    // What makes a retry "the same request"; only needed with a key.
+    let request_hash = key.as_ref().map(|_| request_hash(customer_id, &body));
     let contents = OrderContents::parse(
         body.reference,
         body.pickup,
@@ -110,8 +111,8 @@ pub async fn create(
     .map_err(ApiError::Validation)?;
 
     let owner = principal.owner_id();
-    if let Some(key) = &key {
-        match db::idempotency::claim(&state.db, owner, key, &request_hash, time::now()).await? {
+    if let (Some(key), Some(request_hash)) = (&key, &request_hash) {
+        match db::idempotency::claim(&state.db, owner, key, request_hash, time::now()).await? {
             Claim::Claimed => {}
             Claim::Replay { status, body } => return Ok(replay(status, body)),
             Claim::InProgress => {
