@@ -29,11 +29,14 @@ use crate::error::ApiError;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
+use crate::rate_limit::RateLimiter;
 use crate::secrets::SecretBox;
 use crate::signals::Signals;
 use crate::{outbox, sequencer};
 
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// A client has this long to send a request body.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 #[derive(Clone)]
@@ -47,6 +50,7 @@ pub struct AppState {
     pub cursor_key: Arc<[u8]>,
     pub secrets: Arc<SecretBox>,
     pub allow_private_networks: bool,
+    pub rate_limiter: Arc<RateLimiter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +74,7 @@ pub struct App {
     pub db: MySqlPool,
     signals: Arc<Signals>,
     queue: Option<Queue>,
+    request_timeout: Duration,
 }
 
 impl App {
@@ -117,6 +122,7 @@ impl App {
                     .map_err(StartupError::Config)?,
             ),
             allow_private_networks: config.webhook_allow_private_networks,
+            rate_limiter: Arc::new(RateLimiter::new(config.rate_limit)),
         };
         Ok(App {
             listener,
@@ -124,6 +130,7 @@ impl App {
             db: pool,
             signals,
             queue,
+            request_timeout: config.request_timeout,
         })
     }
 
@@ -152,9 +159,13 @@ impl App {
                 stopped,
             ));
         }
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = crate::server::serve(
+            self.listener,
+            self.router,
+            shutdown,
+            self.request_timeout + Duration::from_secs(5),
+        )
+        .await;
         let _ = stop.send(true);
         // A round in progress finishes (bounded by the SQS timeouts).
         while background.join_next().await.is_some() {}

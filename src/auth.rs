@@ -90,10 +90,17 @@ impl FromRequestParts<AppState> for Principal {
             return Err(ApiError::Unauthorized);
         }
         // Looked up by its hash, so timing reveals nothing about the token.
-        match db::api_keys::customer_for_hash(&state.db, &hash).await? {
-            Some(customer_id) => Ok(Principal::Customer(customer_id)),
-            None => Err(ApiError::Unauthorized),
-        }
+        let customer_id = db::api_keys::customer_for_hash(&state.db, &hash)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        // Limited per key, after the lookup, so unknown tokens make no buckets.
+        state
+            .rate_limiter
+            .check(&hash)
+            .map_err(|wait| ApiError::TooManyRequests {
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            })?;
+        Ok(Principal::Customer(customer_id))
     }
 }
 

@@ -33,6 +33,8 @@ pub struct Config {
     pub webhook_allow_private_networks: bool,
     /// Base64 of 32 bytes: seal webhook secrets at rest with AES-256-GCM.
     pub secrets_encryption_key: Option<String>,
+    /// Requests per second (and burst) per API key; the operator is exempt.
+    pub rate_limit: crate::rate_limit::RateLimit,
 }
 
 impl std::fmt::Debug for Config {
@@ -51,6 +53,7 @@ impl std::fmt::Debug for Config {
                 &self.webhook_allow_private_networks,
             )
             .field("secrets_encrypted", &self.secrets_encryption_key.is_some())
+            .field("rate_limit", &self.rate_limit)
             .finish_non_exhaustive()
     }
 }
@@ -91,6 +94,7 @@ impl Config {
         if let Err(e) = crate::secrets::SecretBox::new(secrets_encryption_key.as_deref()) {
             errors.push(e);
         }
+        let rate_limit = keep(&mut errors, rate_limit(&env));
         let cors_allowed_origins = env
             .optional("CORS_ALLOWED_ORIGINS")
             .map(|list| {
@@ -113,6 +117,7 @@ impl Config {
             sqs_queue_url,
             aws_endpoint_url,
             webhook_allow_private_networks,
+            rate_limit,
         ) {
             (
                 Some(database_url),
@@ -126,6 +131,7 @@ impl Config {
                 Some(sqs_queue_url),
                 Some(aws_endpoint_url),
                 Some(webhook_allow_private_networks),
+                Some(rate_limit),
             ) => {
                 let admin_token_generated = admin_token.is_none();
                 Ok(Config {
@@ -144,11 +150,25 @@ impl Config {
                     aws_endpoint_url,
                     webhook_allow_private_networks,
                     secrets_encryption_key,
+                    rate_limit,
                 })
             }
             _ => Err(errors),
         }
     }
+}
+
+/// `RATE_LIMIT_PER_SECOND` (0 turns limiting off) and `RATE_LIMIT_BURST`
+/// (by default twice the rate).
+fn rate_limit(env: &Env) -> Result<crate::rate_limit::RateLimit, String> {
+    let per_second = env.bounded("RATE_LIMIT_PER_SECOND", 100, 0, 1_000_000)? as u32;
+    let burst = env.bounded(
+        "RATE_LIMIT_BURST",
+        u64::from(per_second) * 2,
+        u64::from(per_second.min(1)),
+        10_000_000,
+    )? as u32;
+    Ok(crate::rate_limit::RateLimit { per_second, burst })
 }
 
 /// The value, or `None` with its error kept.

@@ -61,6 +61,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("validation failed: {0:?}")]
     Validation(Vec<FieldError>),
+    #[error("rate limited: retry after {retry_after_secs}s")]
+    TooManyRequests { retry_after_secs: u64 },
+    #[error("request timeout")]
+    RequestTimeout,
     #[error("service unavailable: {0}")]
     Unavailable(&'static str),
     /// Already logged where it happened; the client gets an opaque 500.
@@ -100,6 +104,8 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -150,6 +156,18 @@ impl ApiError {
                 describe(errors),
                 Some(errors.clone()),
             ),
+            ApiError::TooManyRequests { retry_after_secs } => (
+                "rate-limited",
+                "Too many requests",
+                format!("this API key is over its request rate; retry after {retry_after_secs} s"),
+                None,
+            ),
+            ApiError::RequestTimeout => (
+                "request-timeout",
+                "Request timeout",
+                "the request body did not arrive in time".into(),
+                None,
+            ),
             ApiError::Unavailable(d) => ("unavailable", "Service unavailable", (*d).into(), None),
             ApiError::Internal => (
                 "internal",
@@ -191,6 +209,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::TooManyRequests { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             _ => {}
         }

@@ -22,10 +22,14 @@ pub mod metrics;
 pub mod outbox;
 /// The SQS client wrapper.
 pub mod queue;
+/// Per-API-key token buckets.
+pub mod rate_limit;
 /// Webhook signing secrets at rest (AES-256-GCM when a key is set).
 pub mod secrets;
 /// Assigns feed positions to committed events, in commit order.
 pub mod sequencer;
+/// The HTTP/1 server loop with header timeouts and size limits.
+pub mod server;
 /// In-process wake-ups between commits, the sequencer, the relay and long polls.
 pub mod signals;
 /// Tracing set-up for both binaries.

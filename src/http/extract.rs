@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+use crate::app::BODY_READ_TIMEOUT;
 use crate::domain::cursor::{self, CursorKind};
 use crate::error::{ApiError, FieldError};
 
@@ -27,13 +28,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
                 "send the body as `Content-Type: application/json`".into(),
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::BadRequest("the request body could not be read".into())
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         parse_json(&bytes).map(Json)
     }
 }
@@ -46,13 +41,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let content_type = req.headers().get(CONTENT_TYPE).cloned();
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::BadRequest("the request body could not be read".into())
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         if bytes.is_empty() {
             return Ok(OptionalJson(None));
         }
@@ -62,6 +51,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
             ));
         }
         parse_json(&bytes).map(|v| OptionalJson(Some(v)))
+    }
+}
+
+/// The whole body, within `BODY_READ_TIMEOUT`: a client trickling its body
+/// gets 408 instead of holding the request open.
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(req, state)).await {
+        Err(_) => Err(ApiError::RequestTimeout),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(ApiError::PayloadTooLarge)
+        }
+        Ok(Err(_)) => Err(ApiError::BadRequest(
+            "the request body could not be read".into(),
+        )),
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use mechanica::app::App;
 use mechanica::config::{Config, LogFormat};
+use mechanica::rate_limit::RateLimit;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use sqlx::{Connection, MySqlConnection, MySqlPool};
@@ -34,6 +35,8 @@ pub fn test_config(database_url: String) -> Config {
         aws_endpoint_url: None,
         webhook_allow_private_networks: false,
         secrets_encryption_key: None,
+        // Off here; tests/api/rate_limit.rs turns it on.
+        rate_limit: RateLimit::OFF,
     }
 }
 

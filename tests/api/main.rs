@@ -8,6 +8,8 @@ mod errors;
 mod feed;
 mod idempotency;
 mod indexes;
+mod isolation;
+mod limits;
 mod openapi;
 mod operations;
 mod orders;
