@@ -54,3 +54,17 @@ ensure_fauxqs() {
     echo "the SQS emulator did not start; see tools/run/fauxqs.log" >&2
     exit 1
 }
+
+# schemathesis (PyPI, pinned in tools/requirements-schemathesis.txt) in its
+# own virtualenv under tools/.venv.
+ensure_schemathesis() {
+    local venv="$ROOT/tools/.venv"
+    local stamp="$venv/.requirements"
+    if [ -x "$venv/bin/schemathesis" ] && cmp -s "$stamp" "$ROOT/tools/requirements-schemathesis.txt"; then
+        return
+    fi
+    log "installing schemathesis (PyPI) into tools/.venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/tools/requirements-schemathesis.txt"
+    cp "$ROOT/tools/requirements-schemathesis.txt" "$stamp"
+}

@@ -86,8 +86,8 @@ pub async fn create(
 /// List customers, newest first (operator).
 #[utoipa::path(get, path = "/v1/customers", tag = "customers",
     params(
-        ("limit" = Option<u32>, Query, description = "1..100, default 20"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1..100, default 20"),
+        ("cursor" = Option<String>, Query, min_length = 1, description = "`next_cursor` of the previous page"),
     ),
     responses(
         (status = 200, description = "A page of customers", body = Page<CustomerOut>),

@@ -130,9 +130,9 @@ async fn visible_delivery(
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
     params(
         ("id" = Uuid, Path, description = "Endpoint id"),
-        ("status" = Option<String>, Query, description = "pending, succeeded or failed"),
-        ("limit" = Option<u32>, Query, description = "1..100, default 20"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("status" = Option<String>, Query, pattern = "^(pending|succeeded|failed)$", description = "pending, succeeded or failed"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1..100, default 20"),
+        ("cursor" = Option<String>, Query, min_length = 1, description = "`next_cursor` of the previous page"),
     ),
     responses(
         (status = 200, description = "A page of deliveries", body = Page<DeliveryOut>),
@@ -186,8 +186,8 @@ pub async fn list(
     params(
         ("id" = Uuid, Path, description = "Endpoint id"),
         ("delivery_id" = Uuid, Path, description = "Delivery id"),
-        ("limit" = Option<u32>, Query, description = "1..100, default 20"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1..100, default 20"),
+        ("cursor" = Option<String>, Query, min_length = 1, description = "`next_cursor` of the previous page"),
     ),
     responses(
         (status = 200, description = "A page of attempts", body = Page<AttemptOut>),

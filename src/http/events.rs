@@ -43,9 +43,9 @@ pub struct FeedPage {
 /// `next_cursor` from the start sees every event exactly once, in order.
 #[utoipa::path(get, path = "/v1/events", tag = "events",
     params(
-        ("after" = Option<String>, Query, description = "`next_cursor` of the previous page; absent: from the beginning"),
-        ("limit" = Option<u32>, Query, description = "1..1000, default 100"),
-        ("wait" = Option<u64>, Query, description = "0..30 seconds to hold the request open until an event arrives; default 0"),
+        ("after" = Option<String>, Query, min_length = 1, description = "`next_cursor` of the previous page; absent: from the beginning"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1..1000, default 100"),
+        ("wait" = Option<u64>, Query, minimum = 0, maximum = 30, description = "0..30 seconds to hold the request open until an event arrives; default 0"),
         ("customer_id" = Option<Uuid>, Query, description = "Operator only: one customer's feed (default: every customer's)"),
     ),
     responses(

@@ -50,7 +50,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
                 "send the body as `Content-Type: application/json`".into(),
             ));
         }
-        parse_json(&bytes).map(|v| OptionalJson(Some(v)))
+        // `null` counts as no body.
+        parse_json::<Option<T>>(&bytes).map(OptionalJson)
     }
 }
 

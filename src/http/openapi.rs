@@ -30,7 +30,7 @@ use crate::error::{FieldError, Problem};
     components(schemas(
         Problem, FieldError, Address, Parcel, Order, OrderStatus, Event, EventType, OrderEventData,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonResponses),
     tags(
         (name = "customers", description = "Customers (operator only)"),
         (name = "api keys", description = "Customer API keys (operator only)"),
@@ -58,6 +58,76 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Answers every authenticated route can give, added here rather than on
+/// each handler: 429 (over the key's rate), 503 (the database is away);
+/// and on routes that read a body, the ways a body can be refused.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, HeaderBuilder, ResponseBuilder};
+        use utoipa::openapi::{HttpMethod, Ref};
+
+        let problem = |description: &str, retry_after: bool| {
+            let mut response = ResponseBuilder::new().description(description).content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            );
+            if retry_after {
+                response = response.header(
+                    "Retry-After",
+                    HeaderBuilder::new()
+                        .schema(<u64 as utoipa::PartialSchema>::schema())
+                        .description(Some("Seconds to wait before retrying"))
+                        .build(),
+                );
+            }
+            response.build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for method in [
+                HttpMethod::Get,
+                HttpMethod::Post,
+                HttpMethod::Patch,
+                HttpMethod::Delete,
+            ] {
+                let operation = match method {
+                    HttpMethod::Get => item.get.as_mut(),
+                    HttpMethod::Post => item.post.as_mut(),
+                    HttpMethod::Patch => item.patch.as_mut(),
+                    _ => item.delete.as_mut(),
+                };
+                let Some(operation) = operation else { continue };
+                if operation.security.is_none() {
+                    continue;
+                }
+                let responses = &mut operation.responses.responses;
+                responses
+                    .entry("429".into())
+                    .or_insert_with(|| problem("Over this API key's request rate", true).into());
+                responses.entry("503".into()).or_insert_with(|| {
+                    problem("The database is unavailable; retry shortly", true).into()
+                });
+                if operation.request_body.is_some() {
+                    for (status, description) in [
+                        ("400", "Malformed JSON"),
+                        ("408", "The request body did not arrive in time"),
+                        ("413", "Body over 256 KiB"),
+                        ("415", "Not application/json"),
+                        ("422", "Invalid fields, each named"),
+                    ] {
+                        responses
+                            .entry(status.into())
+                            .or_insert_with(|| problem(description, false).into());
+                    }
+                }
+            }
+        }
     }
 }
 

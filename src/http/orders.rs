@@ -76,7 +76,7 @@ pub struct StatusChangeIn {
 /// Create an order. With `Idempotency-Key`, a retry returns the first response.
 #[utoipa::path(post, path = "/v1/orders", tag = "orders",
     request_body = OrderIn,
-    params(("Idempotency-Key" = Option<String>, Header,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
         description = "1..255 printable ASCII characters; the same key and body within 24 h replays the first response")),
     responses(
         (status = 201, description = "Created (or replayed, with `Idempotent-Replayed: true`)", body = Order,
@@ -294,8 +294,8 @@ pub async fn show(
     params(
         ("status" = Option<OrderStatus>, Query, description = "Only orders in this status"),
         ("customer_id" = Option<Uuid>, Query, description = "Operator only: one customer's orders"),
-        ("limit" = Option<u32>, Query, description = "1..100, default 20"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1..100, default 20"),
+        ("cursor" = Option<String>, Query, min_length = 1, description = "`next_cursor` of the previous page"),
     ),
     responses(
         (status = 200, description = "A page of orders", body = Page<Order>),
@@ -345,7 +345,7 @@ fn unknown_status(field: &str) -> FieldError {
     request_body = StatusChangeIn,
     params(
         ("id" = Uuid, Path, description = "Order id"),
-        ("If-Match" = Option<String>, Header, description = "The version you last saw, quoted: 412 if the order has changed since"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^\s*(\*|"[0-9]{1,9}"(\s*,\s*"[0-9]{1,9}")*)\s*$"#, description = "The version you last saw, quoted: 412 if the order has changed since"),
     ),
     responses(
         (status = 200, description = "The updated order", body = Order,
@@ -430,8 +430,8 @@ pub async fn change_status(
 #[utoipa::path(get, path = "/v1/orders/{id}/events", tag = "orders",
     params(
         ("id" = Uuid, Path, description = "Order id"),
-        ("limit" = Option<u32>, Query, description = "1..100, default 20"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1..100, default 20"),
+        ("cursor" = Option<String>, Query, min_length = 1, description = "`next_cursor` of the previous page"),
     ),
     responses(
         (status = 200, description = "A page of the order's events", body = Page<Event>),
