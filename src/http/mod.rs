@@ -9,6 +9,7 @@ pub mod extract;
 pub mod openapi;
 pub mod ops;
 pub mod orders;
+pub mod preconditions;
 pub mod webhooks;
 
 use axum::Router;

@@ -3,7 +3,7 @@
 //! the same transaction.
 
 use axum::extract::State;
-use axum::http::header::{CONTENT_TYPE, ETAG, IF_MATCH, LOCATION};
+use axum::http::header::{CONTENT_TYPE, ETAG, LOCATION};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::extract::{parse_id, Invalid, Json, Params, PathText};
+use super::preconditions::{idempotency_key, if_match};
 use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::app::AppState;
 use crate::auth::Principal;
@@ -34,7 +35,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/orders/{id}/events", get(history))
 }
 
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 const MAX_NOTE_CHARS: usize = 500;
 
@@ -196,23 +196,6 @@ async fn insert_order(
     Ok(order)
 }
 
-fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
-    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
-        return Ok(None);
-    };
-    let valid = value
-        .to_str()
-        .ok()
-        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| (0x20..0x7f).contains(&b)));
-    match valid {
-        Some(key) => Ok(Some(key.to_string())),
-        None => Err(ApiError::invalid(
-            "Idempotency-Key",
-            "must be 1 to 255 printable ASCII characters",
-        )),
-    }
-}
-
 /// What makes two requests "the same": the customer and the parsed body.
 fn request_hash(customer_id: Uuid, body: &OrderIn) -> [u8; 32] {
     let mut hasher = Sha256::new();
@@ -236,29 +219,6 @@ fn replay(status: u16, body: String) -> Response {
 
 fn etag(order: &Order) -> String {
     format!("\"{}\"", order.version)
-}
-
-/// Reads `If-Match`: `*`, or one or more quoted versions. `None` if absent.
-fn if_match(headers: &HeaderMap) -> ApiResult<Option<Vec<u32>>> {
-    let Some(value) = headers.get(IF_MATCH) else {
-        return Ok(None);
-    };
-    let bad = || ApiError::invalid("If-Match", "must be `*` or a quoted version like \"3\"");
-    let value = value.to_str().map_err(|_| bad())?;
-    if value.trim() == "*" {
-        return Ok(None);
-    }
-    value
-        .split(',')
-        .map(|tag| {
-            tag.trim()
-                .strip_prefix('"')
-                .and_then(|t| t.strip_suffix('"'))
-                .and_then(|t| t.parse::<u32>().ok())
-                .ok_or_else(bad)
-        })
-        .collect::<ApiResult<Vec<u32>>>()
-        .map(Some)
 }
 
 /// Finds an order the caller may see; anything else is 404.
