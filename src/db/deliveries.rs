@@ -157,11 +157,16 @@ pub async fn claim_due(
         return Ok(vec![]);
     }
 
+    // The candidates came from a snapshot: another worker may since have
+    // attempted and settled one (its lease cleared), so the locking read,
+    // which sees the latest rows, checks again that each is still due.
     let mut lock = QueryBuilder::new("SELECT id FROM webhook_deliveries WHERE id IN (");
     push_ids(&mut lock, &ids);
     lock.push(") AND (lease_until IS NULL OR lease_until < ")
         .push_bind(now)
-        .push(") FOR UPDATE SKIP LOCKED");
+        .push(") AND ((status = 'pending' AND next_attempt_at <= ")
+        .push_bind(now)
+        .push(") OR manual_requested_at IS NOT NULL) FOR UPDATE SKIP LOCKED");
     let locked: Vec<Uuid> = lock.build_query_scalar().fetch_all(&mut *db).await?;
     if locked.is_empty() {
         return Ok(vec![]);

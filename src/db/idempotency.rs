@@ -1,29 +1,28 @@
-//! SQL for `idempotency_keys`: a key is claimed in its own short transaction
-//! before the work starts, and completed in the work's transaction, so a
-//! concurrent request with the same key sees it as running (409) and a later
-//! one sees the stored response.
+//! SQL for `idempotency_keys`. A key is claimed by inserting its row in
+//! the work's own transaction and completed in that same transaction. So
+//! the claim and the work commit or vanish together: a request that fails
+//! in any way, its connection killed included, leaves no claim behind. A
+//! concurrent request with the same key waits on the row's lock and then
+//! replays the stored response.
 
 use chrono::{DateTime, Duration, Utc};
-use sqlx::{MySqlExecutor, MySqlPool};
+use sqlx::MySqlConnection;
 use uuid::Uuid;
 
 use crate::error::is_duplicate_key;
 
 /// How long a response is replayed.
 pub const RETENTION: Duration = Duration::hours(24);
-/// A claim older than this whose request never finished (its process died)
-/// may be taken over.
-pub const ABANDONED_AFTER: Duration = Duration::minutes(2);
 
 pub enum Claim {
-    /// The key is ours: do the work, then `complete` it.
+    /// The key is ours: do the work, then `complete` it, in this transaction.
     Claimed,
     /// The same key and body finished before: answer this again.
     Replay { status: u16, body: String },
-    /// The same key is still being worked on by another request.
-    InProgress,
     /// The key was used with a different body.
     Mismatch,
+    /// Other requests kept taking the key: retry.
+    Busy,
 }
 
 #[derive(sqlx::FromRow)]
@@ -34,14 +33,15 @@ struct KeyRow {
     created_at: DateTime<Utc>,
 }
 
+/// Run it inside the transaction that does the work.
 pub async fn claim(
-    db: &MySqlPool,
+    tx: &mut MySqlConnection,
     owner_id: Uuid,
     key: &str,
     request_hash: &[u8; 32],
     now: DateTime<Utc>,
 ) -> sqlx::Result<Claim> {
-    // Two rounds: the second follows the removal of an expired or abandoned row.
+    // Two rounds: the second follows the removal of an expired row.
     for _ in 0..2 {
         let inserted = sqlx::query(
             "INSERT INTO idempotency_keys (owner_id, idempotency_key, request_hash, created_at)
@@ -51,25 +51,27 @@ pub async fn claim(
         .bind(key)
         .bind(&request_hash[..])
         .bind(now)
-        .execute(db)
+        .execute(&mut *tx)
         .await;
         match inserted {
             Ok(_) => return Ok(Claim::Claimed),
             Err(e) if is_duplicate_key(&e) => {}
             Err(e) => return Err(e),
         }
+        // A locking read sees the latest committed row, not a snapshot.
         let existing: Option<KeyRow> = sqlx::query_as(
             "SELECT request_hash, response_status, response_body, created_at
-             FROM idempotency_keys WHERE owner_id = ? AND idempotency_key = ?",
+             FROM idempotency_keys WHERE owner_id = ? AND idempotency_key = ?
+             LOCK IN SHARE MODE",
         )
         .bind(owner_id)
         .bind(key)
-        .fetch_optional(db)
+        .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = existing else { continue };
-        let expired = row.created_at < now - RETENTION;
-        let abandoned = row.response_status.is_none() && row.created_at < now - ABANDONED_AFTER;
-        if expired || abandoned {
+        // Rows of the earlier design could be left without a response.
+        let unfinished = row.response_status.is_none() || row.response_body.is_none();
+        if row.created_at < now - RETENTION || unfinished {
             sqlx::query(
                 "DELETE FROM idempotency_keys
                  WHERE owner_id = ? AND idempotency_key = ? AND created_at = ?",
@@ -77,24 +79,23 @@ pub async fn claim(
             .bind(owner_id)
             .bind(key)
             .bind(row.created_at)
-            .execute(db)
+            .execute(&mut *tx)
             .await?;
             continue;
         }
         if row.request_hash.as_slice() != request_hash.as_slice() {
             return Ok(Claim::Mismatch);
         }
-        return Ok(match (row.response_status, row.response_body) {
-            (Some(status), Some(body)) => Claim::Replay { status, body },
-            _ => Claim::InProgress,
-        });
+        if let (Some(status), Some(body)) = (row.response_status, row.response_body) {
+            return Ok(Claim::Replay { status, body });
+        }
     }
-    Ok(Claim::InProgress)
+    Ok(Claim::Busy)
 }
 
 /// Stores the response; run it in the same transaction as the work.
 pub async fn complete(
-    db: impl MySqlExecutor<'_>,
+    db: &mut MySqlConnection,
     owner_id: Uuid,
     key: &str,
     status: u16,
@@ -106,19 +107,6 @@ pub async fn complete(
     )
     .bind(status)
     .bind(body)
-    .bind(owner_id)
-    .bind(key)
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
-/// Gives the key up after the work failed, so the client may try again.
-pub async fn release(db: impl MySqlExecutor<'_>, owner_id: Uuid, key: &str) -> sqlx::Result<()> {
-    sqlx::query(
-        "DELETE FROM idempotency_keys
-         WHERE owner_id = ? AND idempotency_key = ? AND response_status IS NULL",
-    )
     .bind(owner_id)
     .bind(key)
     .execute(db)

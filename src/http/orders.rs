@@ -83,7 +83,7 @@ pub struct StatusChangeIn {
             headers(("ETag" = String, description = "The order's version, quoted"))),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Duplicate reference, or the same key is still being processed", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Duplicate reference", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 256 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid field, or the key was used with another body", body = Problem, content_type = "application/problem+json"),
@@ -110,33 +110,27 @@ pub async fn create(
     )
     .map_err(ApiError::Validation)?;
 
-    let owner = principal.owner_id();
+    let mut tx = state.db.begin().await?;
     if let (Some(key), Some(request_hash)) = (&key, &request_hash) {
-        match db::idempotency::claim(&state.db, owner, key, request_hash, time::now()).await? {
+        let owner = principal.owner_id();
+        match db::idempotency::claim(&mut tx, owner, key, request_hash, time::now()).await? {
             Claim::Claimed => {}
             Claim::Replay { status, body } => return Ok(replay(status, body)),
-            Claim::InProgress => {
-                return Err(ApiError::conflict(
-                    "idempotency-in-progress",
-                    "a request with this Idempotency-Key is still being processed; retry shortly",
-                ))
-            }
             Claim::Mismatch => {
                 return Err(ApiError::invalid(
                     "Idempotency-Key",
                     "this key was already used with a different request body",
                 ))
             }
+            Claim::Busy => {
+                return Err(ApiError::Unavailable("the database is busy; retry shortly"))
+            }
         }
     }
-    let created = insert_order(&state, principal, customer_id, contents, key.as_deref()).await;
-    if let (Err(_), Some(key)) = (&created, &key) {
-        // Best effort: an unreleased claim is taken over once abandoned.
-        if let Err(e) = db::idempotency::release(&state.db, owner, key).await {
-            tracing::warn!(error = %e, "could not release an idempotency key");
-        }
-    }
-    let order = created?;
+    // On any error the transaction rolls back, the key's claim with it.
+    let order = insert_order(&mut tx, principal, customer_id, contents, key.as_deref()).await?;
+    tx.commit().await?;
+    state.signals.events_committed();
     let location = format!("/v1/orders/{}", order.id);
     Ok((
         StatusCode::CREATED,
@@ -146,14 +140,14 @@ pub async fn create(
         .into_response())
 }
 
+/// Inserts the order, its first event and (with a key) the stored response.
 async fn insert_order(
-    state: &AppState,
+    tx: &mut sqlx::MySqlConnection,
     principal: Principal,
     customer_id: Uuid,
     contents: OrderContents,
     key: Option<&str>,
 ) -> ApiResult<Order> {
-    let mut tx = state.db.begin().await?;
     if principal == Principal::Operator
         && db::customers::find(&mut *tx, customer_id).await?.is_none()
     {
@@ -191,8 +185,6 @@ async fn insert_order(
             serde_json::to_string(&order).map_err(|e| ApiError::internal("order JSON", e))?;
         db::idempotency::complete(&mut *tx, principal.owner_id(), key, 201, &body).await?;
     }
-    tx.commit().await?;
-    state.signals.events_committed();
     Ok(order)
 }
 
