@@ -67,6 +67,9 @@ fn spawn(bin: &str, vars: &[(&str, String)]) -> Proc {
     Proc(command.spawn().expect("binary starts"))
 }
 
+/// A status change: (order id, version), when the API answered, how long it took.
+type Answer = ((String, u64), Instant, Duration);
+
 /// Arrival time of each (order id, sequence).
 type Arrivals = Arc<Mutex<HashMap<(String, u64), Instant>>>;
 
@@ -228,7 +231,7 @@ async fn main() {
     report("start", &mut vec![], &mut vec![], 0, connections().await);
 
     // (order, version) → when the API answered, and how long it took.
-    let answered: Arc<Mutex<Vec<((String, u64), Instant, Duration)>>> = Arc::default();
+    let answered: Arc<Mutex<Vec<Answer>>> = Arc::default();
     let start = tokio::time::Instant::now();
     let interval = Duration::from_secs(1) / rate;
     let mut tasks = tokio::task::JoinSet::new();

@@ -51,7 +51,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
             ));
         }
         // `null` counts as no body.
-        parse_json::<Option<T>>(&bytes).map(OptionalJson)
+        if bytes.trim_ascii() == b"null" {
+            return Ok(OptionalJson(None));
+        }
+        parse_json(&bytes).map(|v| OptionalJson(Some(v)))
     }
 }
 
@@ -93,6 +96,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             without_position(&e.to_string())
         ))
     })?;
+    // serde would read a struct from an array, field by field; every body
+    // here is an object.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::invalid("body", "must be a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
@@ -269,6 +277,21 @@ mod tests {
         assert_eq!(field(r#"{"items":[],"extra":true}"#), "extra");
         assert_eq!(field(r#"{}"#), "items");
         assert_eq!(field(r#"[]"#), "body");
+    }
+
+    #[test]
+    fn only_objects_are_bodies() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Body {
+            a: Option<u32>,
+            b: Option<u32>,
+        }
+        for body in ["[null, null]", "[1, 2]", "3", "\"x\"", "true", "null"] {
+            let err = parse_json::<Body>(body.as_bytes()).unwrap_err();
+            assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        }
+        assert!(parse_json::<Body>(b" {\"a\": 1}").is_ok());
     }
 
     #[test]
