@@ -676,3 +676,138 @@ async fn an_endpoint_failing_for_the_whole_disable_period_is_disabled() {
         .unwrap();
     assert_eq!(enabled["disabled_reason"], Value::Null);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_reports_health_and_attempts_on_its_metrics_port() {
+    let system = System::start().await;
+    let receiver = Receiver::start(|_, _, _| (204, FAST)).await;
+    let tenant = system.app.tenant("Watched").await;
+    system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    system.app.new_order(&tenant).await;
+    receiver
+        .wait_for_successes("/hooks", 1, Duration::from_secs(10))
+        .await;
+
+    let port = system.worker.as_ref().unwrap().metrics_port;
+    let health = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("webhook_deliveries_pending 0\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        metrics.contains("webhook_attempts_total{outcome=\"succeeded\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("webhook_attempts_total{outcome=\"failed\"} 0\n"));
+    assert!(metrics.contains("webhook_end_to_end_seconds_count 1\n"));
+    assert!(
+        metrics.contains("webhook_deliveries_pending 0\n"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_finishes_the_attempt_in_flight() {
+    let mut system = System::start().await;
+    let receiver = Receiver::start(|_, _, _| (200, Duration::from_millis(1500))).await;
+    let tenant = system.app.tenant("Patient").await;
+    system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    system.app.new_order(&tenant).await;
+    // Wait until the attempt is under way (its row leased), then stop.
+    for _ in 0..100 {
+        let (leased,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM webhook_deliveries WHERE lease_until IS NOT NULL")
+                .fetch_one(&system.app.db)
+                .await
+                .unwrap();
+        if leased == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(receiver.hits().is_empty(), "the attempt is still in flight");
+    system.worker.take().unwrap().stop().await;
+
+    // Stopping waited for the answer and recorded it.
+    assert_eq!(receiver.hits_on("/hooks").len(), 1);
+    let (status, attempts, lease): (String, u32, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT status, attempts, lease_until FROM webhook_deliveries")
+            .fetch_one(&system.app.db)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), attempts, lease), ("succeeded", 1, None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_on_503_is_honoured_up_to_an_hour() {
+    use axum::http::header::RETRY_AFTER;
+    // Answers 503 with the Retry-After its path names.
+    async fn busy(uri: axum::http::Uri) -> impl axum::response::IntoResponse {
+        let seconds = uri.path().trim_start_matches('/').to_string();
+        (StatusCode::SERVICE_UNAVAILABLE, [(RETRY_AFTER, seconds)])
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(async move { axum::serve(listener, axum::Router::new().fallback(busy)).await });
+
+    let system = System::start().await;
+    let tenant = system.app.tenant("Busy").await;
+    let (short, _) = system
+        .endpoint(&tenant.token, &format!("{base}/3"), None)
+        .await;
+    let (long, _) = system
+        .endpoint(&tenant.token, &format!("{base}/86400"), None)
+        .await;
+    system.app.new_order(&tenant).await;
+
+    // The next attempt's delay after the first: what the endpoint asked for
+    // (not the 300 ms schedule), but never more than an hour.
+    let delay = |endpoint: String| {
+        let db = system.app.db.clone();
+        async move {
+            let id: uuid::Uuid = endpoint.parse().unwrap();
+            for _ in 0..200 {
+                let row: Option<(i64,)> = sqlx::query_as(
+                    "SELECT TIMESTAMPDIFF(MICROSECOND, a.started_at, d.next_attempt_at)
+                     FROM webhook_deliveries d JOIN webhook_attempts a ON a.delivery_id = d.id
+                     WHERE d.endpoint_id = ? AND d.next_attempt_at IS NOT NULL",
+                )
+                .bind(id)
+                .fetch_optional(&db)
+                .await
+                .unwrap();
+                if let Some((micros,)) = row {
+                    return Duration::from_micros(micros as u64);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("no attempt was recorded");
+        }
+    };
+    let short = delay(short).await;
+    assert!(
+        short >= Duration::from_secs(3) && short < Duration::from_secs(4),
+        "{short:?}"
+    );
+    let long = delay(long).await;
+    assert!(
+        long >= Duration::from_secs(3600) && long < Duration::from_secs(3601),
+        "{long:?}"
+    );
+}

@@ -534,6 +534,8 @@ impl Receiver {
 pub struct TestWorker {
     stop: Option<oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<()>,
+    /// Where its `/metrics` and `/healthz` listen.
+    pub metrics_port: u16,
 }
 
 pub fn worker_config(db_name: &str, queue_url: &str) -> mechanica::config::DeliveryConfig {
@@ -560,6 +562,7 @@ impl TestWorker {
         let worker = mechanica::delivery::worker::Worker::build(config)
             .await
             .expect("worker starts");
+        let metrics_port = worker.metrics_port();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(worker.run_until_stopped(async {
             let _ = stopped.await;
@@ -567,7 +570,16 @@ impl TestWorker {
         TestWorker {
             stop: Some(stop),
             task,
+            metrics_port,
         }
+    }
+
+    /// Like SIGTERM: asks the worker to stop and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
     }
 
     /// Like `kill -9`: the worker stops mid-whatever, recording nothing more.
