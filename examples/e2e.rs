@@ -12,8 +12,9 @@
 //!
 //! It also reports the peak RSS of both binaries.
 
+mod common;
+
 use std::collections::HashMap;
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,63 +24,14 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 
+use common::{env, spawn, LIFE};
+
 const ADMIN: &str = "bench-admin-token-0123456789";
 const API_PORT: u16 = 18090;
 const METRICS_PORT: u16 = 18091;
-const LIFE: [&str; 5] = [
-    "confirmed",
-    "picked_up",
-    "in_transit",
-    "out_for_delivery",
-    "delivered",
-];
-
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
 
 fn url(path: &str) -> String {
     format!("http://127.0.0.1:{API_PORT}{path}")
-}
-
-struct Proc(Child);
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    fn peak_rss_mib(&self) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .map(str::to_string)
-            })
-            .and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|k| k.parse::<f64>().ok())
-            })
-            .map_or(0.0, |kib| kib / 1024.0)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(bin: &str, args: &[&str], vars: &[(&str, String)]) -> Proc {
-    let mut command = Command::new(bin);
-    command.args(args).env("RUST_LOG", "warn");
-    for (k, v) in vars {
-        command.env(k, v);
-    }
-    Proc(command.spawn().expect("binary starts"))
 }
 
 /// Arrival time of each event id, and how many signatures failed.

@@ -5,8 +5,9 @@
 //! far delivery lags. Starts release binaries itself; run it through
 //! `scripts/soak`.
 
+mod common;
+
 use std::collections::HashMap;
-use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,57 +16,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
+use common::{env, spawn, LIFE};
+
 const ADMIN: &str = "soak-admin-token-0123456789";
 const API_PORT: u16 = 18190;
 const DB: &str = "mechanica_soak";
-const LIFE: [&str; 5] = [
-    "confirmed",
-    "picked_up",
-    "in_transit",
-    "out_for_delivery",
-    "delivered",
-];
-
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-struct Proc(Child);
-
-impl Proc {
-    fn status_kib(&self, field: &str) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    fn rss_mib(&self) -> f64 {
-        self.status_kib("VmRSS:") / 1024.0
-    }
-
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.0.id())).map_or(0, |d| d.count())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(bin: &str, vars: &[(&str, String)]) -> Proc {
-    let mut command = Command::new(bin);
-    command.env("RUST_LOG", "warn");
-    for (k, v) in vars {
-        command.env(k, v);
-    }
-    Proc(command.spawn().expect("binary starts"))
-}
 
 /// A status change: (order id, version), when the API answered, how long it took.
 type Answer = ((String, u64), Instant, Duration);
@@ -144,7 +99,7 @@ async fn main() {
     let mut api_vars = common.clone();
     api_vars.push(("ADMIN_TOKEN", ADMIN.into()));
     api_vars.push(("BIND_ADDR", format!("127.0.0.1:{API_PORT}")));
-    let api = spawn(&format!("{target}/release/mechanica-api"), &api_vars);
+    let api = spawn(&format!("{target}/release/mechanica-api"), &[], &api_vars);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
@@ -160,7 +115,11 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let worker = spawn(&format!("{target}/release/mechanica-delivery"), &common);
+    let worker = spawn(
+        &format!("{target}/release/mechanica-delivery"),
+        &[],
+        &common,
+    );
 
     let customer = post(&client, "/v1/customers", ADMIN, json!({ "name": "Soak" })).await;
     let customer_id = customer["id"].as_str().unwrap();

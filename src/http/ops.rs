@@ -43,15 +43,33 @@ pub async fn healthz() -> axum::Json<Health> {
         (status = 503, description = "The database is unreachable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> ApiResult<axum::Json<Health>> {
-    let ping = sqlx::query("SELECT 1").execute(&state.db);
+    // Pooled connections the server dropped (a restart, a failover, a
+    // KILL) each fail once and are discarded; trying past them (at most one
+    // try per pooled connection, plus a fresh one) makes the probe answer
+    // for the database, not for stale connections.
+    let db = &state.db;
+    let ping = async {
+        let mut tries = db.size() + 1;
+        loop {
+            match sqlx::query("SELECT 1").execute(db).await {
+                Ok(_) => return Ok(()),
+                Err(e) if tries > 1 && is_connection_lost(&e) => tries -= 1,
+                Err(e) => return Err(e),
+            }
+        }
+    };
     match tokio::time::timeout(Duration::from_secs(2), ping).await {
-        Ok(Ok(_)) => Ok(axum::Json(Health { status: "ready" })),
+        Ok(Ok(())) => Ok(axum::Json(Health { status: "ready" })),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check failed");
             Err(ApiError::Unavailable("the database is unreachable"))
         }
         Err(_) => Err(ApiError::Unavailable("the database did not answer in time")),
     }
+}
+
+fn is_connection_lost(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Io(_) | sqlx::Error::Protocol(_))
 }
 
 /// Prometheus metrics. Needs `Authorization: Bearer $METRICS_TOKEN` when that is set.

@@ -301,24 +301,49 @@ async fn queue_on(endpoint: &str) -> String {
     created.queue_url().unwrap().to_string()
 }
 
-async fn spawn_api(db_name: &str, queue_url: &str, sqs: &str) -> TestApp {
-    let mut config = test_config(format!("{}/{db_name}", server_url()));
-    config.sqs_queue_url = Some(queue_url.to_string());
-    config.aws_endpoint_url = Some(sqs.to_string());
-    config.webhook_allow_private_networks = true;
-    TestApp::spawn_with(config, db_name.to_string()).await
+/// A fresh queue and database, an API publishing to them, and a customer.
+struct Scenario {
+    queue: String,
+    db_name: String,
+    app: TestApp,
+    tenant: Tenant,
 }
 
-/// A receiver answering 200 to everything.
-async fn healthy_receiver() -> Receiver {
-    Receiver::start(|_, _, _| (200, Duration::ZERO)).await
+impl Scenario {
+    async fn start(sqs: &str) -> Scenario {
+        let queue = queue_on(sqs).await;
+        let db_name = fresh_db_name();
+        let app = Scenario::api(&db_name, &queue, sqs).await;
+        let tenant = app.tenant("Partner").await;
+        Scenario {
+            queue,
+            db_name,
+            app,
+            tenant,
+        }
+    }
+
+    /// An API instance on this database and queue.
+    async fn api(db_name: &str, queue_url: &str, sqs: &str) -> TestApp {
+        let mut config = test_config(format!("{}/{db_name}", server_url()));
+        config.sqs_queue_url = Some(queue_url.to_string());
+        config.aws_endpoint_url = Some(sqs.to_string());
+        config.webhook_allow_private_networks = true;
+        TestApp::spawn_with(config, db_name.to_string()).await
+    }
 }
 
+/// Subscribes the customer to every event type at `url`.
 async fn subscribe(app: &TestApp, tenant: &Tenant, url: &str) {
     let response = app
         .post("/v1/webhooks", &tenant.token, &json!({ "url": url }))
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
+}
+
+/// A receiver answering 200 to everything.
+async fn healthy_receiver() -> Receiver {
+    Receiver::start(|_, _, _| (200, Duration::ZERO)).await
 }
 
 /// `mechanica-delivery` as a process of its own, so it can be SIGKILLed.
@@ -349,11 +374,12 @@ fn signal(pid: u32, signal: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_at_random_moments_loses_nothing() {
-    let sqs = sqs_endpoint();
-    let queue = queue_on(&sqs).await;
-    let db_name = fresh_db_name();
-    let app = spawn_api(&db_name, &queue, &sqs).await;
-    let tenant = app.tenant("Partner").await;
+    let Scenario {
+        queue,
+        db_name,
+        app,
+        tenant,
+    } = Scenario::start(&sqs_endpoint()).await;
     let receiver = healthy_receiver().await;
     subscribe(&app, &tenant, &format!("{}/hooks", receiver.base)).await;
 
@@ -412,10 +438,12 @@ async fn sqs_stopped_for_20_seconds_mid_load_loses_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let queue = queue_on(&sqs).await;
-    let db_name = fresh_db_name();
-    let app = spawn_api(&db_name, &queue, &sqs).await;
-    let tenant = app.tenant("Partner").await;
+    let Scenario {
+        queue,
+        db_name,
+        app,
+        tenant,
+    } = Scenario::start(&sqs).await;
     let receiver = healthy_receiver().await;
     subscribe(&app, &tenant, &format!("{}/hooks", receiver.base)).await;
     let mut config = worker_config(&db_name, &queue);
@@ -455,11 +483,12 @@ async fn sqs_stopped_for_20_seconds_mid_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_connections_killed_mid_load_give_503_never_500_and_recover() {
-    let sqs = sqs_endpoint();
-    let queue = queue_on(&sqs).await;
-    let db_name = fresh_db_name();
-    let app = spawn_api(&db_name, &queue, &sqs).await;
-    let tenant = app.tenant("Partner").await;
+    let Scenario {
+        queue,
+        db_name,
+        app,
+        tenant,
+    } = Scenario::start(&sqs_endpoint()).await;
     let receiver = healthy_receiver().await;
     subscribe(&app, &tenant, &format!("{}/hooks", receiver.base)).await;
     let worker = TestWorker::start(worker_config(&db_name, &queue)).await;
@@ -521,10 +550,12 @@ async fn database_connections_killed_mid_load_give_503_never_500_and_recover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flapping_receiver_gets_everything_once_it_is_back() {
     let sqs = sqs_endpoint();
-    let queue = queue_on(&sqs).await;
-    let db_name = fresh_db_name();
-    let app = spawn_api(&db_name, &queue, &sqs).await;
-    let tenant = app.tenant("Partner").await;
+    let Scenario {
+        queue,
+        db_name,
+        app,
+        tenant,
+    } = Scenario::start(&sqs).await;
 
     // 0–3 s down (connection refused), 3–6 s 500s, 6–9 s answers after the
     // 1 s timeout, then healthy.
@@ -598,11 +629,13 @@ async fn a_flapping_receiver_gets_everything_once_it_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_apis_and_two_workers_deliver_everything_once() {
     let sqs = sqs_endpoint();
-    let queue = queue_on(&sqs).await;
-    let db_name = fresh_db_name();
-    let first = spawn_api(&db_name, &queue, &sqs).await;
-    let second = spawn_api(&db_name, &queue, &sqs).await;
-    let tenant = first.tenant("Partner").await;
+    let Scenario {
+        queue,
+        db_name,
+        app: first,
+        tenant,
+    } = Scenario::start(&sqs).await;
+    let second = Scenario::api(&db_name, &queue, &sqs).await;
     let receiver = healthy_receiver().await;
     subscribe(&first, &tenant, &format!("{}/hooks", receiver.base)).await;
     let workers = [

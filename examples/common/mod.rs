@@ -1,0 +1,67 @@
+//! What the release-binary benchmarks share: settings from the environment,
+//! child processes of the binaries, and their memory and descriptors.
+
+#![allow(dead_code)] // each example uses its own part
+
+use std::process::{Child, Command};
+
+/// The statuses an order moves through after `pending`.
+pub const LIFE: [&str; 5] = [
+    "confirmed",
+    "picked_up",
+    "in_transit",
+    "out_for_delivery",
+    "delivered",
+];
+
+pub fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// A binary under test, killed when dropped.
+pub struct Proc(Child);
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// A `/proc/<pid>/status` field in KiB.
+    fn status_kib(&self, field: &str) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub fn rss_mib(&self) -> f64 {
+        self.status_kib("VmRSS:") / 1024.0
+    }
+
+    pub fn peak_rss_mib(&self) -> f64 {
+        self.status_kib("VmHWM:") / 1024.0
+    }
+
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `bin` with `args` and these variables on top of the environment.
+pub fn spawn(bin: &str, args: &[&str], vars: &[(&str, String)]) -> Proc {
+    let mut command = Command::new(bin);
+    command.args(args).env("RUST_LOG", "warn");
+    for (k, v) in vars {
+        command.env(k, v);
+    }
+    Proc(command.spawn().expect("binary starts"))
+}
