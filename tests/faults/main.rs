@@ -26,6 +26,10 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::MySqlPool;
 
+/// Every scenario uses the one MariaDB server; the one that restarts it
+/// takes this for writing, so it runs alone.
+static SERVER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Each order goes through these after `pending`: four events per order.
 const STEPS: [&str; 3] = ["confirmed", "picked_up", "in_transit"];
 const EVENTS_PER_ORDER: usize = 1 + STEPS.len();
@@ -374,6 +378,7 @@ fn signal(pid: u32, signal: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_at_random_moments_loses_nothing() {
+    let _shared = SERVER.read().await;
     let Scenario {
         queue,
         db_name,
@@ -414,6 +419,7 @@ async fn worker_killed_at_random_moments_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_stopped_for_20_seconds_mid_load_loses_nothing() {
+    let _shared = SERVER.read().await;
     // An emulator of this test's own, frozen with SIGSTOP and resumed with
     // SIGCONT: an outage during which SQS keeps what it had, as SQS does.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -483,6 +489,7 @@ async fn sqs_stopped_for_20_seconds_mid_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_connections_killed_mid_load_give_503_never_500_and_recover() {
+    let _shared = SERVER.read().await;
     let Scenario {
         queue,
         db_name,
@@ -549,6 +556,7 @@ async fn database_connections_killed_mid_load_give_503_never_500_and_recover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flapping_receiver_gets_everything_once_it_is_back() {
+    let _shared = SERVER.read().await;
     let sqs = sqs_endpoint();
     let Scenario {
         queue,
@@ -628,6 +636,7 @@ async fn a_flapping_receiver_gets_everything_once_it_is_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_apis_and_two_workers_deliver_everything_once() {
+    let _shared = SERVER.read().await;
     let sqs = sqs_endpoint();
     let Scenario {
         queue,
@@ -677,4 +686,141 @@ async fn two_apis_and_two_workers_deliver_everything_once() {
         );
     }
     drop(workers);
+}
+
+/// Starts MariaDB again when dropped, even if the test failed midway: the
+/// server is shared with every later test and with CI.
+struct RestartGuard;
+
+impl Drop for RestartGuard {
+    fn drop(&mut self) {
+        if let Err(e) = start_mariadb() {
+            eprintln!("MariaDB could not be restarted: {e}");
+        }
+    }
+}
+
+fn mariadb_running() -> bool {
+    Command::new("pgrep")
+        .args(["-x", "mariadbd"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn mariadb_answers() -> bool {
+    Command::new("mysqladmin")
+        .args(["--host=127.0.0.1", "--user=root", "--silent", "ping"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `mysqladmin shutdown`, then waits until the process has gone.
+fn stop_mariadb() -> Result<(), String> {
+    let stopped = Command::new("mysqladmin")
+        .args(["--host=127.0.0.1", "--user=root", "shutdown"])
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !stopped.success() {
+        return Err("mysqladmin shutdown failed".into());
+    }
+    for _ in 0..120 {
+        if !mariadb_running() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Err("MariaDB was still running 30 s after shutdown".into())
+}
+
+/// Starts MariaDB as the developers' guide does (and scripts/lib.sh), once
+/// a shutdown in progress has finished, and waits until it answers.
+fn start_mariadb() -> Result<(), String> {
+    for _ in 0..120 {
+        if !mariadb_running() || mariadb_answers() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    if !mariadb_running() {
+        let started = Command::new("start-stop-daemon")
+            .args([
+                "--start",
+                "--oknodo",
+                "--background",
+                "--exec",
+                "/usr/sbin/mariadbd",
+                "--",
+                "--user=mysql",
+            ])
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !started.success() {
+            return Err("start-stop-daemon failed".into());
+        }
+    }
+    for _ in 0..120 {
+        if mariadb_answers() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Err("MariaDB did not answer within 30 s of starting".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_restarted_mid_load_gives_503_never_500_and_both_binaries_recover() {
+    let _alone = SERVER.write().await;
+    let Scenario {
+        queue,
+        db_name,
+        app,
+        tenant,
+    } = Scenario::start(&sqs_endpoint()).await;
+    let receiver = healthy_receiver().await;
+    subscribe(&app, &tenant, &format!("{}/hooks", receiver.base)).await;
+    let worker = TestWorker::start(worker_config(&db_name, &queue)).await;
+
+    let orders = 150;
+    let client = client(&[&app], &tenant.token);
+    // 100 events a second for 6 s; the server is down from 1.5 s to ~5 s.
+    let load = tokio::spawn(client.clone().load(orders, 25, 8));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let guard = RestartGuard;
+    tokio::task::spawn_blocking(stop_mariadb)
+        .await
+        .unwrap()
+        .unwrap();
+    let down = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::task::spawn_blocking(start_mariadb)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(guard);
+    load.await.unwrap();
+
+    // Neither binary was restarted: the API is ready at once, and the
+    // worker delivers what was committed before, during and after.
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    settle(
+        "MariaDB restarted",
+        &app.db,
+        &receiver,
+        orders * EVENTS_PER_ORDER,
+        Duration::from_secs(120),
+    )
+    .await;
+    eprintln!(
+        "FAULT MariaDB restarted: API answers {} ({} × 503, 0 × 500)",
+        client.answers.summary(),
+        client.answers.get(503)
+    );
+    assert!(client.answers.get(503) > 0, "no request met the outage");
+    assert_eq!(client.answers.get(500), 0);
+    drop(worker);
 }
