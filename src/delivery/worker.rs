@@ -147,11 +147,11 @@ impl Worker {
         let metrics = metrics_router(self.shared.clone());
         let mut metrics_stop = stopped.clone();
         loops.spawn(async move {
-            let _ = axum::serve(self.metrics_listener, metrics)
-                .with_graceful_shutdown(async move {
-                    let _ = metrics_stop.changed().await;
-                })
-                .await;
+            let stopped = async move {
+                let _ = metrics_stop.changed().await;
+            };
+            let drain = Duration::from_secs(5);
+            let _ = crate::server::serve(self.metrics_listener, metrics, stopped, drain).await;
         });
         shutdown.await;
         tracing::info!("shutting down: finishing attempts in flight");
