@@ -452,8 +452,10 @@ fn saturated(shared: &Shared) -> Vec<Uuid> {
 }
 
 /// Gives back leases of rows whose endpoint is at its concurrency limit.
+/// Retried on deadlock: a lease left in place holds its row back for the
+/// whole lease (the benchmark saw 45 s stalls).
 async fn release(shared: &Shared, ids: &[Uuid]) {
-    if let Err(e) = db::deliveries::release(&shared.pool, ids).await {
+    if let Err(e) = with_retries(|| db::deliveries::release(&shared.pool, ids)).await {
         tracing::warn!(error = %e, "releasing leases failed; they run out by themselves");
     }
 }

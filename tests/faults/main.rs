@@ -327,6 +327,15 @@ impl Scenario {
         }
     }
 
+    /// A scenario whose customer is subscribed to a receiver answering 200.
+    async fn with_receiver(sqs: &str) -> (Scenario, Receiver) {
+        let scenario = Scenario::start(sqs).await;
+        let receiver = healthy_receiver().await;
+        let url = format!("{}/hooks", receiver.base);
+        subscribe(&scenario.app, &scenario.tenant, &url).await;
+        (scenario, receiver)
+    }
+
     /// An API instance on this database and queue.
     async fn api(db_name: &str, queue_url: &str, sqs: &str) -> TestApp {
         let mut config = test_config(format!("{}/{db_name}", server_url()));
@@ -379,19 +388,18 @@ fn signal(pid: u32, signal: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_at_random_moments_loses_nothing() {
     let _shared = SERVER.read().await;
+    let (scenario, receiver) = Scenario::with_receiver(&sqs_endpoint()).await;
     let Scenario {
         queue,
         db_name,
         app,
         tenant,
-    } = Scenario::start(&sqs_endpoint()).await;
-    let receiver = healthy_receiver().await;
-    subscribe(&app, &tenant, &format!("{}/hooks", receiver.base)).await;
+    } = &scenario;
 
-    let mut worker = spawn_worker_process(&db_name, &queue);
+    let mut worker = spawn_worker_process(db_name, queue);
     let orders = 250; // 1,000 events
                       // 100 events a second for 10 s.
-    let load = tokio::spawn(client(&[&app], &tenant.token).load(orders, 25, 8));
+    let load = tokio::spawn(client(&[app], &tenant.token).load(orders, 25, 8));
     let mut kills = 0;
     while !load.is_finished() || kills < 3 {
         let pause = rand::rng().random_range(500..2500);
@@ -399,7 +407,7 @@ async fn worker_killed_at_random_moments_loses_nothing() {
         worker.kill().unwrap(); // SIGKILL
         worker.wait().unwrap();
         kills += 1;
-        worker = spawn_worker_process(&db_name, &queue);
+        worker = spawn_worker_process(db_name, queue);
     }
     load.await.unwrap();
     // Leases of attempts a killed worker had claimed run out after the
@@ -490,18 +498,17 @@ async fn sqs_stopped_for_20_seconds_mid_load_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_connections_killed_mid_load_give_503_never_500_and_recover() {
     let _shared = SERVER.read().await;
+    let (scenario, receiver) = Scenario::with_receiver(&sqs_endpoint()).await;
     let Scenario {
         queue,
         db_name,
         app,
         tenant,
-    } = Scenario::start(&sqs_endpoint()).await;
-    let receiver = healthy_receiver().await;
-    subscribe(&app, &tenant, &format!("{}/hooks", receiver.base)).await;
-    let worker = TestWorker::start(worker_config(&db_name, &queue)).await;
+    } = &scenario;
+    let worker = TestWorker::start(worker_config(db_name, queue)).await;
 
     let orders = 150;
-    let client = client(&[&app], &tenant.token);
+    let client = client(&[app], &tenant.token);
     // 100 events a second for 6 s, while connections are killed.
     let load = tokio::spawn(client.clone().load(orders, 25, 8));
     // For 6 s, every 300 ms, kill every connection either binary holds to
@@ -514,7 +521,7 @@ async fn database_connections_killed_mid_load_give_503_never_500_and_recover() {
         let ids: Vec<(String,)> = sqlx::query_as(
             "SELECT CAST(id AS CHAR) FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
         )
-        .bind(&db_name)
+        .bind(db_name)
         .fetch_all(&admin)
         .await
         .unwrap();
@@ -773,18 +780,17 @@ fn start_mariadb() -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_restarted_mid_load_gives_503_never_500_and_both_binaries_recover() {
     let _alone = SERVER.write().await;
+    let (scenario, receiver) = Scenario::with_receiver(&sqs_endpoint()).await;
     let Scenario {
         queue,
         db_name,
         app,
         tenant,
-    } = Scenario::start(&sqs_endpoint()).await;
-    let receiver = healthy_receiver().await;
-    subscribe(&app, &tenant, &format!("{}/hooks", receiver.base)).await;
-    let worker = TestWorker::start(worker_config(&db_name, &queue)).await;
+    } = &scenario;
+    let worker = TestWorker::start(worker_config(db_name, queue)).await;
 
     let orders = 150;
-    let client = client(&[&app], &tenant.token);
+    let client = client(&[app], &tenant.token);
     // 100 events a second for 6 s; the server is down from 1.5 s to ~5 s.
     let load = tokio::spawn(client.clone().load(orders, 25, 8));
     tokio::time::sleep(Duration::from_millis(1500)).await;
