@@ -73,6 +73,47 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
     }
 }
 
+/// For a nested struct field, `#[serde(deserialize_with = "object")]`:
+/// serde would also read a struct from a JSON array, field by field; this
+/// accepts only an object. Errors keep their full path (`pickup.country`).
+pub fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    deserializer.deserialize_map(ObjectOnly(std::marker::PhantomData))
+}
+
+/// `object` for each element of a list of structs.
+pub fn objects<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct Object<T>(T);
+    impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            object(d).map(Object)
+        }
+    }
+    let list: Vec<Object<T>> = serde::Deserialize::deserialize(deserializer)?;
+    Ok(list.into_iter().map(|Object(t)| t).collect())
+}
+
+struct ObjectOnly<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for ObjectOnly<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+    }
+}
+
 fn is_json(content_type: Option<&axum::http::HeaderValue>) -> bool {
     let Some(mime) = content_type.and_then(|v| v.to_str().ok()) else {
         return false;
@@ -292,6 +333,42 @@ mod tests {
             assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         }
         assert!(parse_json::<Body>(b" {\"a\": 1}").is_ok());
+    }
+
+    #[test]
+    fn nested_structs_must_be_objects_too() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Inner {
+            x: u32,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Outer {
+            #[serde(deserialize_with = "super::object")]
+            one: Inner,
+            #[serde(deserialize_with = "super::objects")]
+            many: Vec<Inner>,
+        }
+        assert!(parse_json::<Outer>(br#"{"one": {"x": 1}, "many": [{"x": 2}]}"#).is_ok());
+        assert_eq!(field(r#"{"one": [1], "many": []}"#), "one");
+        assert_eq!(
+            field(r#"{"one": {"x": 1}, "many": [{"x": 1}, [2]]}"#),
+            "many[1]"
+        );
+        // Paths inside still name the field.
+        assert_eq!(field(r#"{"one": {"x": "a"}, "many": []}"#), "one.x");
+        assert_eq!(
+            field(r#"{"one": {"x": 1}, "many": [{"x": -1}]}"#),
+            "many[0].x"
+        );
+
+        fn field(body: &str) -> String {
+            match parse_json::<Outer>(body.as_bytes()) {
+                Err(ApiError::Validation(errors)) => errors[0].field.clone(),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::extract::{parse_id, Invalid, Json, Params, PathText};
+use super::extract::{object, objects, parse_id, Invalid, Json, Params, PathText};
 use super::preconditions::{idempotency_key, if_match};
 use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::app::AppState;
@@ -49,9 +49,12 @@ pub struct OrderIn {
     #[serde(default)]
     #[schema(example = "PO-2026-0042")]
     pub reference: Option<String>,
+    #[serde(deserialize_with = "object")]
     pub pickup: Address,
+    #[serde(deserialize_with = "object")]
     pub delivery: Address,
     /// 1..100 parcels.
+    #[serde(deserialize_with = "objects")]
     pub parcels: Vec<Parcel>,
     /// Up to 2000 characters.
     #[serde(default)]

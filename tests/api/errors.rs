@@ -265,3 +265,38 @@ async fn every_response_carries_a_request_id() {
         .unwrap();
     assert_eq!(chosen.headers()["x-request-id"], "trace-me-42");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrays_are_not_read_as_objects() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Shapes").await;
+    let cases = [
+        (
+            "pickup",
+            json!(["A", "1 Road", null, "Rotterdam", "3011", "NL"]),
+        ),
+        ("parcels[0]", json!([[100, 10, 10, 10]])),
+    ];
+    for (field, value) in cases {
+        let mut body = order_body();
+        let key = field.split('[').next().unwrap();
+        body[key] = value;
+        let problem = assert_problem(
+            app.create_order(&tenant.token, &body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        assert_eq!(fields(&problem), vec![field.to_string()]);
+    }
+    let whole = app
+        .post("/v1/orders", &tenant.token, &json!([order_body()]))
+        .await;
+    assert_problem(whole, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let listed: Value = app
+        .get("/v1/orders", &tenant.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["data"], json!([]));
+}
