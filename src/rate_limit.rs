@@ -29,19 +29,29 @@ struct Bucket {
 }
 
 /// Buckets beyond this many trigger a sweep of the full (idle) ones, so
-/// memory follows the number of recently active keys.
+/// memory follows the number of recently active keys; at most one sweep a
+/// second, so many active keys do not make every request walk the map.
 const SWEEP_ABOVE: usize = 10_000;
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 pub struct RateLimiter {
     limit: RateLimit,
-    buckets: Mutex<HashMap<[u8; 32], Bucket>>,
+    state: Mutex<Buckets>,
+}
+
+struct Buckets {
+    by_key: HashMap<[u8; 32], Bucket>,
+    swept: Option<Instant>,
 }
 
 impl RateLimiter {
     pub fn new(limit: RateLimit) -> RateLimiter {
         RateLimiter {
             limit,
-            buckets: Mutex::new(HashMap::new()),
+            state: Mutex::new(Buckets {
+                by_key: HashMap::new(),
+                swept: None,
+            }),
         }
     }
 
@@ -57,13 +67,17 @@ impl RateLimiter {
         }
         let rate = f64::from(self.limit.per_second);
         let burst = f64::from(self.limit.burst.max(1));
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() > SWEEP_ABOVE {
-            buckets.retain(|_, b| {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let due = state
+            .swept
+            .is_none_or(|at| now.saturating_duration_since(at) >= SWEEP_EVERY);
+        if state.by_key.len() > SWEEP_ABOVE && due {
+            state.by_key.retain(|_, b| {
                 b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * rate < burst
             });
+            state.swept = Some(now);
         }
-        let bucket = buckets.entry(*key).or_insert(Bucket {
+        let bucket = state.by_key.entry(*key).or_insert(Bucket {
             tokens: burst,
             updated: now,
         });
@@ -144,6 +158,6 @@ mod tests {
             let _ = limiter.check_at(&key, start);
         }
         let _ = limiter.check_at(&[9; 32], start + Duration::from_secs(1));
-        assert_eq!(limiter.buckets.lock().unwrap().len(), 1);
+        assert_eq!(limiter.state.lock().unwrap().by_key.len(), 1);
     }
 }

@@ -69,25 +69,27 @@ pub async fn claim(
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = existing else { continue };
-        // Rows of the earlier design could be left without a response.
-        let unfinished = row.response_status.is_none() || row.response_body.is_none();
-        if row.created_at < now - RETENTION || unfinished {
-            sqlx::query(
-                "DELETE FROM idempotency_keys
-                 WHERE owner_id = ? AND idempotency_key = ? AND created_at = ?",
-            )
-            .bind(owner_id)
-            .bind(key)
-            .bind(row.created_at)
-            .execute(&mut *tx)
-            .await?;
-            continue;
-        }
-        if row.request_hash.as_slice() != request_hash.as_slice() {
-            return Ok(Claim::Mismatch);
-        }
-        if let (Some(status), Some(body)) = (row.response_status, row.response_body) {
-            return Ok(Claim::Replay { status, body });
+        match (row.response_status, row.response_body) {
+            (Some(status), Some(body)) if row.created_at >= now - RETENTION => {
+                return Ok(if row.request_hash.as_slice() == request_hash.as_slice() {
+                    Claim::Replay { status, body }
+                } else {
+                    Claim::Mismatch
+                });
+            }
+            // Expired, or left without a response by the earlier design:
+            // removed, and the key claimed afresh.
+            _ => {
+                sqlx::query(
+                    "DELETE FROM idempotency_keys
+                     WHERE owner_id = ? AND idempotency_key = ? AND created_at = ?",
+                )
+                .bind(owner_id)
+                .bind(key)
+                .bind(row.created_at)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
     }
     Ok(Claim::Busy)

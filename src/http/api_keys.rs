@@ -76,7 +76,6 @@ async fn existing_customer(state: &AppState, raw_id: &str) -> ApiResult<Uuid> {
     params(("id" = Uuid, Path, description = "Customer id")),
     responses(
         (status = 201, description = "Created; `token` is shown only here", body = ApiKeyCreated),
-        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the operator", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such customer", body = Problem, content_type = "application/problem+json"),
     ),
@@ -115,7 +114,6 @@ pub async fn create(
     ),
     responses(
         (status = 200, description = "A page of keys", body = Page<ApiKeyOut>),
-        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the operator", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such customer", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad query parameter", body = Problem, content_type = "application/problem+json"),
@@ -149,7 +147,6 @@ pub async fn list(
     ),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the operator", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such customer or key", body = Problem, content_type = "application/problem+json"),
     ),

@@ -136,7 +136,6 @@ async fn visible_delivery(
     ),
     responses(
         (status = 200, description = "A page of deliveries", body = Page<DeliveryOut>),
-        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad query parameter", body = Problem, content_type = "application/problem+json"),
     ),
@@ -191,7 +190,6 @@ pub async fn list(
     ),
     responses(
         (status = 200, description = "A page of attempts", body = Page<AttemptOut>),
-        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such endpoint or delivery", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad query parameter", body = Problem, content_type = "application/problem+json"),
     ),
@@ -226,7 +224,6 @@ pub async fn attempts(
     ),
     responses(
         (status = 202, description = "The attempt is queued", body = Accepted),
-        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such endpoint or delivery", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -251,7 +248,6 @@ pub async fn retry(
     params(("id" = Uuid, Path, description = "Endpoint id")),
     responses(
         (status = 202, description = "The test event is queued for this endpoint", body = Accepted),
-        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]

@@ -50,7 +50,6 @@ pub struct FeedPage {
     ),
     responses(
         (status = 200, description = "A page of events (possibly empty)", body = FeedPage),
-        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad query parameter, or a cursor that is not yours", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]

@@ -90,14 +90,17 @@ where
     D: serde::Deserializer<'de>,
     T: serde::Deserialize<'de>,
 {
-    struct Object<T>(T);
-    impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            object(d).map(Object)
-        }
-    }
     let list: Vec<Object<T>> = serde::Deserialize::deserialize(deserializer)?;
     Ok(list.into_iter().map(|Object(t)| t).collect())
+}
+
+/// `T`, read only from a JSON object.
+struct Object<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        object(d).map(Object)
+    }
 }
 
 struct ObjectOnly<T>(std::marker::PhantomData<T>);
@@ -137,24 +140,22 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             without_position(&e.to_string())
         ))
     })?;
-    // serde would read a struct from an array, field by field; every body
-    // here is an object.
-    if bytes.trim_ascii_start().first() != Some(&b'{') {
-        return Err(ApiError::invalid("body", "must be a JSON object"));
-    }
+    // Every body is an object, as every nested struct is.
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        let message = without_position(&inner.to_string());
-        match inner.classify() {
-            // Skipping a value does not check its strings are UTF-8; reading does.
-            serde_json::error::Category::Data => {
-                ApiError::Validation(vec![FieldError::new(field_of(&path, &message), message)])
+    serde_path_to_error::deserialize(&mut de)
+        .map(|Object(body)| body)
+        .map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            let message = without_position(&inner.to_string());
+            match inner.classify() {
+                // Skipping a value does not check its strings are UTF-8; reading does.
+                serde_json::error::Category::Data => {
+                    ApiError::Validation(vec![FieldError::new(field_of(&path, &message), message)])
+                }
+                _ => ApiError::BadRequest(format!("the body is not valid JSON: {message}")),
             }
-            _ => ApiError::BadRequest(format!("the body is not valid JSON: {message}")),
-        }
-    })
+        })
 }
 
 fn without_position(message: &str) -> String {

@@ -62,8 +62,9 @@ impl Modify for BearerAuth {
 }
 
 /// Answers every authenticated route can give, added here rather than on
-/// each handler: 429 (over the key's rate), 503 (the database is away);
-/// and on routes that read a body, the ways a body can be refused.
+/// each handler: 401 (no or bad token), 429 (over the key's rate), 503
+/// (the database is away); and on routes that read a body, the ways a body
+/// can be refused. A handler's own description of a status is kept.
 struct CommonResponses;
 
 impl Modify for CommonResponses {
@@ -108,6 +109,9 @@ impl Modify for CommonResponses {
                 }
                 let responses = &mut operation.responses.responses;
                 responses
+                    .entry("401".into())
+                    .or_insert_with(|| problem("No or bad token", false).into());
+                responses
                     .entry("429".into())
                     .or_insert_with(|| problem("Over this API key's request rate", true).into());
                 responses.entry("503".into()).or_insert_with(|| {
@@ -118,7 +122,7 @@ impl Modify for CommonResponses {
                         ("400", "Malformed JSON"),
                         ("408", "The request body did not arrive in time"),
                         ("413", "Body over 256 KiB"),
-                        ("415", "Not application/json"),
+                        ("415", "Not JSON"),
                         ("422", "Invalid fields, each named"),
                     ] {
                         responses

@@ -185,10 +185,7 @@ fn open_secret(state: &AppState, stored: &str) -> ApiResult<SigningSecret> {
     request_body = WebhookIn,
     responses(
         (status = 201, description = "Created, with `secret`", body = WebhookCreated),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The customer already has 20 endpoints", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid field (e.g. a URL pointing to a private network)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -274,7 +271,6 @@ pub async fn create(
     ),
     responses(
         (status = 200, description = "A page of endpoints", body = Page<WebhookOut>),
-        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad query parameter", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -304,7 +300,6 @@ pub async fn list(
     params(("id" = Uuid, Path, description = "Endpoint id")),
     responses(
         (status = 200, description = "The endpoint", body = WebhookOut),
-        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -322,7 +317,6 @@ pub async fn show(
     params(("id" = Uuid, Path, description = "Endpoint id")),
     responses(
         (status = 200, description = "The current secret", body = SecretOut),
-        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -344,10 +338,7 @@ pub async fn secret(
     params(("id" = Uuid, Path, description = "Endpoint id")),
     responses(
         (status = 200, description = "The updated endpoint", body = WebhookOut),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid field, or nothing to change", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -418,7 +409,6 @@ pub async fn update(
     params(("id" = Uuid, Path, description = "Endpoint id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -439,7 +429,6 @@ pub async fn remove(
     params(("id" = Uuid, Path, description = "Endpoint id")),
     responses(
         (status = 200, description = "The new secret", body = SecretOut),
-        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The supplied secret is malformed", body = Problem, content_type = "application/problem+json"),
     ),
