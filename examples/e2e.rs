@@ -91,15 +91,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 async fn json_post(client: &reqwest::Client, path: &str, token: &str, body: Value) -> Value {
-    let r = client
-        .post(url(path))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{path}: {}", r.status());
-    r.json().await.unwrap()
+    common::post_json(client, url(path), token, body).await
 }
 
 async fn make_orders(client: &reqwest::Client, token: &str, count: usize) -> Vec<String> {

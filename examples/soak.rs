@@ -47,15 +47,7 @@ fn url(path: &str) -> String {
 }
 
 async fn post(client: &reqwest::Client, path: &str, token: &str, body: Value) -> Value {
-    let r = client
-        .post(url(path))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{path}: {}", r.status());
-    r.json().await.unwrap()
+    common::post_json(client, url(path), token, body).await
 }
 
 fn p99(values: &mut [Duration]) -> f64 {

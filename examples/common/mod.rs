@@ -65,3 +65,21 @@ pub fn spawn(bin: &str, args: &[&str], vars: &[(&str, String)]) -> Proc {
     }
     Proc(command.spawn().expect("binary starts"))
 }
+
+/// POSTs JSON to `url` as `token`, asserts a 2xx and returns the body.
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: String,
+    token: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let r = client
+        .post(&url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{url}: {}", r.status());
+    r.json().await.unwrap()
+}
