@@ -345,3 +345,49 @@ async fn status_change_input_is_validated() {
         .unwrap();
     assert_eq!(order["version"], 1);
 }
+
+/// SQS refuses U+FFFE and U+FFFF in a message body: an order holding one was
+/// accepted and then stalled the relay for everyone. Now every text field
+/// that reaches an event refuses them, naming the field, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_sqs_cannot_carry_is_refused_in_every_field() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Unicode").await;
+    let mut body = order_body();
+    body["notes"] = json!("fragile \u{FFFF}");
+    body["reference"] = json!("PO-\u{FFFE}");
+    body["pickup"]["line2"] = json!("\u{FFFF}");
+    body["delivery"]["city"] = json!("Berlin \u{FFFE}");
+    let problem = assert_problem(
+        app.create_order(&tenant.token, &body).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    let mut named = fields(&problem);
+    named.sort();
+    assert_eq!(
+        named,
+        ["delivery.city", "notes", "pickup.line2", "reference"]
+    );
+    let orders: Value = app.get("/v1/orders", &tenant.token).await.json().await.unwrap();
+    assert_eq!(orders["data"].as_array().unwrap().len(), 0, "nothing written");
+
+    let order = app.new_order(&tenant).await;
+    let id = order["id"].as_str().unwrap();
+    let response = app
+        .post(
+            &format!("/v1/orders/{id}/status"),
+            ADMIN,
+            &json!({"status": "confirmed", "note": "\u{FFFF}", "location": "hub \u{FFFE}"}),
+        )
+        .await;
+    let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(fields(&problem), ["note", "location"]);
+    let unchanged: Value = app
+        .get(&format!("/v1/orders/{id}"), &tenant.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unchanged["status"], "pending");
+}
