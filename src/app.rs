@@ -28,13 +28,15 @@ use crate::db;
 use crate::error::ApiError;
 use crate::http;
 use crate::metrics::Metrics;
+use crate::outbox::{self, Relay};
 use crate::queue::Queue;
 use crate::rate_limit::RateLimiter;
 use crate::secrets::SecretBox;
 use crate::signals::Signals;
-use crate::{outbox, sequencer};
 
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// The relay's and the feed's numbering passes: short, one at a time.
+const PIPELINE_CONNECTIONS: u32 = 4;
 /// A client has this long to send a request body.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -42,6 +44,9 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Clone)]
 pub struct AppState {
     pub db: MySqlPool,
+    /// Sessions that read committed data: the feed's read-your-writes
+    /// numbering pass (see `sequencer`).
+    pub pipeline_db: MySqlPool,
     pub admin_token_hash: [u8; 32],
     pub metrics_token_hash: Option<[u8; 32]>,
     pub metrics: Arc<Metrics>,
@@ -72,6 +77,7 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     pub db: MySqlPool,
+    pipeline_db: MySqlPool,
     signals: Arc<Signals>,
     queue: Option<Queue>,
     request_timeout: Duration,
@@ -87,13 +93,20 @@ impl App {
                 .await
                 .map_err(StartupError::Migrate)?;
         }
+        // Rows the code relies on are made here, not by migrations: a schema
+        // that arrived through a deploy request has none.
+        db::feed_clock::ensure(&pool)
+            .await
+            .map_err(StartupError::Database)?;
+        let pipeline_db = db::read_committed_pool(&config.database_url, PIPELINE_CONNECTIONS)
+            .map_err(StartupError::Database)?;
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .map_err(|source| StartupError::Bind {
                 addr: config.bind_addr,
                 source,
             })?;
-        let cursor_key = db::feed_clock::server_secret(
+        let cursor_key = db::server_secrets::get_or_create(
             &pool,
             "feed_cursor_key",
             &crate::auth::random_bytes::<32>(),
@@ -112,6 +125,7 @@ impl App {
         let signals = Arc::new(Signals::default());
         let state = AppState {
             db: pool.clone(),
+            pipeline_db: pipeline_db.clone(),
             admin_token_hash: hash_token(&config.admin_token),
             metrics_token_hash: config.metrics_token.as_deref().map(hash_token),
             metrics: Arc::new(Metrics::default()),
@@ -128,6 +142,7 @@ impl App {
             listener,
             router: router(state, config),
             db: pool,
+            pipeline_db,
             signals,
             queue,
             request_timeout: config.request_timeout,
@@ -146,19 +161,11 @@ impl App {
     ) -> std::io::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let mut background = tokio::task::JoinSet::new();
-        background.spawn(sequencer::run(
-            self.db.clone(),
+        background.spawn(outbox::run(
+            Relay::new(self.pipeline_db.clone(), self.queue),
             self.signals.clone(),
-            stopped.clone(),
+            stopped,
         ));
-        if let Some(queue) = self.queue {
-            background.spawn(outbox::run(
-                self.db.clone(),
-                queue,
-                self.signals.clone(),
-                stopped,
-            ));
-        }
         let served = crate::server::serve(
             self.listener,
             self.router,

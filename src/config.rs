@@ -305,6 +305,12 @@ pub struct DeliveryConfig {
     pub metrics_addr: SocketAddr,
     pub secrets_encryption_key: Option<String>,
     pub log_format: LogFormat,
+    /// SQS long polls in flight at once.
+    pub receivers: usize,
+    /// How often committed events are checked for missing deliveries.
+    pub reconcile_every: Duration,
+    /// How old an event must be before a missing delivery counts as lost.
+    pub reconcile_after: Duration,
 }
 
 impl DeliveryConfig {
@@ -376,9 +382,25 @@ impl DeliveryConfig {
             errors.push(e);
         }
         let log_format = keep(&mut errors, log_format(&env));
+        let receivers = keep(&mut errors, env.bounded("WEBHOOK_RECEIVERS", 4, 1, 64));
+        let reconcile_every = keep(
+            &mut errors,
+            parse_duration(&env.string("WEBHOOK_RECONCILE_INTERVAL", "60s"))
+                .map_err(|e| format!("WEBHOOK_RECONCILE_INTERVAL: {e}")),
+        );
+        let reconcile_after = keep(
+            &mut errors,
+            parse_duration(&env.string("WEBHOOK_RECONCILE_AFTER", "2m"))
+                .map_err(|e| format!("WEBHOOK_RECONCILE_AFTER: {e}")),
+        );
         if !errors.is_empty() {
             return Err(errors);
         }
+        let (Some(receivers), Some(reconcile_every), Some(reconcile_after)) =
+            (receivers, reconcile_every, reconcile_after)
+        else {
+            return Err(errors);
+        };
         match (
             database_url,
             database_max_connections,
@@ -420,6 +442,9 @@ impl DeliveryConfig {
                 metrics_addr,
                 secrets_encryption_key,
                 log_format,
+                receivers: receivers as usize,
+                reconcile_every,
+                reconcile_after,
             }),
             _ => Err(errors),
         }

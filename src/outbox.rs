@@ -1,113 +1,366 @@
-//! The relay from the outbox (`order_events` rows not yet published) to SQS.
+//! The relay from the outbox (committed events) to SQS.
 //!
-//! One relay publishes at a time across all API instances: each round takes
-//! the `relay_lock` row with `FOR UPDATE SKIP LOCKED` (an instance that finds
-//! it taken just waits for its next round), reads the oldest unpublished
-//! events, sends them in batches of up to 10, marks the accepted ones
-//! published and commits. A single publisher, rather than rows claimed with
-//! SKIP LOCKED by many, is what keeps each order's events in order on the
-//! queue; one relay is far from the bottleneck (SQS takes thousands of
-//! messages a second in batches). A batch never holds two events of one
-//! order, and a round stops at the first failure, so a refused event is
-//! never overtaken by a later event of its order. If the process dies
-//! between sending and committing, the events are sent again: delivery is
-//! at least once, and FIFO queues drop the repeat by its deduplication id.
+//! One relay publishes at a time across all API instances. Its turn is a
+//! lease on the `feed_clock` row, taken and renewed inside the sequencer's
+//! short transaction (`sequencer::pass`), never a lock held while SQS is
+//! called: a relay that dies or hangs loses the turn when the lease lapses.
+//! Each round numbers the newly committed events and publishes, in feed
+//! order, everything above the `published_through` mark; then it moves the
+//! mark to the highest position below which everything went out. One
+//! statement per round, not one per event; a crash before the mark moves
+//! sends those events again (delivery is at least once; FIFO queues drop the
+//! repeat by its deduplication id).
+//!
+//! Several `SendMessageBatch` calls are in flight at once, so SQS's round
+//! trip does not cap the rate. Order is kept per order: a round's events go
+//! out in waves, the first event of each order in the first wave, its next
+//! event in the next wave once the first was accepted, and so on.
+//!
+//! An event SQS refuses for what it holds (too large, characters it will not
+//! carry) is parked (`outbox_parked`): the mark passes it, so it holds back
+//! nobody else, while the later events of its order are parked behind it so
+//! that they never overtake it. The operator lists parked events and asks
+//! for a retry (`/v1/admin/outbox/parked`). A transient failure (SQS down,
+//! throttling) leaves the mark where it is and the round is tried again with
+//! backoff.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures_util::stream::{self, StreamExt};
 use sqlx::MySqlPool;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use crate::db;
 use crate::db::order_events::OutboxEvent;
-use crate::queue::{Outgoing, Queue};
+use crate::db::outbox_parked::Park;
+use crate::domain::time;
+use crate::queue::{message_size, Outgoing, Queue, Sent, MAX_BATCH_BYTES};
+use crate::sequencer;
 use crate::signals::Signals;
 
-/// Events read per round.
-const ROUND: i64 = 100;
 /// SQS's batch limit.
 const BATCH: usize = 10;
-/// How often to look for events committed by other instances.
-const TICK: Duration = Duration::from_millis(200);
+/// `SendMessageBatch` calls in flight at once.
+const IN_FLIGHT: usize = 8;
+/// How long a turn lasts without renewal.
+const LEASE: Duration = Duration::from_secs(15);
+/// How often an idle relay looks for other instances' events: often while
+/// it holds the turn (other instances' commits wait for it), rarely when not.
+const TICK_HOLDING: Duration = Duration::from_millis(200);
+const TICK_IDLE: Duration = Duration::from_secs(1);
+/// How often the holder looks for parked events the operator asked to retry.
+const RETRY_CHECK: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-pub enum Round {
-    /// Published this many events (0: nothing to do, or another relay's turn).
-    Published(usize),
-    /// SQS refused or was unreachable after publishing this many.
-    Failed(usize, String),
+/// What one round did.
+#[derive(Debug, Default)]
+pub struct Round {
+    pub numbered: usize,
+    pub published: usize,
+    pub parked: usize,
+    /// A transient failure: the mark stopped before the event it names.
+    pub failure: Option<String>,
+    /// More events wait than one round takes.
+    pub more: bool,
 }
 
-/// One round: lock, read, publish, mark.
-pub async fn publish_once(pool: &MySqlPool, queue: &Queue) -> sqlx::Result<Round> {
-    let mut conn = pool.acquire().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        .execute(&mut *conn)
-        .await?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    if !db::feed_clock::try_lock_relay(&mut *tx).await? {
-        tx.commit().await?;
-        return Ok(Round::Published(0));
+/// The relay of one API instance. With no queue it only numbers events
+/// for the feed.
+pub struct Relay {
+    pool: MySqlPool,
+    queue: Option<Queue>,
+    id: Uuid,
+    /// Orders with a parked event, while this relay holds the turn.
+    parked_orders: Option<HashSet<Uuid>>,
+    /// When a pass last gave this relay the turn.
+    held_at: Option<Instant>,
+    last_retry_check: Instant,
+}
+
+impl Relay {
+    /// `pool` must read committed data (`db::read_committed_pool`).
+    pub fn new(pool: MySqlPool, queue: Option<Queue>) -> Relay {
+        Relay {
+            pool,
+            queue,
+            id: Uuid::now_v7(),
+            parked_orders: None,
+            held_at: None,
+            last_retry_check: Instant::now(),
+        }
     }
-    let events = db::order_events::unpublished(&mut *tx, ROUND).await?;
-    let mut published = Vec::with_capacity(events.len());
-    let mut failure = None;
-    for batch in batches(&events) {
-        let messages: Vec<Outgoing> = batch
-            .iter()
-            .map(|e| Outgoing {
-                id: e.id.to_string(),
-                body: &e.payload,
-                event_type: &e.event_type,
-                customer_id: e.customer_id.to_string(),
-                group: e.order_id.to_string(),
-            })
-            .collect();
-        match queue.publish(&messages).await {
-            Ok(accepted) => {
-                let accepted: HashSet<String> = accepted.into_iter().collect();
-                published.extend(
-                    batch
-                        .iter()
-                        .filter(|e| accepted.contains(&e.id.to_string()))
-                        .map(|e| e.position),
-                );
-                if accepted.len() < batch.len() {
-                    failure = Some(format!(
-                        "SQS refused {} of {} messages",
-                        batch.len() - accepted.len(),
-                        batch.len()
-                    ));
-                    break;
+
+    /// One round: number, and with the turn, publish and move the mark.
+    pub async fn round(&mut self) -> sqlx::Result<Round> {
+        let lease = self.queue.as_ref().map(|_| (self.id, LEASE));
+        let pass = sequencer::pass(&self.pool, lease).await?;
+        let mut round = Round {
+            numbered: pass.numbered.len(),
+            more: pass.numbered.len() as i64 == sequencer::BATCH,
+            ..Round::default()
+        };
+        let Some(queue) = self.queue.clone().filter(|_| pass.relay) else {
+            // Another instance's turn: what it knew of parked orders may change.
+            self.parked_orders = None;
+            self.held_at = None;
+            return Ok(round);
+        };
+        self.held_at = Some(Instant::now());
+        let mut parked_orders = match self.parked_orders.take() {
+            Some(known) => known,
+            None => db::outbox_parked::orders(&self.pool)
+                .await?
+                .into_iter()
+                .collect(),
+        };
+        let first_new = pass.numbered.first().map(|e| e.feed_position);
+        let events = if first_new == Some(pass.published_through + 1) {
+            pass.numbered
+        } else if pass.published_through + 1 < pass.next_position {
+            // Left over from a failure or another relay: read back by position.
+            let backlog = db::order_events::numbered_between(
+                &self.pool,
+                pass.published_through,
+                pass.next_position,
+                sequencer::BATCH,
+            )
+            .await?;
+            round.more |= backlog.len() as i64 == sequencer::BATCH;
+            backlog
+        } else {
+            vec![]
+        };
+        if !events.is_empty() {
+            let published = publish(&queue, &events, &mut parked_orders).await;
+            let parks: Vec<Park<'_>> = published
+                .parked
+                .iter()
+                .map(|(i, reason)| Park {
+                    event_id: events[*i].id,
+                    order_id: events[*i].order_id,
+                    feed_position: events[*i].feed_position,
+                    reason,
+                })
+                .collect();
+            db::outbox_parked::insert(&self.pool, &parks, time::now()).await?;
+            if let Some(through) = published.through {
+                if !db::feed_clock::mark_published(&self.pool, self.id, through).await? {
+                    tracing::warn!("the relay's turn passed to another instance mid-round");
+                    self.held_at = None;
+                    return Ok(round);
                 }
             }
-            Err(e) => {
-                failure = Some(e);
-                break;
+            round.published = published.sent;
+            round.parked = parks.len();
+            round.failure = published.failure;
+        }
+        if self.last_retry_check.elapsed() >= RETRY_CHECK {
+            self.last_retry_check = Instant::now();
+            if let Err(reason) = self.retry_parked(&queue, &mut parked_orders).await? {
+                round.failure.get_or_insert(reason);
+            }
+        }
+        self.parked_orders = Some(parked_orders);
+        Ok(round)
+    }
+
+    /// Parked events the operator asked to retry, each order's in feed
+    /// order; an order's chain stops at its first event refused again.
+    async fn retry_parked(
+        &self,
+        queue: &Queue,
+        parked_orders: &mut HashSet<Uuid>,
+    ) -> sqlx::Result<Result<(), String>> {
+        let rows = db::outbox_parked::retries(&self.pool, 100).await?;
+        if rows.is_empty() {
+            return Ok(Ok(()));
+        }
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+        let events: HashMap<Uuid, OutboxEvent> = db::order_events::outbox_by_ids(&self.pool, &ids)
+            .await?
+            .into_iter()
+            .map(|e| (e.id, e))
+            .collect();
+        let mut stopped: HashSet<Uuid> = HashSet::new();
+        for row in rows {
+            if stopped.contains(&row.order_id) {
+                continue;
+            }
+            let Some(event) = events.get(&row.event_id) else {
+                db::outbox_parked::remove(&self.pool, row.event_id).await?;
+                continue;
+            };
+            match queue.publish(&[outgoing(event)]).await.pop() {
+                Some(Sent::Accepted) => {
+                    db::outbox_parked::remove(&self.pool, row.event_id).await?;
+                }
+                Some(Sent::Refused(reason)) => {
+                    db::outbox_parked::refused_again(
+                        &self.pool,
+                        row.order_id,
+                        row.event_id,
+                        &reason,
+                    )
+                    .await?;
+                    stopped.insert(row.order_id);
+                }
+                Some(Sent::Failed(reason)) => {
+                    return Ok(Err(format!("retrying a parked event failed: {reason}")));
+                }
+                None => return Ok(Err("retrying a parked event got no answer".into())),
+            }
+        }
+        parked_orders.clear();
+        parked_orders.extend(db::outbox_parked::orders(&self.pool).await?);
+        Ok(Ok(()))
+    }
+
+    /// Gives the turn up, so another instance takes it at once.
+    pub async fn release(&self) {
+        if self.held_at.is_some() {
+            let _ = db::feed_clock::release_relay(&self.pool, self.id).await;
+        }
+    }
+
+    /// Holds the turn (its lease has not lapsed).
+    fn holding(&self) -> bool {
+        self.held_at.is_some_and(|t| t.elapsed() < LEASE)
+    }
+}
+
+fn outgoing(e: &OutboxEvent) -> Outgoing<'_> {
+    Outgoing {
+        id: e.id.to_string(),
+        body: &e.payload,
+        event_type: &e.event_type,
+        customer_id: e.customer_id.to_string(),
+        group: e.order_id.to_string(),
+    }
+}
+
+/// What became of a round's events.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Published {
+    /// The highest feed position at or below which every event went out or
+    /// was parked; `None` if the first did neither.
+    through: Option<u64>,
+    sent: usize,
+    /// Events to park (indexes into the round's events), with the reason.
+    parked: Vec<(usize, String)>,
+    failure: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fate {
+    Untried,
+    Sent,
+    Parked,
+    Failed,
+}
+
+/// Publishes `events` (in feed order) in waves, several batches at once.
+async fn publish(
+    queue: &Queue,
+    events: &[OutboxEvent],
+    parked_orders: &mut HashSet<Uuid>,
+) -> Published {
+    let mut fates = vec![Fate::Untried; events.len()];
+    let mut published = Published::default();
+    for wave in waves(events) {
+        // Orders parked or failed in an earlier wave (or round) stop here.
+        let mut sendable = vec![];
+        for i in wave {
+            let order = events[i].order_id;
+            if parked_orders.contains(&order) {
+                fates[i] = Fate::Parked;
+                published.parked.push((
+                    i,
+                    "held behind an earlier parked event of the same order".into(),
+                ));
+            } else if !failed_before(events, &fates, i) {
+                sendable.push(i);
+            }
+        }
+        let results: Vec<(Vec<usize>, Vec<Sent>)> = stream::iter(batches(events, &sendable))
+            .map(|batch| async move {
+                let messages: Vec<Outgoing<'_>> =
+                    batch.iter().map(|&i| outgoing(&events[i])).collect();
+                let sent = queue.publish(&messages).await;
+                (batch, sent)
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        for (batch, sent) in results {
+            for (i, sent) in batch.into_iter().zip(sent) {
+                match sent {
+                    Sent::Accepted => {
+                        fates[i] = Fate::Sent;
+                        published.sent += 1;
+                    }
+                    Sent::Refused(reason) => {
+                        tracing::warn!(event_id = %events[i].id, %reason, "SQS refused an event for good; parked");
+                        fates[i] = Fate::Parked;
+                        parked_orders.insert(events[i].order_id);
+                        published.parked.push((i, reason));
+                    }
+                    Sent::Failed(reason) => {
+                        fates[i] = Fate::Failed;
+                        published.failure.get_or_insert(reason);
+                    }
+                }
             }
         }
     }
-    db::order_events::mark_published(&mut *tx, &published).await?;
-    tx.commit().await?;
-    Ok(match failure {
-        None => Round::Published(published.len()),
-        Some(reason) => Round::Failed(published.len(), reason),
-    })
+    published.through = events
+        .iter()
+        .zip(&fates)
+        .take_while(|(_, fate)| matches!(fate, Fate::Sent | Fate::Parked))
+        .last()
+        .map(|(e, _)| e.feed_position);
+    published
 }
 
-/// Splits events (oldest first) into batches of at most 10 in which no
-/// order appears twice; an order's later event goes into a later batch.
-fn batches(events: &[OutboxEvent]) -> Vec<Vec<&OutboxEvent>> {
-    let mut batches: Vec<Vec<&OutboxEvent>> = vec![];
-    let mut current: Vec<&OutboxEvent> = vec![];
-    for event in events {
-        let repeats = current.iter().any(|e| e.order_id == event.order_id);
-        if current.len() == BATCH || repeats {
-            batches.push(std::mem::take(&mut current));
+/// Did an earlier event of this event's order fail in this round?
+fn failed_before(events: &[OutboxEvent], fates: &[Fate], i: usize) -> bool {
+    events[..i]
+        .iter()
+        .zip(fates)
+        .any(|(e, fate)| e.order_id == events[i].order_id && *fate != Fate::Sent)
+}
+
+/// Splits events (in feed order) into waves: wave n holds the (n+1)th event
+/// of each order, so an order's events go out one wave after another.
+fn waves(events: &[OutboxEvent]) -> Vec<Vec<usize>> {
+    let mut seen: HashMap<Uuid, usize> = HashMap::new();
+    let mut waves: Vec<Vec<usize>> = vec![];
+    for (i, event) in events.iter().enumerate() {
+        let n = seen.entry(event.order_id).or_insert(0);
+        if waves.len() <= *n {
+            waves.push(vec![]);
         }
-        current.push(event);
+        waves[*n].push(i);
+        *n += 1;
+    }
+    waves
+}
+
+/// Batches of at most 10 messages and `MAX_BATCH_BYTES` together.
+fn batches(events: &[OutboxEvent], indexes: &[usize]) -> Vec<Vec<usize>> {
+    let mut batches: Vec<Vec<usize>> = vec![];
+    let mut current: Vec<usize> = vec![];
+    let mut bytes = 0;
+    for &i in indexes {
+        let size = message_size(&outgoing(&events[i]));
+        if current.len() == BATCH || (!current.is_empty() && bytes + size > MAX_BATCH_BYTES) {
+            batches.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        current.push(i);
+        bytes += size;
     }
     if !current.is_empty() {
         batches.push(current);
@@ -115,41 +368,66 @@ fn batches(events: &[OutboxEvent]) -> Vec<Vec<&OutboxEvent>> {
     batches
 }
 
-/// Runs until `stop` turns true.
-pub async fn run(
-    pool: MySqlPool,
-    queue: Queue,
-    signals: Arc<Signals>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Runs until `stop` turns true, then gives the turn up.
+pub async fn run(mut relay: Relay, signals: Arc<Signals>, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::ZERO;
+    let mut check_first = false;
     loop {
-        let pause = match publish_once(&pool, &queue).await {
-            Ok(Round::Published(n)) => {
-                if backoff > Duration::ZERO {
-                    tracing::info!("publishing to SQS again");
-                }
-                backoff = Duration::ZERO;
-                if n > 0 {
-                    continue;
-                }
-                TICK
+        // A tick (not a commit of ours) first asks, in one statement, whether
+        // there is anything to do: an idle API costs one statement a second.
+        let idle = check_first
+            && match db::feed_clock::pending(&relay.pool).await {
+                Ok(p) => !(p.unsequenced || (p.unpublished && relay.queue.is_some()) || p.retries),
+                Err(_) => false,
+            };
+        let pause = if idle {
+            if relay.holding() {
+                TICK_HOLDING
+            } else {
+                TICK_IDLE
             }
-            Ok(Round::Failed(_, reason)) => {
-                backoff = next_backoff(backoff);
-                tracing::warn!(%reason, retry_in = ?backoff, "publishing to SQS failed; events stay in the outbox");
-                backoff
-            }
-            Err(e) => {
-                backoff = next_backoff(backoff);
-                tracing::warn!(error = %e, retry_in = ?backoff, "reading the outbox failed");
-                backoff
+        } else {
+            match relay.round().await {
+                Ok(round) => {
+                    if round.numbered > 0 {
+                        signals.feed_advanced();
+                    }
+                    match round.failure {
+                        Some(reason) => {
+                            backoff = next_backoff(backoff);
+                            tracing::warn!(%reason, retry_in = ?backoff, "publishing to SQS failed; events stay in the outbox");
+                            backoff
+                        }
+                        None => {
+                            if backoff > Duration::ZERO {
+                                tracing::info!("publishing to SQS again");
+                            }
+                            backoff = Duration::ZERO;
+                            if round.more {
+                                continue;
+                            }
+                            if relay.holding() {
+                                TICK_HOLDING
+                            } else {
+                                TICK_IDLE
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    backoff = next_backoff(backoff);
+                    tracing::warn!(error = %e, retry_in = ?backoff, "numbering or publishing events failed");
+                    backoff
+                }
             }
         };
         tokio::select! {
-            _ = signals.relay_woken(), if backoff.is_zero() => {}
-            _ = tokio::time::sleep(pause) => {}
-            _ = stop.changed() => return,
+            _ = signals.relay_woken(), if backoff.is_zero() => check_first = false,
+            _ = tokio::time::sleep(pause) => check_first = backoff.is_zero(),
+            _ = stop.changed() => {
+                relay.release().await;
+                return;
+            }
         }
     }
 }
@@ -161,11 +439,11 @@ fn next_backoff(current: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uuid::Uuid;
 
     fn event(position: u64, order: Uuid) -> OutboxEvent {
         OutboxEvent {
             position,
+            feed_position: position,
             id: Uuid::now_v7(),
             order_id: order,
             customer_id: Uuid::nil(),
@@ -175,19 +453,37 @@ mod tests {
     }
 
     #[test]
-    fn batches_hold_at_most_ten_and_one_event_per_order() {
+    fn waves_send_each_orders_events_one_after_another() {
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let events = vec![
+            event(1, a),
+            event(2, b),
+            event(3, a),
+            event(4, a),
+            event(5, c),
+        ];
+        assert_eq!(waves(&events), vec![vec![0, 1, 4], vec![2], vec![3]]);
+    }
+
+    #[test]
+    fn batches_hold_at_most_ten_and_fit_sqs_size_limit() {
+        let mut events: Vec<OutboxEvent> = (1..=25).map(|p| event(p, Uuid::now_v7())).collect();
+        let all: Vec<usize> = (0..25).collect();
+        let sizes: Vec<usize> = batches(&events, &all).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [10, 10, 5]);
+        for e in &mut events[..3] {
+            e.payload = "x".repeat(100 * 1024);
+        }
+        let split = batches(&events, &all[..4]);
+        assert_eq!(split, vec![vec![0, 1], vec![2, 3]]);
+    }
+
+    #[test]
+    fn an_order_stops_at_its_first_unsent_event() {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        let mut events = vec![event(1, a), event(2, b), event(3, a), event(4, b)];
-        events.extend((5..30).map(|p| event(p, Uuid::now_v7())));
-        let batches = batches(&events);
-        let positions: Vec<Vec<u64>> = batches
-            .iter()
-            .map(|b| b.iter().map(|e| e.position).collect())
-            .collect();
-        assert_eq!(positions[0], [1, 2]);
-        assert_eq!(positions[1], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
-        assert!(batches.iter().all(|b| b.len() <= 10));
-        let flattened: Vec<u64> = positions.concat();
-        assert_eq!(flattened, (1..30).collect::<Vec<u64>>());
+        let events = vec![event(1, a), event(2, b), event(3, a)];
+        let fates = vec![Fate::Failed, Fate::Sent, Fate::Untried];
+        assert!(failed_before(&events, &fates, 2));
+        assert!(!failed_before(&events, &fates, 1));
     }
 }

@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use aws_sdk_sqs::config::timeout::TimeoutConfig;
-use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::error::ProvideErrorMetadata;
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, SendMessageBatchRequestEntry,
+};
 use aws_sdk_sqs::Client;
 
 #[derive(Clone)]
@@ -64,14 +67,34 @@ impl Queue {
         self.fifo
     }
 
-    /// Sends up to 10 messages; returns the ids SQS accepted. An error means
-    /// none were (the call failed as a whole).
+    /// Sends up to 10 messages; returns what became of each, in order.
+    /// A whole call refused for what a message holds (a batch too long, say)
+    /// is split into single sends, so only the message at fault is refused.
     #[tracing::instrument(skip_all, fields(count = messages.len()))]
-    pub async fn publish(&self, messages: &[Outgoing<'_>]) -> Result<Vec<String>, String> {
+    pub async fn publish(&self, messages: &[Outgoing<'_>]) -> Vec<Sent> {
+        match self.send_batch(messages).await {
+            Ok(sent) => sent,
+            Err(BatchError::Content(reason)) if messages.len() == 1 => vec![Sent::Refused(reason)],
+            Err(BatchError::Content(_)) => {
+                let mut sent = Vec::with_capacity(messages.len());
+                for message in messages {
+                    sent.push(match self.send_batch(std::slice::from_ref(message)).await {
+                        Ok(mut one) => one.pop().unwrap_or(Sent::Failed("no answer".into())),
+                        Err(BatchError::Content(reason)) => Sent::Refused(reason),
+                        Err(BatchError::Transient(reason)) => Sent::Failed(reason),
+                    });
+                }
+                sent
+            }
+            Err(BatchError::Transient(reason)) => vec![Sent::Failed(reason); messages.len()],
+        }
+    }
+
+    async fn send_batch(&self, messages: &[Outgoing<'_>]) -> Result<Vec<Sent>, BatchError> {
         let mut request = self.client.send_message_batch().queue_url(&self.url);
-        for m in messages {
+        for (i, m) in messages.iter().enumerate() {
             let mut entry = SendMessageBatchRequestEntry::builder()
-                .id(&m.id)
+                .id(i.to_string())
                 .message_body(m.body)
                 .message_attributes("event_type", string_attribute(m.event_type))
                 .message_attributes("customer_id", string_attribute(&m.customer_id));
@@ -80,7 +103,11 @@ impl Queue {
                     .message_group_id(&m.group)
                     .message_deduplication_id(&m.id);
             }
-            request = request.entries(entry.build().map_err(|e| e.to_string())?);
+            request = request.entries(
+                entry
+                    .build()
+                    .map_err(|e| BatchError::Transient(e.to_string()))?,
+            );
         }
         // Publishing is short: a hung SQS must not hold the relay for long.
         let output = request
@@ -95,22 +122,142 @@ impl Queue {
             )
             .send()
             .await
-            .map_err(describe)?;
-        for failure in output.failed() {
-            tracing::warn!(
-                id = failure.id(),
-                code = failure.code(),
-                message = failure.message().unwrap_or_default(),
-                "SQS refused a message"
-            );
+            .map_err(|e| {
+                let reason = describe(&e);
+                if refuses_content(e.code().unwrap_or_default()) {
+                    BatchError::Content(reason)
+                } else {
+                    BatchError::Transient(reason)
+                }
+            })?;
+        let mut sent = vec![Sent::Failed("SQS did not answer for it".into()); messages.len()];
+        for ok in output.successful() {
+            if let Some(slot) = ok.id().parse::<usize>().ok().and_then(|i| sent.get_mut(i)) {
+                *slot = Sent::Accepted;
+            }
         }
-        Ok(output
-            .successful()
-            .iter()
-            .map(|s| s.id().to_string())
-            .collect())
+        for failure in output.failed() {
+            let reason = format!(
+                "SQS refused it: {}: {}",
+                failure.code(),
+                failure.message().unwrap_or_default()
+            );
+            tracing::warn!(code = failure.code(), sender_fault = failure.sender_fault(), %reason, "SQS refused a message");
+            if let Some(slot) = failure
+                .id()
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| sent.get_mut(i))
+            {
+                // The sender's fault is the message's: sending it again cannot help.
+                *slot = if failure.sender_fault() && !is_throttling(failure.code()) {
+                    Sent::Refused(reason)
+                } else {
+                    Sent::Failed(reason)
+                };
+            }
+        }
+        Ok(sent)
     }
 }
+
+impl Queue {
+    /// Long-polls for up to 10 messages.
+    pub async fn receive(&self, wait: Duration) -> Result<Vec<Received>, String> {
+        let output = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(wait.as_secs().min(20) as i32)
+            .send()
+            .await
+            .map_err(|e| describe(&e))?;
+        Ok(output
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| Received {
+                message_id: m.message_id.unwrap_or_default(),
+                body: m.body.unwrap_or_default(),
+                receipt: m.receipt_handle.unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Deletes received messages, ten per call.
+    pub async fn delete(&self, receipts: &[&str]) -> Result<(), String> {
+        for chunk in receipts.chunks(10) {
+            let mut request = self.client.delete_message_batch().queue_url(&self.url);
+            for (i, receipt) in chunk.iter().enumerate() {
+                request = request.entries(
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(*receipt)
+                        .build()
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            let output = request.send().await.map_err(|e| describe(&e))?;
+            if let Some(failure) = output.failed().first() {
+                return Err(format!(
+                    "{}: {}",
+                    failure.code(),
+                    failure.message().unwrap_or_default()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A message as received: its body is not trusted.
+pub struct Received {
+    pub message_id: String,
+    pub body: String,
+    pub receipt: String,
+}
+
+/// What became of one message of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    Accepted,
+    /// Refused for what it holds (size, content): retrying cannot help.
+    Refused(String),
+    /// Not taken this time (SQS unreachable, throttled, failing): retry.
+    Failed(String),
+}
+
+enum BatchError {
+    Content(String),
+    Transient(String),
+}
+
+/// Error codes of a whole call that are about what the messages hold.
+fn refuses_content(code: &str) -> bool {
+    matches!(
+        code.rsplit('.').next().unwrap_or_default(),
+        "BatchRequestTooLong" | "InvalidMessageContents" | "MessageTooLong"
+    )
+}
+
+fn is_throttling(code: &str) -> bool {
+    code.contains("Throttl") || code.contains("RequestThrottled") || code.contains("OverLimit")
+}
+
+/// The size SQS counts for a message: its body and attributes.
+pub fn message_size(m: &Outgoing<'_>) -> usize {
+    m.body.len()
+        + "event_type".len()
+        + "String".len()
+        + m.event_type.len()
+        + "customer_id".len()
+        + "String".len()
+        + m.customer_id.len()
+}
+
+/// The most one `SendMessageBatch` may carry, all messages together.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 fn string_attribute(value: &str) -> MessageAttributeValue {
     MessageAttributeValue::builder()
@@ -121,7 +268,7 @@ fn string_attribute(value: &str) -> MessageAttributeValue {
 }
 
 /// The SDK error with its cause, for logs (no credentials are in it).
-pub fn describe<E: std::error::Error>(err: E) -> String {
+pub fn describe<E: std::error::Error>(err: &E) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -3,79 +3,79 @@
 //! Auto-increment ids are handed out at insert time, not at commit: a
 //! transaction holding id 41 can commit after one holding 42 was already
 //! read, and a reader that moved past 42 would never see 41. So the feed
-//! does not use them. Instead, after events commit, one sequencer at a time
+//! does not use them. Instead, after events commit, one pass at a time
 //! (serialized by the `feed_clock` row lock, across every API instance)
 //! takes the committed events that have no feed position yet and numbers
-//! them above every number handed out before, in one transaction. A feed
-//! position therefore only ever appears above all earlier ones, once, and
-//! a reader following positions upwards sees every event exactly once. An
-//! order's events keep their order: the next one can only be written after
-//! the previous one committed (the order row is locked), so it is numbered
-//! in the same pass or a later one.
+//! them above every number handed out before, in one short transaction. A
+//! feed position therefore only ever appears above all earlier ones, once,
+//! and a reader following positions upwards sees every event exactly once.
+//! An order's events keep their order: the next one can only be written
+//! after the previous one committed (the order row is locked), so it is
+//! numbered in the same pass or a later one.
+//!
+//! The relay's pass is the same transaction: it takes or renews the relay's
+//! turn on the same row and gets the events it has just numbered, so that
+//! numbering and publishing cost one transaction, not two.
+//!
+//! Passes run on a pool whose sessions read committed data (see
+//! `db::read_committed_pool`): a pass sees every event committed before it
+//! took the lock.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::MySqlPool;
-use tokio::sync::watch;
+use uuid::Uuid;
 
 use crate::db;
-use crate::signals::Signals;
+use crate::db::order_events::OutboxEvent;
 
 /// Events numbered per pass at most.
-const BATCH: i64 = 1000;
-/// How often to look for events committed by other instances.
-const TICK: Duration = Duration::from_millis(100);
+pub const BATCH: i64 = 1000;
 
-/// Numbers one batch; returns how many events it numbered.
-pub async fn sequence_once(pool: &MySqlPool) -> sqlx::Result<usize> {
-    let mut conn = pool.acquire().await?;
-    // Read committed: see every event committed before the lock was ours.
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        .execute(&mut *conn)
-        .await?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let base = db::feed_clock::lock(&mut *tx).await?;
-    let positions = db::order_events::unsequenced(&mut *tx, BATCH).await?;
-    if positions.is_empty() {
-        tx.commit().await?;
-        return Ok(0);
-    }
-    let next = db::order_events::assign_feed_positions(&mut *tx, base, &positions).await?;
-    db::feed_clock::advance(&mut *tx, next).await?;
-    tx.commit().await?;
-    Ok(positions.len())
+pub struct Pass {
+    /// What this pass numbered, in feed order.
+    pub numbered: Vec<OutboxEvent>,
+    /// Every event at or below this feed position is published (or parked).
+    pub published_through: u64,
+    /// The next feed position to hand out: every event below it is numbered.
+    pub next_position: u64,
+    /// The caller holds the relay's turn (it asked for it, and it was free
+    /// or already the caller's).
+    pub relay: bool,
 }
 
-/// Runs until `stop` turns true.
-pub async fn run(pool: MySqlPool, signals: Arc<Signals>, mut stop: watch::Receiver<bool>) {
-    let mut failures = 0u32;
-    loop {
-        match sequence_once(&pool).await {
-            Ok(0) => failures = 0,
-            Ok(n) => {
-                failures = 0;
-                signals.feed_advanced();
-                if n as i64 == BATCH {
-                    continue;
-                }
-            }
-            Err(e) => {
-                failures += 1;
-                if failures == 1 || failures % 50 == 0 {
-                    tracing::warn!(error = %e, failures, "sequencing events failed; retrying");
-                }
-            }
-        }
-        let pause = if failures == 0 {
-            TICK
-        } else {
-            Duration::from_millis(100 * u64::from(failures.min(50)))
-        };
-        tokio::select! {
-            _ = signals.sequencer_woken(), if failures == 0 => {}
-            _ = tokio::time::sleep(pause) => {}
-            _ = stop.changed() => return,
-        }
+/// Numbers up to `BATCH` committed events; with `relay`, also takes or
+/// renews the relay's turn for that long if it is free or already ours.
+pub async fn pass(pool: &MySqlPool, relay: Option<(Uuid, Duration)>) -> sqlx::Result<Pass> {
+    let mut tx = pool.begin().await?;
+    let me = relay.map_or(Uuid::nil(), |(id, _)| id);
+    let clock = db::feed_clock::lock(&mut *tx, me).await?;
+    let mut numbered = db::order_events::unsequenced(&mut *tx, BATCH).await?;
+    let ours = relay.is_some() && clock.relay_free;
+    let next_position =
+        db::order_events::assign_feed_positions(&mut *tx, clock.next_position, &mut numbered)
+            .await?;
+    if !numbered.is_empty() || ours {
+        let lease = relay
+            .filter(|_| ours)
+            .map(|(id, lease)| (id, lease.as_millis() as u64));
+        db::feed_clock::advance(&mut *tx, next_position, lease).await?;
     }
+    tx.commit().await?;
+    Ok(Pass {
+        numbered,
+        published_through: clock.published_through,
+        next_position,
+        relay: ours,
+    })
+}
+
+/// Numbers every event committed before the call (for read-your-writes in
+/// the feed); one statement when there is nothing to number.
+pub async fn catch_up(pool: &MySqlPool) -> sqlx::Result<()> {
+    if !db::order_events::any_unsequenced(pool).await? {
+        return Ok(());
+    }
+    while pass(pool, None).await?.numbered.len() as i64 == BATCH {}
+    Ok(())
 }

@@ -1,11 +1,10 @@
-//! In-process wake-ups: a commit wakes the sequencer and the relay at once,
-//! and a sequencer pass wakes the feed's long polls. Other instances'
-//! commits are found by the loops' short fallback ticks.
+//! In-process wake-ups: a commit wakes the relay (which numbers events for
+//! the feed and publishes them), and a numbering pass wakes the feed's long
+//! polls. Other instances' commits are found by the relay's fallback tick.
 
 use tokio::sync::{watch, Notify};
 
 pub struct Signals {
-    sequencer: Notify,
     relay: Notify,
     feed: watch::Sender<u64>,
 }
@@ -13,7 +12,6 @@ pub struct Signals {
 impl Default for Signals {
     fn default() -> Self {
         Signals {
-            sequencer: Notify::new(),
             relay: Notify::new(),
             feed: watch::channel(0).0,
         }
@@ -23,12 +21,7 @@ impl Default for Signals {
 impl Signals {
     /// Call after committing a transaction that wrote events.
     pub fn events_committed(&self) {
-        self.sequencer.notify_one();
         self.relay.notify_one();
-    }
-
-    pub async fn sequencer_woken(&self) {
-        self.sequencer.notified().await
     }
 
     pub async fn relay_woken(&self) {

@@ -25,6 +25,9 @@ pub struct DeliveryRow {
     pub last_error: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub manual_requested_at: Option<DateTime<Utc>>,
+    pub lease_until: Option<DateTime<Utc>>,
+    /// The claim an attempt in progress belongs to (see `settle`).
+    pub lease_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -62,6 +65,8 @@ impl DeliveryRow {
             last_error: None,
             next_attempt_at: due.then_some(now),
             manual_requested_at: None,
+            lease_until: None,
+            lease_id: None,
             created_at: now,
             updated_at: now,
         }
@@ -70,35 +75,134 @@ impl DeliveryRow {
 
 const COLUMNS: &str = "id, endpoint_id, customer_id, event_id, event_type, order_id, sequence, \
      payload, event_created_at, status, attempts, last_response_status, last_error, \
-     next_attempt_at, manual_requested_at, created_at, updated_at";
+     next_attempt_at, manual_requested_at, lease_until, lease_id, created_at, updated_at";
 
 /// Creates the delivery unless one exists for this (event, endpoint);
 /// true if it did.
 pub async fn insert_ignore(db: impl MySqlExecutor<'_>, row: &DeliveryRow) -> sqlx::Result<bool> {
-    let result = sqlx::query(&format!(
-        "INSERT IGNORE INTO webhook_deliveries ({COLUMNS}) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    ))
-    .bind(row.id)
-    .bind(row.endpoint_id)
-    .bind(row.customer_id)
-    .bind(row.event_id)
-    .bind(&row.event_type)
-    .bind(row.order_id)
-    .bind(row.sequence)
-    .bind(&row.payload)
-    .bind(row.event_created_at)
-    .bind(&row.status)
-    .bind(row.attempts)
-    .bind(row.last_response_status)
-    .bind(&row.last_error)
-    .bind(row.next_attempt_at)
-    .bind(row.manual_requested_at)
-    .bind(row.created_at)
-    .bind(row.updated_at)
-    .execute(db)
-    .await?;
-    Ok(result.rows_affected() == 1)
+    Ok(insert_many(db, std::slice::from_ref(row)).await? == 1)
+}
+
+/// Creates deliveries in one statement, skipping any (event, endpoint)
+/// that has one; returns how many it created.
+pub async fn insert_many(db: impl MySqlExecutor<'_>, rows: &[DeliveryRow]) -> sqlx::Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut sql = QueryBuilder::new(format!(
+        "INSERT IGNORE INTO webhook_deliveries ({COLUMNS}) "
+    ));
+    sql.push_values(rows, |mut b, row| {
+        b.push_bind(row.id)
+            .push_bind(row.endpoint_id)
+            .push_bind(row.customer_id)
+            .push_bind(row.event_id)
+            .push_bind(&row.event_type)
+            .push_bind(row.order_id)
+            .push_bind(row.sequence)
+            .push_bind(&row.payload)
+            .push_bind(row.event_created_at)
+            .push_bind(&row.status)
+            .push_bind(row.attempts)
+            .push_bind(row.last_response_status)
+            .push_bind(&row.last_error)
+            .push_bind(row.next_attempt_at)
+            .push_bind(row.manual_requested_at)
+            .push_bind(row.lease_until)
+            .push_bind(row.lease_id)
+            .push_bind(row.created_at)
+            .push_bind(row.updated_at);
+    });
+    Ok(sql.build().execute(db).await?.rows_affected())
+}
+
+/// Which of these delivery ids exist.
+pub async fn existing_ids(db: impl MySqlExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut sql = QueryBuilder::new("SELECT id FROM webhook_deliveries WHERE id IN (");
+    push_ids(&mut sql, ids);
+    sql.push(")");
+    sql.build_query_scalar().fetch_all(db).await
+}
+
+/// The (event, endpoint) pairs that have a delivery, for these events.
+/// Served by `webhook_deliveries_event_endpoint`.
+pub async fn pairs_for_events(
+    db: impl MySqlExecutor<'_>,
+    ids: &[Uuid],
+) -> sqlx::Result<Vec<(Uuid, Uuid)>> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut sql = QueryBuilder::new(
+        "SELECT event_id, endpoint_id FROM webhook_deliveries WHERE event_id IN (",
+    );
+    push_ids(&mut sql, ids);
+    sql.push(")");
+    sql.build_query_as().fetch_all(db).await
+}
+
+/// A delivery as ordering sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrderSlot {
+    pub id: Uuid,
+    pub endpoint_id: Uuid,
+    pub order_id: Uuid,
+    pub sequence: u32,
+    pub event_id: Uuid,
+    pub status: String,
+    /// Pending but waiting for an earlier event of its order.
+    pub waiting: bool,
+}
+
+/// The deliveries of these orders to these endpoints (every combination:
+/// callers keep the pairs they asked about), locked until the transaction
+/// ends. Fan-out and settle both lock what they look at, so a delivery
+/// written to wait behind a pending one is always released when that one
+/// settles. Served by `webhook_deliveries_order`.
+pub async fn order_slots(
+    db: impl MySqlExecutor<'_>,
+    endpoints: &[Uuid],
+    orders: &[Uuid],
+    pending_only: bool,
+) -> sqlx::Result<Vec<OrderSlot>> {
+    if endpoints.is_empty() || orders.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut sql = QueryBuilder::new(
+        "SELECT id, endpoint_id, order_id, sequence, event_id, status,
+                (status = 'pending' AND next_attempt_at IS NULL) AS waiting
+         FROM webhook_deliveries WHERE endpoint_id IN (",
+    );
+    push_ids(&mut sql, endpoints);
+    sql.push(") AND order_id IN (");
+    push_ids(&mut sql, orders);
+    sql.push(")");
+    if pending_only {
+        sql.push(" AND status = 'pending'");
+    }
+    sql.push(" FOR UPDATE");
+    sql.build_query_as().fetch_all(db).await
+}
+
+/// Waiting deliveries become due (each was the lowest pending of its order).
+pub async fn release_waiting(
+    db: impl MySqlExecutor<'_>,
+    ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut sql = QueryBuilder::new("UPDATE webhook_deliveries SET next_attempt_at = ");
+    sql.push_bind(now)
+        .push(" WHERE status = 'pending' AND next_attempt_at IS NULL AND id IN (");
+    push_ids(&mut sql, ids);
+    sql.push(")");
+    sql.build().execute(db).await?;
+    Ok(())
 }
 
 pub async fn find(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Result<Option<DeliveryRow>> {
@@ -110,69 +214,85 @@ pub async fn find(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Result<Option<D
     .await
 }
 
-/// Takes up to `limit` deliveries that are due (or asked for by hand) and
-/// whose endpoint is not in `skip` (endpoints this worker has saturated);
-/// leases them until `lease_until`. Run in a transaction. A delivery
-/// waiting for an earlier event of its order has no `next_attempt_at`, so
-/// it is not due.
-pub async fn claim_due(
-    db: &mut sqlx::MySqlConnection,
+/// What the dispatcher may claim: due deliveries and manual retries whose
+/// lease is free (up to `limit` of each), in one statement, plus when the
+/// next scheduled one falls due, so an idle dispatcher sleeps until then.
+/// A waiting delivery (no `next_attempt_at`) is never a candidate, not even
+/// for a manual retry: an earlier event of its order is still pending.
+pub async fn candidates(
+    db: impl MySqlExecutor<'_>,
     now: DateTime<Utc>,
-    lease_until: DateTime<Utc>,
     limit: i64,
     skip: &[Uuid],
-) -> sqlx::Result<Vec<DeliveryRow>> {
-    // Candidates, read without locks; then locked by id, skipping rows that
-    // another worker holds, and re-checked.
-    let mut due = QueryBuilder::new(
-        "SELECT d.id FROM webhook_deliveries d WHERE d.status = 'pending' AND d.next_attempt_at <= ",
+) -> sqlx::Result<(Vec<Uuid>, Option<DateTime<Utc>>)> {
+    let mut sql = QueryBuilder::new(
+        "(SELECT d.id, d.next_attempt_at AS due FROM webhook_deliveries d
+          WHERE d.status = 'pending' AND d.next_attempt_at IS NOT NULL
+            AND (d.lease_until IS NULL OR d.lease_until < ",
     );
-    due.push_bind(now)
-        .push(" AND (d.lease_until IS NULL OR d.lease_until < ")
+    sql.push_bind(now).push(")");
+    push_skip(&mut sql, skip);
+    sql.push(" ORDER BY d.next_attempt_at LIMIT ")
+        .push_bind(limit + 1)
+        .push(
+            ") UNION ALL (SELECT d.id, NULL AS due FROM webhook_deliveries d
+              WHERE d.manual_requested_at IS NOT NULL
+                AND (d.status <> 'pending' OR d.next_attempt_at IS NOT NULL)
+                AND (d.lease_until IS NULL OR d.lease_until < ",
+        )
         .push_bind(now)
         .push(")");
-    push_skip(&mut due, skip);
-    due.push(" ORDER BY d.next_attempt_at LIMIT ")
-        .push_bind(limit);
-    let mut ids: Vec<Uuid> = due.build_query_scalar().fetch_all(&mut *db).await?;
-
-    let mut manual = QueryBuilder::new(
-        "SELECT d.id FROM webhook_deliveries d WHERE d.manual_requested_at IS NOT NULL \
-         AND (d.lease_until IS NULL OR d.lease_until < ",
-    );
-    manual.push_bind(now).push(")");
-    push_skip(&mut manual, skip);
-    manual
-        .push(" ORDER BY d.manual_requested_at LIMIT ")
-        .push_bind(limit);
-    ids.extend(
-        manual
-            .build_query_scalar::<Uuid>()
-            .fetch_all(&mut *db)
-            .await?,
-    );
+    push_skip(&mut sql, skip);
+    sql.push(" ORDER BY d.manual_requested_at LIMIT ")
+        .push_bind(limit)
+        .push(")");
+    let rows: Vec<(Uuid, Option<DateTime<Utc>>)> = sql.build_query_as().fetch_all(db).await?;
+    let mut ids = vec![];
+    let mut next_due = None;
+    for (id, due) in rows {
+        match due {
+            Some(due) if due > now => {
+                next_due = Some(next_due.map_or(due, |n: DateTime<Utc>| n.min(due)));
+            }
+            _ => ids.push(id),
+        }
+    }
     ids.sort();
     ids.dedup();
+    ids.truncate(limit as usize);
+    Ok((ids, next_due))
+}
+
+/// Leases candidates that are still claimable (another worker may have
+/// taken or settled one since they were read), skipping rows another
+/// worker holds; run it in a transaction. Every row gets `lease_id`.
+pub async fn claim(
+    db: &mut sqlx::MySqlConnection,
+    ids: &[Uuid],
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    lease_id: Uuid,
+) -> sqlx::Result<Vec<DeliveryRow>> {
     if ids.is_empty() {
         return Ok(vec![]);
     }
-
-    // The candidates came from a snapshot: another worker may since have
-    // attempted and settled one (its lease cleared), so the locking read,
-    // which sees the latest rows, checks again that each is still due.
     let mut lock = QueryBuilder::new("SELECT id FROM webhook_deliveries WHERE id IN (");
-    push_ids(&mut lock, &ids);
+    push_ids(&mut lock, ids);
     lock.push(") AND (lease_until IS NULL OR lease_until < ")
         .push_bind(now)
         .push(") AND ((status = 'pending' AND next_attempt_at <= ")
         .push_bind(now)
-        .push(") OR manual_requested_at IS NOT NULL) FOR UPDATE SKIP LOCKED");
+        .push(") OR (manual_requested_at IS NOT NULL AND (status <> 'pending' OR next_attempt_at IS NOT NULL))) FOR UPDATE SKIP LOCKED");
     let locked: Vec<Uuid> = lock.build_query_scalar().fetch_all(&mut *db).await?;
     if locked.is_empty() {
         return Ok(vec![]);
     }
     let mut lease = QueryBuilder::new("UPDATE webhook_deliveries SET lease_until = ");
-    lease.push_bind(lease_until).push(" WHERE id IN (");
+    lease
+        .push_bind(lease_until)
+        .push(", lease_id = ")
+        .push_bind(lease_id)
+        .push(" WHERE id IN (");
     push_ids(&mut lease, &locked);
     lease.push(")");
     lease.build().execute(&mut *db).await?;
@@ -204,73 +324,17 @@ pub async fn release(db: impl MySqlExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<(
     if ids.is_empty() {
         return Ok(());
     }
-    let mut sql =
-        QueryBuilder::new("UPDATE webhook_deliveries SET lease_until = NULL WHERE id IN (");
+    let mut sql = QueryBuilder::new(
+        "UPDATE webhook_deliveries SET lease_until = NULL, lease_id = NULL WHERE id IN (",
+    );
     push_ids(&mut sql, ids);
     sql.push(")");
     sql.build().execute(db).await?;
     Ok(())
 }
 
-/// Is an earlier event of this order still pending for this endpoint?
-/// Locks what it reads, so a concurrent settle and this check serialize.
-pub async fn earlier_pending(
-    db: impl MySqlExecutor<'_>,
-    endpoint_id: Uuid,
-    order_id: Uuid,
-    sequence: u32,
-) -> sqlx::Result<bool> {
-    let found: Option<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM webhook_deliveries
-         WHERE endpoint_id = ? AND order_id = ? AND sequence < ? AND status = 'pending'
-         LIMIT 1 FOR UPDATE",
-    )
-    .bind(endpoint_id)
-    .bind(order_id)
-    .bind(sequence)
-    .fetch_optional(db)
-    .await?;
-    Ok(found.is_some())
-}
-
-/// The state of the delivery of an event to an endpoint, if it exists.
-pub async fn status_of(
-    db: impl MySqlExecutor<'_>,
-    event_id: Uuid,
-    endpoint_id: Uuid,
-) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar(
-        "SELECT status FROM webhook_deliveries WHERE event_id = ? AND endpoint_id = ? FOR UPDATE",
-    )
-    .bind(event_id)
-    .bind(endpoint_id)
-    .fetch_optional(db)
-    .await
-}
-
-/// After a delivery settled: the next waiting event of its order for its
-/// endpoint becomes due.
-pub async fn release_next(
-    db: impl MySqlExecutor<'_>,
-    endpoint_id: Uuid,
-    order_id: Uuid,
-    now: DateTime<Utc>,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE webhook_deliveries SET next_attempt_at = ?
-         WHERE endpoint_id = ? AND order_id = ? AND status = 'pending' AND next_attempt_at IS NULL
-         ORDER BY sequence LIMIT 1",
-    )
-    .bind(now)
-    .bind(endpoint_id)
-    .bind(order_id)
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
-/// A safety net for `release_next`: waiting deliveries with no earlier
-/// pending event become due. Returns how many.
+/// A safety net for the release a settle makes: waiting deliveries with no
+/// earlier pending event become due. Returns how many.
 pub async fn release_stranded(
     db: &mut sqlx::MySqlConnection,
     now: DateTime<Utc>,
@@ -296,23 +360,15 @@ pub async fn release_stranded(
     Ok(sql.build().execute(&mut *db).await?.rows_affected())
 }
 
-/// The highest sequence of an order this endpoint has a delivery for.
-pub async fn last_sequence(
-    db: impl MySqlExecutor<'_>,
-    endpoint_id: Uuid,
-    order_id: Uuid,
-) -> sqlx::Result<Option<u32>> {
-    sqlx::query_scalar(
-        "SELECT MAX(sequence) FROM webhook_deliveries WHERE endpoint_id = ? AND order_id = ?",
-    )
-    .bind(endpoint_id)
-    .bind(order_id)
-    .fetch_one(db)
-    .await
-}
-
-/// The outcome of one attempt, written with its attempt row.
-pub struct Outcome {
+/// The new state of a delivery after an attempt (or a decision not to
+/// make one), written only under the lease that made it.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub id: Uuid,
+    pub lease_id: Uuid,
+    /// When the lease was taken: a manual retry asked for after it still
+    /// stands once this settle is written.
+    pub leased_at: DateTime<Utc>,
     pub status: &'static str,
     pub attempts: u32,
     pub last_response_status: Option<u16>,
@@ -320,28 +376,74 @@ pub struct Outcome {
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
-pub async fn record_outcome(
+/// Writes outcomes in one statement. A row whose lease has since passed to
+/// another claim (a stale attempt, a lease that ran out) is left as it is;
+/// returns how many rows were written.
+pub async fn settle(
     db: impl MySqlExecutor<'_>,
-    id: Uuid,
-    outcome: &Outcome,
+    rows: &[Settled],
     now: DateTime<Utc>,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE webhook_deliveries SET status = ?, attempts = ?, last_response_status = ?,
-             last_error = ?, next_attempt_at = ?, manual_requested_at = NULL, lease_until = NULL,
-             updated_at = ?
-         WHERE id = ?",
+) -> sqlx::Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut sql = QueryBuilder::new("UPDATE webhook_deliveries SET status = CASE id");
+    for r in rows {
+        sql.push(" WHEN ")
+            .push_bind(r.id)
+            .push(" THEN ")
+            .push_bind(r.status);
+    }
+    sql.push(" END, attempts = CASE id");
+    for r in rows {
+        sql.push(" WHEN ")
+            .push_bind(r.id)
+            .push(" THEN ")
+            .push_bind(r.attempts);
+    }
+    sql.push(" END, last_response_status = CASE id");
+    for r in rows {
+        sql.push(" WHEN ")
+            .push_bind(r.id)
+            .push(" THEN ")
+            .push_bind(r.last_response_status);
+    }
+    sql.push(" END, last_error = CASE id");
+    for r in rows {
+        sql.push(" WHEN ")
+            .push_bind(r.id)
+            .push(" THEN ")
+            .push_bind(r.last_error.clone());
+    }
+    sql.push(" END, next_attempt_at = CASE id");
+    for r in rows {
+        sql.push(" WHEN ")
+            .push_bind(r.id)
+            .push(" THEN ")
+            .push_bind(r.next_attempt_at);
+    }
+    sql.push(" END, manual_requested_at = IF(manual_requested_at <= CASE id");
+    for r in rows {
+        sql.push(" WHEN ")
+            .push_bind(r.id)
+            .push(" THEN ")
+            .push_bind(r.leased_at);
+    }
+    sql.push(
+        " END, NULL, manual_requested_at), lease_until = NULL, lease_id = NULL, updated_at = ",
     )
-    .bind(outcome.status)
-    .bind(outcome.attempts)
-    .bind(outcome.last_response_status)
-    .bind(&outcome.last_error)
-    .bind(outcome.next_attempt_at)
-    .bind(now)
-    .bind(id)
-    .execute(db)
-    .await?;
-    Ok(())
+    .push_bind(now)
+    .push(" WHERE id IN (");
+    push_ids(&mut sql, &rows.iter().map(|r| r.id).collect::<Vec<_>>());
+    sql.push(") AND lease_id = CASE id");
+    for r in rows {
+        sql.push(" WHEN ")
+            .push_bind(r.id)
+            .push(" THEN ")
+            .push_bind(r.lease_id);
+    }
+    sql.push(" END");
+    Ok(sql.build().execute(db).await?.rows_affected())
 }
 
 /// Asks for one more attempt now, whatever the state.
@@ -401,22 +503,27 @@ pub struct AttemptRow {
     pub error: Option<String>,
 }
 
-pub async fn insert_attempt(db: impl MySqlExecutor<'_>, row: &AttemptRow) -> sqlx::Result<()> {
-    sqlx::query(
+/// Records attempts in one statement. Every attempt made is recorded, a
+/// stale one too: the request was sent.
+pub async fn insert_attempts(db: impl MySqlExecutor<'_>, rows: &[AttemptRow]) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut sql = QueryBuilder::new(
         "INSERT INTO webhook_attempts (id, delivery_id, attempt, started_at, duration_ms,
-             response_status, response_body, error)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(row.id)
-    .bind(row.delivery_id)
-    .bind(row.attempt)
-    .bind(row.started_at)
-    .bind(row.duration_ms)
-    .bind(row.response_status)
-    .bind(&row.response_body)
-    .bind(&row.error)
-    .execute(db)
-    .await?;
+             response_status, response_body, error) ",
+    );
+    sql.push_values(rows, |mut b, row| {
+        b.push_bind(row.id)
+            .push_bind(row.delivery_id)
+            .push_bind(row.attempt)
+            .push_bind(row.started_at)
+            .push_bind(row.duration_ms)
+            .push_bind(row.response_status)
+            .push_bind(&row.response_body)
+            .push_bind(&row.error);
+    });
+    sql.build().execute(db).await?;
     Ok(())
 }
 

@@ -1,45 +1,157 @@
-//! SQL for `feed_clock` (the sequencer's lock and counter), `relay_lock`
-//! and `server_secrets`.
+//! SQL for `feed_clock`, the one row that orders the pipeline: the next feed
+//! position to hand out (the sequencer's counter and lock), the relay's
+//! lease and how far it has published, and how far the worker has
+//! reconciled. Times are the database's (`NOW(3)`), so instances with
+//! skewed clocks agree on who holds the lease.
 
-use sqlx::MySqlExecutor;
+use sqlx::{MySqlExecutor, MySqlPool};
+use uuid::Uuid;
 
-/// Locks the clock until the transaction ends and returns the next position.
-pub async fn lock(db: impl MySqlExecutor<'_>) -> sqlx::Result<u64> {
-    sqlx::query_scalar("SELECT next_position FROM feed_clock WHERE id = 1 FOR UPDATE")
-        .fetch_one(db)
-        .await
+/// The clock as a sequencer pass found it, locked until its transaction ends.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Clock {
+    pub next_position: u64,
+    pub published_through: u64,
+    /// The relay's turn is free (lapsed or never taken) or already the caller's.
+    pub relay_free: bool,
 }
 
-pub async fn advance(db: impl MySqlExecutor<'_>, next_position: u64) -> sqlx::Result<()> {
-    sqlx::query("UPDATE feed_clock SET next_position = ? WHERE id = 1")
-        .bind(next_position)
+/// Creates the row if missing (a database whose schema came through a
+/// deploy request has none) and fills in marks an older version did not
+/// keep. Idempotent; any number of instances may run it at once.
+pub async fn ensure(db: &MySqlPool) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT IGNORE INTO feed_clock (id, next_position)
+         SELECT 1, COALESCE(MAX(feed_position), 0) + 1 FROM order_events",
+    )
+    .execute(db)
+    .await?;
+    // The relay used to mark each event; its mark starts below the first
+    // sequenced event that it had not published.
+    sqlx::query(
+        "UPDATE feed_clock SET published_through = COALESCE(
+             (SELECT MIN(feed_position) - 1 FROM order_events
+              WHERE published_at IS NULL AND feed_position IS NOT NULL),
+             next_position - 1)
+         WHERE id = 1 AND published_through IS NULL",
+    )
+    .execute(db)
+    .await?;
+    sqlx::query(
+        "UPDATE feed_clock SET reconciled_through = published_through
+         WHERE id = 1 AND reconciled_through IS NULL",
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Locks the clock until the transaction ends.
+pub async fn lock(db: impl MySqlExecutor<'_>, relay: Uuid) -> sqlx::Result<Clock> {
+    sqlx::query_as(
+        "SELECT next_position, published_through,
+                (relay_holder IS NULL OR relay_holder = ? OR relay_lease_until < NOW(3)) AS relay_free
+         FROM feed_clock WHERE id = 1 FOR UPDATE",
+    )
+    .bind(relay)
+    .fetch_one(db)
+    .await
+}
+
+/// Moves the counter and, for `lease_ms`, gives the relay's turn to `relay`.
+pub async fn advance(
+    db: impl MySqlExecutor<'_>,
+    next_position: u64,
+    relay: Option<(Uuid, u64)>,
+) -> sqlx::Result<()> {
+    match relay {
+        Some((holder, lease_ms)) => {
+            sqlx::query(
+                "UPDATE feed_clock SET next_position = ?, relay_holder = ?,
+                     relay_lease_until = NOW(3) + INTERVAL ? * 1000 MICROSECOND
+                 WHERE id = 1",
+            )
+            .bind(next_position)
+            .bind(holder)
+            .bind(lease_ms)
+            .execute(db)
+            .await?
+        }
+        None => {
+            sqlx::query("UPDATE feed_clock SET next_position = ? WHERE id = 1")
+                .bind(next_position)
+                .execute(db)
+                .await?
+        }
+    };
+    Ok(())
+}
+
+/// Records that every event up to `through` is published (or parked),
+/// if `relay` still holds the turn; false if it lost it.
+pub async fn mark_published(
+    db: impl MySqlExecutor<'_>,
+    relay: Uuid,
+    through: u64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE feed_clock SET published_through = GREATEST(published_through, ?)
+         WHERE id = 1 AND relay_holder = ?",
+    )
+    .bind(through)
+    .bind(relay)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Gives the turn up (at shutdown), so another instance takes it at once.
+pub async fn release_relay(db: impl MySqlExecutor<'_>, relay: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE feed_clock SET relay_lease_until = NULL WHERE id = 1 AND relay_holder = ?")
+        .bind(relay)
         .execute(db)
         .await?;
     Ok(())
 }
 
-/// Takes the relay lock for this transaction, or `false` if another relay has it.
-pub async fn try_lock_relay(db: impl MySqlExecutor<'_>) -> sqlx::Result<bool> {
-    let row: Option<u8> =
-        sqlx::query_scalar("SELECT id FROM relay_lock WHERE id = 1 FOR UPDATE SKIP LOCKED")
-            .fetch_optional(db)
-            .await?;
-    Ok(row.is_some())
+/// What an idle loop needs to know in one statement: are there events to
+/// number, events numbered but not published, or parked events to retry?
+#[derive(Debug, sqlx::FromRow)]
+pub struct Pending {
+    pub unsequenced: bool,
+    pub unpublished: bool,
+    pub retries: bool,
 }
 
-/// The named secret, made from `candidate` by whichever instance asks first.
-pub async fn server_secret(
-    db: &sqlx::MySqlPool,
-    name: &str,
-    candidate: &[u8],
-) -> sqlx::Result<Vec<u8>> {
-    sqlx::query("INSERT IGNORE INTO server_secrets (name, value) VALUES (?, ?)")
-        .bind(name)
-        .bind(candidate)
-        .execute(db)
-        .await?;
-    sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = ?")
-        .bind(name)
+pub async fn pending(db: impl MySqlExecutor<'_>) -> sqlx::Result<Pending> {
+    sqlx::query_as(
+        "SELECT EXISTS(SELECT 1 FROM order_events WHERE feed_position IS NULL) AS unsequenced,
+                COALESCE(published_through < next_position - 1, TRUE) AS unpublished,
+                EXISTS(SELECT 1 FROM outbox_parked WHERE retry_requested_at IS NOT NULL) AS retries
+         FROM feed_clock WHERE id = 1",
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// The worker's reconciliation mark and how far the relay has published.
+pub async fn reconcile_marks(db: impl MySqlExecutor<'_>) -> sqlx::Result<(u64, u64)> {
+    sqlx::query_as(
+        "SELECT COALESCE(reconciled_through, CAST(0 AS UNSIGNED)), COALESCE(published_through, CAST(0 AS UNSIGNED)) FROM feed_clock WHERE id = 1",
+    )
         .fetch_one(db)
         .await
+}
+
+/// Moves the reconciliation mark from `from` to `to`; false if another
+/// worker moved it first.
+pub async fn mark_reconciled(db: impl MySqlExecutor<'_>, from: u64, to: u64) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE feed_clock SET reconciled_through = ? WHERE id = 1 AND reconciled_through = ?",
+    )
+    .bind(to)
+    .bind(from)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }

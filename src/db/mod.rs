@@ -9,6 +9,8 @@ pub mod feed_clock;
 pub mod idempotency;
 pub mod order_events;
 pub mod orders;
+pub mod outbox_parked;
+pub mod server_secrets;
 pub mod webhook_endpoints;
 
 use std::str::FromStr;
@@ -24,12 +26,35 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// `/readyz` says 503) while the database is away, and recovers without a
 /// restart when it is back.
 pub fn pool(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx::Error> {
-    let options = MySqlConnectOptions::from_str(url)?;
-    Ok(MySqlPoolOptions::new()
+    Ok(options(max_connections).connect_lazy_with(MySqlConnectOptions::from_str(url)?))
+}
+
+/// A pool whose sessions read committed data, set once when each connection
+/// is made. The pipeline (sequencer, relay, worker) needs it: its reads must
+/// see every committed event and its locks must not cover gaps. Vitess
+/// applies `SET TRANSACTION ISOLATION LEVEL` to the whole session, so no
+/// code sets it per transaction on a shared pool.
+pub fn read_committed_pool(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx::Error> {
+    Ok(options(max_connections)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_lazy_with(MySqlConnectOptions::from_str(url)?))
+}
+
+fn options(max_connections: u32) -> MySqlPoolOptions {
+    MySqlPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(5))
         .idle_timeout(Duration::from_secs(300))
+        // Recycled well within PlanetScale's (and MySQL's `wait_timeout`) day.
+        .max_lifetime(Duration::from_secs(30 * 60))
         // A ping before every use costs ~15 % of throughput; a connection
         // idle for a second or more is pinged, so one the server closed while
         // it sat (a restart, a failover, `wait_timeout`) is replaced unseen.
@@ -42,7 +67,6 @@ pub fn pool(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx::Error> {
                 Ok(sqlx::Connection::ping(conn).await.is_ok())
             })
         })
-        .connect_lazy_with(options))
 }
 
 /// Creates the database named in the URL if missing, then applies migrations.

@@ -47,37 +47,49 @@ pub async fn history(
     sql.build_query_as().fetch_all(db).await
 }
 
-/// Positions of committed events not yet in the feed, oldest first.
-pub async fn unsequenced(db: impl MySqlExecutor<'_>, limit: i64) -> sqlx::Result<Vec<u64>> {
-    sqlx::query_scalar(
-        "SELECT position FROM order_events WHERE feed_position IS NULL ORDER BY position LIMIT ?",
+/// Committed events not yet in the feed, oldest first, with what the
+/// relay publishes (`feed_position` is 0 until assigned).
+pub async fn unsequenced(db: impl MySqlExecutor<'_>, limit: i64) -> sqlx::Result<Vec<OutboxEvent>> {
+    sqlx::query_as(
+        "SELECT position, CAST(0 AS UNSIGNED) AS feed_position, id, order_id, customer_id, event_type, payload
+         FROM order_events WHERE feed_position IS NULL ORDER BY position LIMIT ?",
     )
     .bind(limit)
     .fetch_all(db)
     .await
 }
 
-/// Gives `positions` (ascending) feed positions from `base` up, in the same
-/// order, and returns the next free feed position.
+pub async fn any_unsequenced(db: impl MySqlExecutor<'_>) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS(SELECT 1 FROM order_events WHERE feed_position IS NULL)")
+        .fetch_one(db)
+        .await
+}
+
+/// Gives `events` (ascending by position) feed positions from `base` up, in
+/// the same order, and returns the next free feed position.
 pub async fn assign_feed_positions(
     db: impl MySqlExecutor<'_>,
     base: u64,
-    positions: &[u64],
+    events: &mut [OutboxEvent],
 ) -> sqlx::Result<u64> {
-    let (Some(&first), Some(&last)) = (positions.first(), positions.last()) else {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return Ok(base);
     };
+    let (first, last) = (first.position, last.position);
     let mut sql = QueryBuilder::new("UPDATE order_events SET feed_position = ");
     sql.push_bind(base)
         .push(" + (position - ")
         .push_bind(first)
         .push(") WHERE position IN (");
     let mut list = sql.separated(", ");
-    for position in positions {
-        list.push_bind(*position);
+    for event in events.iter() {
+        list.push_bind(event.position);
     }
     sql.push(")");
     sql.build().execute(db).await?;
+    for event in events.iter_mut() {
+        event.feed_position = base + (event.position - first);
+    }
     Ok(base + (last - first) + 1)
 }
 
@@ -109,10 +121,11 @@ pub async fn feed(
     sql.build_query_as().fetch_all(db).await
 }
 
-/// An event waiting in the outbox.
-#[derive(sqlx::FromRow)]
+/// An event as the relay publishes it.
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OutboxEvent {
     pub position: u64,
+    pub feed_position: u64,
     pub id: Uuid,
     pub order_id: Uuid,
     pub customer_id: Uuid,
@@ -120,36 +133,57 @@ pub struct OutboxEvent {
     pub payload: String,
 }
 
-/// The oldest unpublished events.
-pub async fn unpublished(db: impl MySqlExecutor<'_>, limit: i64) -> sqlx::Result<Vec<OutboxEvent>> {
+/// Numbered events in `(after, before)`, in feed order: what the relay has
+/// still to publish.
+pub async fn numbered_between(
+    db: impl MySqlExecutor<'_>,
+    after: u64,
+    before: u64,
+    limit: i64,
+) -> sqlx::Result<Vec<OutboxEvent>> {
     sqlx::query_as(
-        "SELECT position, id, order_id, customer_id, event_type, payload FROM order_events
-         WHERE published_at IS NULL ORDER BY position LIMIT ?",
+        "SELECT position, feed_position, id, order_id, customer_id, event_type, payload
+         FROM order_events WHERE feed_position > ? AND feed_position < ?
+         ORDER BY feed_position LIMIT ?",
     )
+    .bind(after)
+    .bind(before)
     .bind(limit)
     .fetch_all(db)
     .await
 }
 
-pub async fn mark_published(db: impl MySqlExecutor<'_>, positions: &[u64]) -> sqlx::Result<()> {
-    if positions.is_empty() {
-        return Ok(());
+/// Events by id, as the relay publishes them.
+pub async fn outbox_by_ids(
+    db: impl MySqlExecutor<'_>,
+    ids: &[Uuid],
+) -> sqlx::Result<Vec<OutboxEvent>> {
+    if ids.is_empty() {
+        return Ok(vec![]);
     }
-    let mut sql =
-        QueryBuilder::new("UPDATE order_events SET published_at = NOW(3) WHERE position IN (");
+    let mut sql = QueryBuilder::new(
+        "SELECT position, COALESCE(feed_position, CAST(0 AS UNSIGNED)) AS feed_position, id, order_id, customer_id,
+                event_type, payload
+         FROM order_events WHERE id IN (",
+    );
     let mut list = sql.separated(", ");
-    for position in positions {
-        list.push_bind(*position);
+    for id in ids {
+        list.push_bind(*id);
     }
-    sql.push(")");
-    sql.build().execute(db).await?;
-    Ok(())
+    sql.push(") ORDER BY position");
+    sql.build_query_as().fetch_all(db).await
 }
 
-/// How many events wait in the outbox, and the age of the oldest in seconds.
+/// How many events are not yet published (numbered or not), and the age of
+/// the oldest in seconds.
 pub async fn outbox_backlog(db: impl MySqlExecutor<'_>) -> sqlx::Result<(i64, f64)> {
     let (count, oldest): (i64, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
-        "SELECT COUNT(*), MIN(created_at) FROM order_events WHERE published_at IS NULL",
+        "SELECT COUNT(*), MIN(created_at) FROM (
+             SELECT created_at FROM order_events WHERE feed_position IS NULL
+             UNION ALL
+             SELECT created_at FROM order_events
+             WHERE feed_position > (SELECT published_through FROM feed_clock WHERE id = 1)
+         ) waiting",
     )
     .fetch_one(db)
     .await?;
@@ -159,27 +193,81 @@ pub async fn outbox_backlog(db: impl MySqlExecutor<'_>) -> sqlx::Result<(i64, f6
     Ok((count, age))
 }
 
-/// An order's events between two sequences (exclusive), for the worker to
-/// create deliveries of events whose SQS messages have not arrived yet.
-#[derive(sqlx::FromRow)]
-pub struct EarlierEvent {
+/// An event as fan-out reads it: the events a batch names, with their
+/// payloads, and every other event of their orders without.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FanOutEvent {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub customer_id: Uuid,
     pub sequence: u32,
-    pub payload: String,
+    pub event_type: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub payload: Option<String>,
 }
 
-pub async fn between(
+/// The events named by `ids` and every event of their orders, in one
+/// statement; only the named ones carry their payload. An id that names
+/// no committed event is simply absent.
+pub async fn for_fan_out(
     db: impl MySqlExecutor<'_>,
-    order_id: Uuid,
-    after: u32,
-    before: u32,
-) -> sqlx::Result<Vec<EarlierEvent>> {
+    ids: &[Uuid],
+) -> sqlx::Result<Vec<FanOutEvent>> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut sql = QueryBuilder::new(
+        "SELECT e.id, e.order_id, e.customer_id, e.sequence, e.event_type, e.created_at,
+                IF(e.id IN (",
+    );
+    let mut list = sql.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    sql.push(
+        "), e.payload, NULL) AS payload FROM order_events e
+         WHERE e.order_id IN (SELECT n.order_id FROM order_events n WHERE n.id IN (",
+    );
+    let mut list = sql.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    sql.push(")) ORDER BY e.order_id, e.sequence");
+    sql.build_query_as().fetch_all(db).await
+}
+
+/// Payloads by event id.
+pub async fn payloads(
+    db: impl MySqlExecutor<'_>,
+    ids: &[Uuid],
+) -> sqlx::Result<Vec<(Uuid, String)>> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut sql = QueryBuilder::new("SELECT id, payload FROM order_events WHERE id IN (");
+    let mut list = sql.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    sql.push(")");
+    sql.build_query_as().fetch_all(db).await
+}
+
+/// Numbered events in `(after, through]` created before `before`, in feed
+/// order, without payloads: what reconciliation checks.
+pub async fn settled_window(
+    db: impl MySqlExecutor<'_>,
+    after: u64,
+    through: u64,
+    limit: i64,
+) -> sqlx::Result<Vec<(u64, Uuid, Uuid, String, chrono::DateTime<chrono::Utc>)>> {
     sqlx::query_as(
-        "SELECT sequence, payload FROM order_events
-         WHERE order_id = ? AND sequence > ? AND sequence < ? ORDER BY sequence",
+        "SELECT feed_position, id, customer_id, event_type, created_at FROM order_events
+         WHERE feed_position > ? AND feed_position <= ? ORDER BY feed_position LIMIT ?",
     )
-    .bind(order_id)
     .bind(after)
-    .bind(before)
+    .bind(through)
+    .bind(limit)
     .fetch_all(db)
     .await
 }

@@ -148,6 +148,42 @@ pub async fn subscribed(
         .await
 }
 
+/// The enabled endpoints of several customers (the worker filters them by
+/// event type). Served by `webhook_endpoints_subscribed`.
+pub async fn enabled_for(
+    db: impl MySqlExecutor<'_>,
+    customers: &[Uuid],
+) -> sqlx::Result<Vec<EndpointRow>> {
+    if customers.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut sql = QueryBuilder::new(format!(
+        "SELECT {COLUMNS} FROM webhook_endpoints WHERE enabled = 1 AND customer_id IN ("
+    ));
+    let mut list = sql.separated(", ");
+    for id in customers {
+        list.push_bind(*id);
+    }
+    sql.push(")");
+    sql.build_query_as().fetch_all(db).await
+}
+
+/// Endpoints by id (the worker's retries); missing ones were deleted.
+pub async fn find_many(db: impl MySqlExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<EndpointRow>> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut sql = QueryBuilder::new(format!(
+        "SELECT {COLUMNS} FROM webhook_endpoints WHERE id IN ("
+    ));
+    let mut list = sql.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    sql.push(")");
+    sql.build_query_as().fetch_all(db).await
+}
+
 /// After a 2xx: the endpoint is healthy again.
 pub async fn mark_succeeding(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
     sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = ? AND failing_since IS NOT NULL")

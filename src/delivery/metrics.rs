@@ -40,6 +40,10 @@ impl Histogram {
 struct Inner {
     succeeded: u64,
     failed: u64,
+    /// Messages naming no committed event (forged, rolled back, malformed).
+    unknown: u64,
+    /// Events fanned out again by reconciliation (their message was lost).
+    reconciled: u64,
     attempt: Histogram,
     end_to_end: Histogram,
 }
@@ -63,6 +67,17 @@ impl WorkerMetrics {
         }
     }
 
+    pub fn unknown_events(&self, count: usize) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).unknown += count as u64;
+    }
+
+    pub fn reconciled(&self, count: usize) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reconciled += count as u64;
+    }
+
     pub fn render(&self, pending: Option<i64>, disabled: Option<i64>) -> String {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
@@ -71,6 +86,14 @@ impl WorkerMetrics {
             "# HELP webhook_attempts_total Delivery attempts by outcome.\n# TYPE webhook_attempts_total counter\n\
              webhook_attempts_total{{outcome=\"succeeded\"}} {}\nwebhook_attempts_total{{outcome=\"failed\"}} {}",
             inner.succeeded, inner.failed
+        );
+        let _ = writeln!(
+            out,
+            "# HELP webhook_messages_unknown_total SQS messages naming no committed event, dropped.\n# TYPE webhook_messages_unknown_total counter\n\
+             webhook_messages_unknown_total {}\n\
+             # HELP webhook_events_reconciled_total Events given their deliveries by reconciliation (message lost or dead-lettered).\n# TYPE webhook_events_reconciled_total counter\n\
+             webhook_events_reconciled_total {}",
+            inner.unknown, inner.reconciled
         );
         inner.attempt.render(
             &mut out,

@@ -3,7 +3,9 @@
 //! the database, and records every attempt.
 
 pub mod client;
+pub mod fan_out;
 pub mod metrics;
+pub mod outcome;
 pub mod schedule;
 pub mod signing;
 pub mod worker;

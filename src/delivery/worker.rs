@@ -1,14 +1,24 @@
-//! The delivery worker: ingest (SQS → delivery rows) and dispatch (due
-//! delivery rows → HTTP attempts), both stateless; the schedule is in the
-//! database, so any number of workers can run and any can be killed.
+//! The delivery worker: stateless loops over the database and the queue, so
+//! any number of workers can run and any can be killed.
 //!
-//! Ordering: a delivery is only claimed while no earlier event of the same
-//! order is still pending for the same endpoint (`claim_due`), so one
-//! endpoint receives an order's events in `sequence` order; a later event
-//! waits while an earlier one is retried, and goes once it succeeded or
-//! finally failed. Other orders and other endpoints are not held up.
+//! - **Ingest** (several long polls at once): a batch of SQS messages is
+//!   fanned out in one transaction (`fan_out`), the deliveries that can go
+//!   now are created leased to this worker and attempted at once, and the
+//!   batch is deleted. A message naming no committed event is deleted and
+//!   counted. While the database is unreachable, ingest stops receiving, so
+//!   no message climbs towards the dead-letter queue because of the outage.
+//! - **Attempts** sign and POST; their outcomes go to one **settle** task,
+//!   which writes whatever has finished meanwhile in one transaction (the
+//!   attempts, the new states fenced by lease, the release of deliveries
+//!   that waited behind a settled one). Attempts never hold a connection,
+//!   so no number of them in flight can starve the pool.
+//! - **Dispatch** claims what the hot path did not take: retries that fell
+//!   due, manual retries, released deliveries, leases that ran out. Idle, it
+//!   sleeps until the next retry falls due (at most a second).
+//! - **Reconcile** gives every committed event its deliveries even if its
+//!   message was lost or dead-lettered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,29 +30,30 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Deserialize;
 use sqlx::MySqlPool;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::client::WebhookClient;
+use super::fan_out::{fan_out, FanOut, Leased};
 use super::metrics::WorkerMetrics;
+use super::outcome::{self, Before, Decision, Response};
 use super::signing;
 use crate::config::DeliveryConfig;
 use crate::db;
-use crate::db::deliveries::{DeliveryRow, NewDelivery, Outcome, FAILED, PENDING, SUCCEEDED};
+use crate::db::deliveries::{AttemptRow, DeliveryRow, Settled, FAILED, PENDING, SUCCEEDED};
 use crate::db::webhook_endpoints::EndpointRow;
 use crate::domain::time;
-use crate::domain::webhook::{EventFilter, SigningSecret};
-use crate::domain::EventType;
-use crate::queue::{describe, Queue};
+use crate::domain::webhook::SigningSecret;
+use crate::queue::{Queue, Received};
 use crate::secrets::SecretBox;
 
-/// How often dispatch looks for due retries and other workers' rows.
-const TICK: Duration = Duration::from_millis(200);
+/// Longest an idle dispatcher sleeps (another worker's rows, manual retries).
+const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How often waiting deliveries are checked for a missed release.
-const SWEEP: Duration = Duration::from_secs(10);
-/// Longest `Retry-After` honored.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+const SWEEP: Duration = Duration::from_secs(60);
+/// Outcomes written in one transaction at most.
+const SETTLE_GROUP: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerStartError {
@@ -62,41 +73,24 @@ struct Shared {
     client: WebhookClient,
     secrets: SecretBox,
     config: DeliveryConfig,
+    /// Wakes the dispatcher: something may be claimable.
     wake: Notify,
     metrics: WorkerMetrics,
     in_flight: Arc<Semaphore>,
     per_endpoint: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    settles: mpsc::UnboundedSender<Outcome>,
 }
 
 pub struct Worker {
     shared: Arc<Shared>,
+    settles: mpsc::UnboundedReceiver<Outcome>,
     queue: Queue,
     metrics_listener: TcpListener,
 }
 
-/// The part of an envelope the worker reads; the body is kept as received.
-#[derive(Clone, Deserialize)]
-struct Incoming {
-    id: Uuid,
-    #[serde(rename = "type")]
-    event_type: EventType,
-    #[serde(with = "crate::domain::time::millis")]
-    timestamp: DateTime<Utc>,
-    data: IncomingData,
-}
-
-#[derive(Clone, Deserialize)]
-struct IncomingData {
-    customer_id: Uuid,
-    #[serde(default)]
-    order_id: Option<Uuid>,
-    #[serde(default)]
-    sequence: Option<u32>,
-}
-
 impl Worker {
     pub async fn build(config: DeliveryConfig) -> Result<Worker, WorkerStartError> {
-        let pool = db::pool(&config.database_url, config.database_max_connections)
+        let pool = db::read_committed_pool(&config.database_url, config.database_max_connections)
             .map_err(WorkerStartError::Database)?;
         let secrets = SecretBox::new(config.secrets_encryption_key.as_deref())
             .map_err(WorkerStartError::Config)?;
@@ -107,6 +101,7 @@ impl Worker {
                 addr: config.metrics_addr,
                 source,
             })?;
+        let (settles, settled) = mpsc::unbounded_channel();
         Ok(Worker {
             shared: Arc::new(Shared {
                 pool,
@@ -116,8 +111,10 @@ impl Worker {
                 per_endpoint: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 metrics: WorkerMetrics::default(),
+                settles,
                 config,
             }),
+            settles: settled,
             queue,
             metrics_listener,
         })
@@ -130,33 +127,40 @@ impl Worker {
             .unwrap_or(0)
     }
 
-    /// Runs until `shutdown`; then stops receiving, lets attempts in flight
-    /// finish (each is bounded by `WEBHOOK_TIMEOUT`) and leaves the rest to
-    /// SQS visibility and the database schedule.
+    /// Runs until `shutdown`; then stops receiving and claiming, lets
+    /// attempts in flight finish (each is bounded by `WEBHOOK_TIMEOUT`),
+    /// writes their outcomes and leaves the rest to SQS and the schedule.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let (stop, stopped) = watch::channel(false);
+        let (done, finished) = watch::channel(false);
+        let shared = self.shared;
         let mut loops = JoinSet::new();
-        // Two receivers, so one batch's database work overlaps the next receive.
-        loops.spawn(ingest(
-            self.shared.clone(),
-            self.queue.clone(),
-            stopped.clone(),
-        ));
-        loops.spawn(ingest(self.shared.clone(), self.queue, stopped.clone()));
-        loops.spawn(dispatch(self.shared.clone(), stopped.clone()));
-        let metrics = metrics_router(self.shared.clone());
+        for _ in 0..shared.config.receivers {
+            loops.spawn(ingest(shared.clone(), self.queue.clone(), stopped.clone()));
+        }
+        loops.spawn(dispatch(shared.clone(), stopped.clone()));
+        loops.spawn(reconcile(shared.clone(), stopped.clone()));
+        let settle = tokio::spawn(settle_loop(shared.clone(), self.settles, finished));
+        let metrics = metrics_router(shared.clone());
         let mut metrics_stop = stopped.clone();
-        loops.spawn(async move {
+        let metrics_listener = self.metrics_listener;
+        let server = tokio::spawn(async move {
             let stopped = async move {
                 let _ = metrics_stop.changed().await;
             };
             let drain = Duration::from_secs(5);
-            let _ = crate::server::serve(self.metrics_listener, metrics, stopped, drain).await;
+            let _ = crate::server::serve(metrics_listener, metrics, stopped, drain).await;
         });
         shutdown.await;
         tracing::info!("shutting down: finishing attempts in flight");
         let _ = stop.send(true);
         while loops.join_next().await.is_some() {}
+        // Every attempt holds a slot of `in_flight`: all back means all done.
+        let all = shared.config.max_in_flight as u32;
+        let _ = shared.in_flight.acquire_many(all).await;
+        let _ = done.send(true);
+        let _ = settle.await;
+        let _ = server.await;
     }
 }
 
@@ -178,237 +182,125 @@ fn metrics_router(shared: Arc<Shared>) -> Router {
         )
 }
 
-/// SQS → delivery rows. A message is deleted only once every delivery it
-/// implies is recorded; a malformed one is left for the redrive policy.
+/// The only part of a message that is read: the event's id.
+#[derive(Deserialize)]
+struct Named {
+    id: Uuid,
+}
+
+/// SQS → deliveries → attempts.
 async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::Receiver<bool>) {
     let mut failures = 0u32;
     loop {
-        let receive = queue
-            .client()
-            .receive_message()
-            .queue_url(queue.url())
-            .max_number_of_messages(10)
-            .wait_time_seconds(20)
-            .send();
-        let output = tokio::select! {
+        let received = tokio::select! {
             _ = stop.changed() => return,
-            output = receive => output,
+            received = queue.receive(Duration::from_secs(20)) => received,
         };
-        let messages = match output {
-            Ok(output) => {
+        let messages = match received {
+            Ok(messages) => {
                 failures = 0;
-                output.messages.unwrap_or_default()
+                messages
             }
             Err(e) => {
                 failures += 1;
                 let pause = Duration::from_millis(200 * u64::from(failures.min(50)));
-                tracing::warn!(error = %describe(e), retry_in = ?pause, "receiving from SQS failed");
+                tracing::warn!(error = %e, retry_in = ?pause, "receiving from SQS failed");
                 tokio::select! {
                     _ = stop.changed() => return,
                     _ = tokio::time::sleep(pause) => continue,
                 }
             }
         };
-        // The batch's messages are fanned out concurrently (their commits
-        // share the database's group commit), each retried after a deadlock.
-        let outcomes = futures_util::future::join_all(messages.iter().map(|message| {
-            let body = message.body().unwrap_or_default();
-            let shared = &shared;
-            async move {
-                let mut tries = 0;
-                loop {
-                    match fan_out(shared, body).await {
-                        Err(FanOutError::Db(e)) if tries < 5 && crate::error::is_retryable(&e) => {
-                            tries += 1;
-                            tokio::time::sleep(Duration::from_millis(5 * tries)).await;
-                        }
-                        other => return other,
-                    }
+        if messages.is_empty() {
+            continue;
+        }
+        let ids = named_events(&shared, &messages);
+        match with_retries(|| ingest_batch(&shared, &ids)).await {
+            Ok(out) => {
+                if !out.unknown.is_empty() {
+                    shared.metrics.unknown_events(out.unknown.len());
+                    tracing::warn!(
+                        count = out.unknown.len(),
+                        "messages naming no committed event were dropped"
+                    );
                 }
+                if out.created > out.leased.len() {
+                    shared.wake.notify_one();
+                }
+                for leased in out.leased {
+                    spawn_attempt(&shared, leased);
+                }
+                let queue = queue.clone();
+                tokio::spawn(async move {
+                    let receipts: Vec<&str> = messages.iter().map(|m| m.receipt.as_str()).collect();
+                    if let Err(e) = queue.delete(&receipts).await {
+                        // Received again later: fan-out is idempotent.
+                        tracing::warn!(error = %e, "deleting SQS messages failed");
+                    }
+                });
             }
-        }))
-        .await;
-        for (message, outcome) in messages.iter().zip(outcomes) {
-            match outcome {
-                Ok(()) => {
-                    if let Some(handle) = message.receipt_handle() {
-                        if let Err(e) = queue
-                            .client()
-                            .delete_message()
-                            .queue_url(queue.url())
-                            .receipt_handle(handle)
-                            .send()
-                            .await
-                        {
-                            // Received again later: fan-out is idempotent.
-                            tracing::warn!(error = %describe(e), "deleting an SQS message failed");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(
-                    message_id = message.message_id().unwrap_or_default(),
-                    error = %e,
-                    "message not processed; left for SQS to redeliver or dead-letter"
-                ),
+            Err(e) => {
+                // Not deleted: the messages come back once visible again. Stop
+                // receiving until the database answers, so that an outage does
+                // not spend their receive count on the way to the dead-letter queue.
+                tracing::warn!(error = %e, "recording deliveries failed; pausing receipt until the database answers");
+                wait_for_database(&shared.pool, &mut stop).await;
             }
         }
-        shared.wake.notify_one();
     }
 }
 
-/// Records one delivery per subscribed endpoint; idempotent per (event, endpoint).
-///
-/// Ordering: a delivery whose order has an earlier event still pending for
-/// the same endpoint is written without `next_attempt_at` (waiting); when
-/// that earlier one settles, `release_next` makes the next one due. Both
-/// sides lock the rows they look at, so they cannot miss each other.
-///
-/// SQS may hand an order's events to workers out of order. So that the
-/// check sees every earlier event, deliveries of earlier events of the order
-/// that this endpoint would receive (its filter, sent after it existed) and
-/// that have none yet are created here too, from the outbox; their own
-/// messages then add nothing.
-#[derive(Debug, thiserror::Error)]
-enum FanOutError {
-    #[error("malformed event: {0}")]
-    Malformed(serde_json::Error),
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
+/// The event ids messages name; a message that names none is counted
+/// and deleted with its batch.
+fn named_events(shared: &Shared, messages: &[Received]) -> Vec<Uuid> {
+    let mut ids = vec![];
+    for message in messages {
+        match serde_json::from_str::<Named>(&message.body) {
+            Ok(named) => ids.push(named.id),
+            Err(_) => {
+                shared.metrics.unknown_events(1);
+                tracing::warn!(message_id = %message.message_id, "a message that names no event was dropped");
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
-async fn fan_out(shared: &Shared, body: &str) -> Result<(), FanOutError> {
-    let event: Incoming = serde_json::from_str(body).map_err(FanOutError::Malformed)?;
-    let endpoints = db::webhook_endpoints::subscribed(
-        &shared.pool,
-        event.data.customer_id,
-        EventFilter::bit(event.event_type),
-    )
-    .await?;
+async fn ingest_batch(shared: &Shared, ids: &[Uuid]) -> sqlx::Result<FanOut<Permits>> {
     let now = time::now();
-    let mut conn = shared.pool.acquire().await?;
-    // Read committed: no gap locks between workers fanning out one order.
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        .execute(&mut *conn)
-        .await?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    for endpoint in endpoints {
-        let (Some(order_id), Some(sequence)) = (event.data.order_id, event.data.sequence) else {
-            let row = new_delivery(&endpoint, &event, body, now, true);
-            db::deliveries::insert_ignore(&mut *tx, &row).await?;
-            continue;
-        };
-        // This event and any earlier ones not yet recorded, oldest first.
-        let last = db::deliveries::last_sequence(&mut *tx, endpoint.id, order_id)
-            .await?
-            .unwrap_or(0);
-        let mut events: Vec<(Incoming, String)> = vec![];
-        if last + 1 < sequence {
-            for missing in db::order_events::between(&mut *tx, order_id, last, sequence).await? {
-                if let Ok(earlier) = serde_json::from_str::<Incoming>(&missing.payload) {
-                    if EventFilter(endpoint.event_mask).includes(earlier.event_type)
-                        && earlier.timestamp >= endpoint.created_at
-                    {
-                        events.push((earlier, missing.payload));
-                    }
-                }
-            }
-        }
-        events.push((event.clone(), body.to_string()));
-        let first = events[0].0.data.sequence.unwrap_or(sequence);
-        let mut blocked =
-            db::deliveries::earlier_pending(&mut *tx, endpoint.id, order_id, first).await?;
-        for (incoming, payload) in &events {
-            let row = new_delivery(&endpoint, incoming, payload, now, !blocked);
-            let created = db::deliveries::insert_ignore(&mut *tx, &row).await?;
-            let pending = created
-                || db::deliveries::status_of(&mut *tx, incoming.id, endpoint.id)
-                    .await?
-                    .is_some_and(|s| s == PENDING);
-            blocked = blocked || pending;
-        }
-    }
-    tx.commit().await?;
-    Ok(())
+    fan_out(
+        &shared.pool,
+        ids,
+        now,
+        lease_until(shared, now),
+        |endpoint| permits_for(shared, endpoint.id),
+    )
+    .await
 }
 
-fn new_delivery(
-    endpoint: &EndpointRow,
-    event: &Incoming,
-    body: &str,
-    now: DateTime<Utc>,
-    due: bool,
-) -> DeliveryRow {
-    let new = NewDelivery {
-        endpoint_id: endpoint.id,
-        customer_id: endpoint.customer_id,
-        event_id: event.id,
-        event_type: event.event_type.as_str(),
-        order_id: event.data.order_id,
-        sequence: event.data.sequence,
-        payload: body,
-        event_created_at: event.timestamp,
-    };
-    DeliveryRow::pending(new, now, due)
-}
-
-/// Due delivery rows → attempts, bounded overall and per endpoint.
-async fn dispatch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut attempts = JoinSet::new();
-    let mut last_sweep = std::time::Instant::now();
+async fn wait_for_database(pool: &MySqlPool, stop: &mut watch::Receiver<bool>) {
+    let mut pause = Duration::from_millis(250);
     loop {
-        if *stop.borrow() {
-            break;
-        }
-        if last_sweep.elapsed() > SWEEP {
-            last_sweep = std::time::Instant::now();
-            if let Ok(mut conn) = shared.pool.acquire().await {
-                match db::deliveries::release_stranded(&mut conn, time::now()).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::warn!(count = n, "released deliveries left waiting"),
-                    Err(e) => tracing::warn!(error = %e, "sweeping waiting deliveries failed"),
-                }
-            }
-        }
-        let free = shared.in_flight.available_permits();
-        let mut claimed_any = false;
-        if free > 0 {
-            match claim(&shared, free, &saturated(&shared)).await {
-                Ok(rows) => {
-                    claimed_any = !rows.is_empty();
-                    let mut busy = vec![];
-                    for row in rows {
-                        let Some(permits) = permits_for(&shared, row.endpoint_id) else {
-                            busy.push(row.id);
-                            continue;
-                        };
-                        let shared = shared.clone();
-                        attempts.spawn(async move {
-                            deliver(&shared, row).await;
-                            drop(permits);
-                            shared.wake.notify_one();
-                        });
-                    }
-                    if !busy.is_empty() {
-                        release(&shared, &busy).await;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "claiming deliveries failed"),
-            }
-        }
-        while attempts.try_join_next().is_some() {}
-        if claimed_any && shared.in_flight.available_permits() > 0 {
-            continue;
+        if sqlx::query("SELECT 1").execute(pool).await.is_ok() {
+            tracing::info!("the database answers again; receiving");
+            return;
         }
         tokio::select! {
-            _ = shared.wake.notified() => {}
-            _ = tokio::time::sleep(TICK) => {}
-            _ = stop.changed() => {}
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(pause) => {}
         }
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
-    // Shutdown: attempts in flight finish and are recorded.
-    while attempts.join_next().await.is_some() {}
 }
 
+fn lease_until(shared: &Shared, now: DateTime<Utc>) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(shared.config.timeout + Duration::from_secs(30))
+        .unwrap_or(chrono::Duration::minutes(5))
+}
+
+/// An attempt's slots: one of its endpoint's, one of the worker's.
 struct Permits(
     #[allow(dead_code)] OwnedSemaphorePermit,
     #[allow(dead_code)] OwnedSemaphorePermit,
@@ -429,14 +321,105 @@ fn permits_for(shared: &Shared, endpoint_id: Uuid) -> Option<Permits> {
     Some(Permits(one, all))
 }
 
-async fn claim(shared: &Shared, limit: usize, skip: &[Uuid]) -> sqlx::Result<Vec<DeliveryRow>> {
+fn spawn_attempt(shared: &Arc<Shared>, leased: Leased<Permits>) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let leased_at = time::now();
+        let outcome = attempt(&shared, leased.row, Some(leased.endpoint), leased_at).await;
+        let _ = shared.settles.send(outcome);
+        drop(leased.permit);
+    });
+}
+
+/// Due delivery rows → attempts, bounded overall and per endpoint.
+async fn dispatch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut last_sweep = std::time::Instant::now();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if last_sweep.elapsed() > SWEEP {
+            last_sweep = std::time::Instant::now();
+            sweep(&shared).await;
+        }
+        let free = shared.in_flight.available_permits();
+        let mut pause = IDLE_POLL;
+        let mut claimed_any = false;
+        if free > 0 {
+            match claim(&shared, free).await {
+                Ok((jobs, next_due)) => {
+                    claimed_any = !jobs.is_empty();
+                    if let Some(next_due) = next_due {
+                        let until = (next_due - time::now()).to_std().unwrap_or_default();
+                        pause = pause.min(until.max(Duration::from_millis(10)));
+                    }
+                    let mut busy = vec![];
+                    for (row, endpoint, leased_at) in jobs {
+                        let Some(permits) = permits_for(&shared, row.endpoint_id) else {
+                            busy.push(row.id);
+                            continue;
+                        };
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            let outcome = attempt(&shared, row, endpoint, leased_at).await;
+                            let _ = shared.settles.send(outcome);
+                            drop(permits);
+                        });
+                    }
+                    if !busy.is_empty() {
+                        if let Err(e) =
+                            with_retries(|| db::deliveries::release(&shared.pool, &busy)).await
+                        {
+                            tracing::warn!(error = %e, "releasing leases failed; they run out by themselves");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "claiming deliveries failed"),
+            }
+        }
+        if claimed_any && shared.in_flight.available_permits() > 0 {
+            continue;
+        }
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+type Job = (DeliveryRow, Option<EndpointRow>, DateTime<Utc>);
+
+/// Claims up to `limit` claimable deliveries, with their endpoints (`None`:
+/// deleted); also says when the next scheduled one falls due.
+async fn claim(shared: &Shared, limit: usize) -> sqlx::Result<(Vec<Job>, Option<DateTime<Utc>>)> {
     let now = time::now();
-    let lease = chrono::Duration::from_std(shared.config.timeout + Duration::from_secs(30))
-        .unwrap_or(chrono::Duration::minutes(5));
+    let (ids, next_due) =
+        db::deliveries::candidates(&shared.pool, now, limit as i64, &saturated(shared)).await?;
+    if ids.is_empty() {
+        return Ok((vec![], next_due));
+    }
     let mut tx = shared.pool.begin().await?;
-    let rows = db::deliveries::claim_due(&mut tx, now, now + lease, limit as i64, skip).await?;
+    let rows =
+        db::deliveries::claim(&mut tx, &ids, now, lease_until(shared, now), Uuid::now_v7()).await?;
     tx.commit().await?;
-    Ok(rows)
+    let mut endpoint_ids: Vec<Uuid> = rows.iter().map(|r| r.endpoint_id).collect();
+    endpoint_ids.sort();
+    endpoint_ids.dedup();
+    let endpoints: HashMap<Uuid, EndpointRow> =
+        db::webhook_endpoints::find_many(&shared.pool, &endpoint_ids)
+            .await?
+            .into_iter()
+            .map(|e| (e.id, e))
+            .collect();
+    let jobs = rows
+        .into_iter()
+        .map(|row| {
+            let endpoint = endpoints.get(&row.endpoint_id).cloned();
+            (row, endpoint, now)
+        })
+        .collect();
+    Ok((jobs, next_due))
 }
 
 /// Endpoints with every one of their attempt slots in use here.
@@ -451,25 +434,47 @@ fn saturated(shared: &Shared) -> Vec<Uuid> {
         .collect()
 }
 
-/// Gives back leases of rows whose endpoint is at its concurrency limit.
-/// Retried on deadlock: a lease left in place holds its row back for the
-/// whole lease (the benchmark saw 45 s stalls).
-async fn release(shared: &Shared, ids: &[Uuid]) {
-    if let Err(e) = with_retries(|| db::deliveries::release(&shared.pool, ids)).await {
-        tracing::warn!(error = %e, "releasing leases failed; they run out by themselves");
+/// The safety net for releases, and forgetting idle endpoints' slots.
+async fn sweep(shared: &Shared) {
+    if let Ok(mut conn) = shared.pool.acquire().await {
+        match db::deliveries::release_stranded(&mut conn, time::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(count = n, "released deliveries left waiting"),
+            Err(e) => tracing::warn!(error = %e, "sweeping waiting deliveries failed"),
+        }
     }
+    let max = shared.config.max_in_flight_per_endpoint;
+    shared
+        .per_endpoint
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|_, s| s.available_permits() < max);
 }
 
-/// One attempt of one delivery, recorded with its outcome.
-async fn deliver(shared: &Shared, row: DeliveryRow) {
+/// What an attempt (or the decision not to make one) leaves to write.
+struct Outcome {
+    settled: Settled,
+    attempt: Option<AttemptRow>,
+    endpoint_id: Uuid,
+    order_id: Option<Uuid>,
+    health: Health,
+}
+
+enum Health {
+    Unchanged,
+    Succeeded { was_failing: bool },
+    Failed,
+    Gone,
+}
+
+/// One attempt of one leased delivery.
+async fn attempt(
+    shared: &Shared,
+    row: DeliveryRow,
+    endpoint: Option<EndpointRow>,
+    leased_at: DateTime<Utc>,
+) -> Outcome {
     let manual = row.manual_requested_at.is_some();
-    let endpoint = match db::webhook_endpoints::find(&shared.pool, row.endpoint_id).await {
-        Ok(endpoint) => endpoint,
-        Err(e) => {
-            tracing::warn!(error = %e, "loading an endpoint failed; the lease will expire and retry");
-            return;
-        }
-    };
     let endpoint = match endpoint {
         Some(endpoint) if endpoint.enabled || manual => endpoint,
         other => {
@@ -478,15 +483,18 @@ async fn deliver(shared: &Shared, row: DeliveryRow) {
             } else {
                 "the endpoint was deleted"
             };
-            settle_without_attempt(shared, &row, reason).await;
-            return;
+            return unattempted(row, leased_at, reason.into());
         }
     };
     let secrets = match live_secrets(&shared.secrets, &endpoint, time::now()) {
         Ok(secrets) => secrets,
         Err(e) => {
-            tracing::error!(error = %e, endpoint_id = %endpoint.id, "cannot open the endpoint's secret");
-            return;
+            tracing::error!(error = %e, endpoint_id = %endpoint.id, "cannot open the endpoint's signing secret");
+            return unattempted(
+                row,
+                leased_at,
+                format!("the endpoint's signing secret cannot be opened: {e}"),
+            );
         }
     };
     let started_at = time::now();
@@ -500,7 +508,7 @@ async fn deliver(shared: &Shared, row: DeliveryRow) {
     );
     let mut headers = HeaderMap::new();
     for (name, value) in [
-        ("webhook-id", id.clone()),
+        ("webhook-id", id),
         ("webhook-timestamp", timestamp.to_string()),
         ("webhook-signature", signature),
     ] {
@@ -520,111 +528,340 @@ async fn deliver(shared: &Shared, row: DeliveryRow) {
     shared
         .metrics
         .attempt(succeeded, result.duration, since_commit);
-
-    let attempts = row.attempts + 1;
-    let gone = result.response_status == Some(410);
-    let (status, next_attempt_at) = if succeeded {
-        (SUCCEEDED, None)
-    } else if manual && row.status != PENDING {
-        // One more attempt by hand, not a new schedule.
-        (
-            if row.status == SUCCEEDED {
-                SUCCEEDED
-            } else {
-                FAILED
-            },
-            None,
-        )
-    } else if manual {
-        (PENDING, row.next_attempt_at)
-    } else if gone {
-        (FAILED, None)
-    } else {
-        let scheduled = shared.config.retry_schedule.after(attempts);
-        let asked = result
-            .retry_after
-            .filter(|_| matches!(result.response_status, Some(429 | 503)))
-            .map(|d| d.min(MAX_RETRY_AFTER));
-        match scheduled {
-            None => (FAILED, None),
-            Some(delay) => {
-                let delay = asked.map_or(delay, |a| a.max(Duration::from_secs(1)));
-                (
-                    PENDING,
-                    Some(now + chrono::Duration::from_std(delay).unwrap_or_default()),
-                )
-            }
-        }
+    let before = Before {
+        status: status_name(&row.status),
+        attempts: row.attempts,
+        manual,
+        next_attempt_at: row.next_attempt_at,
     };
-    let outcome = Outcome {
+    let Decision {
         status,
         attempts,
-        last_response_status: result.response_status,
-        last_error: result.error.clone(),
         next_attempt_at,
-    };
-    let attempt = db::deliveries::AttemptRow {
-        id: Uuid::now_v7(),
-        delivery_id: row.id,
-        attempt: attempts,
-        started_at,
-        duration_ms: u32::try_from(result.duration.as_millis()).unwrap_or(u32::MAX),
-        response_status: result.response_status,
-        response_body: result.response_body,
-        error: result.error,
-    };
-    let disable_after = chrono::Duration::from_std(shared.config.disable_after)
-        .unwrap_or(chrono::Duration::days(5));
-    let recorded = with_retries(|| async {
-        let mut conn = shared.pool.acquire().await?;
-        // Read committed: settles of one endpoint's deliveries lock only
-        // the rows they change.
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            .execute(&mut *conn)
-            .await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        db::deliveries::insert_attempt(&mut *tx, &attempt).await?;
-        db::deliveries::record_outcome(&mut *tx, row.id, &outcome, now).await?;
-        if let (Some(order_id), true) = (row.order_id, outcome.status != PENDING) {
-            db::deliveries::release_next(&mut *tx, row.endpoint_id, order_id, now).await?;
+    } = outcome::decide(
+        before,
+        Response {
+            status: result.response_status,
+            retry_after: result.retry_after,
+        },
+        shared.config.retry_schedule.after(row.attempts + 1),
+        now,
+    );
+    let health = if succeeded {
+        Health::Succeeded {
+            was_failing: endpoint.failing_since.is_some(),
         }
-        tx.commit().await
-    })
-    .await;
-    // The endpoint's health, apart: one row every settle of it touches.
-    let health = with_retries(|| async {
-        if succeeded && endpoint.failing_since.is_none() {
-            Ok(())
-        } else if succeeded {
-            db::webhook_endpoints::mark_succeeding(&shared.pool, endpoint.id).await
-        } else if gone {
-            db::webhook_endpoints::disable(
-                &shared.pool,
-                endpoint.id,
-                "the endpoint answered 410 Gone",
-                now,
-            )
-            .await
-        } else {
-            let mut conn = shared.pool.acquire().await?;
-            db::webhook_endpoints::mark_failing(&mut conn, endpoint.id, now, disable_after).await
-        }
-    })
-    .await;
-    if let Err(e) = health {
-        tracing::warn!(error = %e, endpoint_id = %endpoint.id, "recording the endpoint's health failed");
-    }
-    if let Err(e) = recorded {
-        // The lease runs out and the delivery is attempted again: at least once.
-        tracing::error!(error = %e, delivery_id = %row.id, "recording an attempt failed");
+    } else if result.response_status == Some(410) {
+        Health::Gone
+    } else {
+        Health::Failed
+    };
+    Outcome {
+        settled: Settled {
+            id: row.id,
+            lease_id: row.lease_id.unwrap_or_default(),
+            leased_at,
+            status,
+            attempts,
+            last_response_status: result.response_status,
+            last_error: result.error.clone(),
+            next_attempt_at,
+        },
+        attempt: Some(AttemptRow {
+            id: Uuid::now_v7(),
+            delivery_id: row.id,
+            attempt: attempts,
+            started_at,
+            duration_ms: u32::try_from(result.duration.as_millis()).unwrap_or(u32::MAX),
+            response_status: result.response_status,
+            response_body: result.response_body,
+            error: result.error,
+        }),
+        endpoint_id: row.endpoint_id,
+        order_id: row.order_id,
+        health,
     }
 }
 
+fn status_name(status: &str) -> &'static str {
+    match status {
+        SUCCEEDED => SUCCEEDED,
+        FAILED => FAILED,
+        _ => PENDING,
+    }
+}
+
+/// A delivery that cannot be attempted fails visibly, unattempted.
+fn unattempted(row: DeliveryRow, leased_at: DateTime<Utc>, reason: String) -> Outcome {
+    Outcome {
+        settled: Settled {
+            id: row.id,
+            lease_id: row.lease_id.unwrap_or_default(),
+            leased_at,
+            status: FAILED,
+            attempts: row.attempts,
+            last_response_status: None,
+            last_error: Some(reason),
+            next_attempt_at: None,
+        },
+        attempt: None,
+        endpoint_id: row.endpoint_id,
+        order_id: row.order_id,
+        health: Health::Unchanged,
+    }
+}
+
+/// Writes outcomes as they come, each group in one transaction.
+async fn settle_loop(
+    shared: Arc<Shared>,
+    mut outcomes: mpsc::UnboundedReceiver<Outcome>,
+    mut finished: watch::Receiver<bool>,
+) {
+    loop {
+        let first = tokio::select! {
+            outcome = outcomes.recv() => match outcome {
+                Some(outcome) => outcome,
+                None => return,
+            },
+            _ = finished.changed() => {
+                let mut rest = vec![];
+                while let Ok(outcome) = outcomes.try_recv() {
+                    rest.push(outcome);
+                }
+                for group in rest.chunks(SETTLE_GROUP) {
+                    write_group(&shared, group).await;
+                }
+                return;
+            }
+        };
+        let mut group = vec![first];
+        while group.len() < SETTLE_GROUP {
+            match outcomes.try_recv() {
+                Ok(outcome) => group.push(outcome),
+                Err(_) => break,
+            }
+        }
+        write_group(&shared, &group).await;
+    }
+}
+
+/// Writes a group, retrying while the database is away for as long as the
+/// leases last (then the deliveries are attempted again: at least once).
+async fn write_group(shared: &Shared, group: &[Outcome]) {
+    let give_up = std::time::Instant::now() + shared.config.timeout + Duration::from_secs(30);
+    let mut pause = Duration::from_millis(20);
+    let released = loop {
+        match write_outcomes(&shared.pool, group).await {
+            Ok(released) => break released,
+            Err(e) if std::time::Instant::now() < give_up => {
+                tracing::warn!(error = %e, count = group.len(), retry_in = ?pause, "recording attempts failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, count = group.len(), "recording attempts failed; their leases will run out and they will be attempted again");
+                return;
+            }
+        }
+    };
+    let soon = time::now() + chrono::Duration::seconds(1);
+    if released
+        || group.iter().any(|o| {
+            o.settled.status == PENDING && o.settled.next_attempt_at.is_some_and(|t| t <= soon)
+        })
+    {
+        shared.wake.notify_one();
+    }
+    record_health(shared, group).await;
+}
+
+/// Attempts, new states and releases of one group, in one transaction;
+/// true if a waiting delivery was released.
+async fn write_outcomes(pool: &MySqlPool, group: &[Outcome]) -> sqlx::Result<bool> {
+    let now = time::now();
+    let attempts: Vec<AttemptRow> = group.iter().filter_map(|o| o.attempt.clone()).collect();
+    let settled: Vec<Settled> = group.iter().map(|o| o.settled.clone()).collect();
+    // The (endpoint, order) pairs where a delivery stopped being pending:
+    // the next one of each may now go.
+    let pairs: HashSet<(Uuid, Uuid)> = group
+        .iter()
+        .filter(|o| o.settled.status != PENDING)
+        .filter_map(|o| o.order_id.map(|order| (o.endpoint_id, order)))
+        .collect();
+    let mut tx = pool.begin().await?;
+    db::deliveries::insert_attempts(&mut *tx, &attempts).await?;
+    db::deliveries::settle(&mut *tx, &settled, now).await?;
+    let mut release = vec![];
+    if !pairs.is_empty() {
+        let mut endpoints: Vec<Uuid> = pairs.iter().map(|p| p.0).collect();
+        let mut orders: Vec<Uuid> = pairs.iter().map(|p| p.1).collect();
+        endpoints.sort();
+        endpoints.dedup();
+        orders.sort();
+        orders.dedup();
+        let pending = db::deliveries::order_slots(&mut *tx, &endpoints, &orders, true).await?;
+        // Only the lowest pending delivery of a pair may go, and only if it
+        // is the one waiting: a later one never overtakes an earlier one.
+        let mut lowest: HashMap<(Uuid, Uuid), &db::deliveries::OrderSlot> = HashMap::new();
+        for slot in pending
+            .iter()
+            .filter(|s| pairs.contains(&(s.endpoint_id, s.order_id)))
+        {
+            let entry = lowest
+                .entry((slot.endpoint_id, slot.order_id))
+                .or_insert(slot);
+            if slot.sequence < entry.sequence {
+                *entry = slot;
+            }
+        }
+        release = lowest
+            .values()
+            .filter(|s| s.waiting)
+            .map(|s| s.id)
+            .collect();
+        db::deliveries::release_waiting(&mut *tx, &release, now).await?;
+    }
+    tx.commit().await?;
+    Ok(!release.is_empty())
+}
+
+/// The endpoints' health, apart from the group's transaction.
+async fn record_health(shared: &Shared, group: &[Outcome]) {
+    let now = time::now();
+    let disable_after = chrono::Duration::from_std(shared.config.disable_after)
+        .unwrap_or(chrono::Duration::days(5));
+    let mut seen: HashMap<Uuid, &Health> = HashMap::new();
+    for outcome in group {
+        let entry = seen.entry(outcome.endpoint_id).or_insert(&outcome.health);
+        // Gone beats failed beats succeeded beats nothing.
+        let rank = |h: &Health| match h {
+            Health::Unchanged => 0,
+            Health::Succeeded { .. } => 1,
+            Health::Failed => 2,
+            Health::Gone => 3,
+        };
+        if rank(&outcome.health) > rank(entry) {
+            *entry = &outcome.health;
+        }
+    }
+    for (endpoint_id, health) in seen {
+        let result = with_retries(|| async {
+            match health {
+                Health::Unchanged | Health::Succeeded { was_failing: false } => Ok(()),
+                Health::Succeeded { was_failing: true } => {
+                    db::webhook_endpoints::mark_succeeding(&shared.pool, endpoint_id).await
+                }
+                Health::Gone => {
+                    db::webhook_endpoints::disable(
+                        &shared.pool,
+                        endpoint_id,
+                        "the endpoint answered 410 Gone",
+                        now,
+                    )
+                    .await
+                }
+                Health::Failed => {
+                    let mut conn = shared.pool.acquire().await?;
+                    db::webhook_endpoints::mark_failing(&mut conn, endpoint_id, now, disable_after)
+                        .await
+                }
+            }
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, %endpoint_id, "recording the endpoint's health failed");
+        }
+    }
+}
+
+/// Gives every committed event its deliveries, even if its SQS message was
+/// lost or dead-lettered: events older than `reconcile_after` are walked in
+/// feed order behind a mark, and any (event, subscribed endpoint) without a
+/// delivery is fanned out again.
+async fn reconcile(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(shared.config.reconcile_every) => {}
+        }
+        loop {
+            match reconcile_once(&shared).await {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciling deliveries failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// One window; true if more may follow at once.
+async fn reconcile_once(shared: &Arc<Shared>) -> sqlx::Result<bool> {
+    const WINDOW: i64 = 500;
+    let (mark, published) = db::feed_clock::reconcile_marks(&shared.pool).await?;
+    if published <= mark {
+        return Ok(false);
+    }
+    let old_enough =
+        time::now() - chrono::Duration::from_std(shared.config.reconcile_after).unwrap_or_default();
+    let window = db::order_events::settled_window(&shared.pool, mark, published, WINDOW).await?;
+    let full = window.len() as i64 == WINDOW;
+    let window: Vec<_> = window
+        .into_iter()
+        .take_while(|(_, _, _, _, created_at)| *created_at < old_enough)
+        .collect();
+    let Some(&(last, ..)) = window.last() else {
+        return Ok(false);
+    };
+    let mut customers: Vec<Uuid> = window.iter().map(|w| w.2).collect();
+    customers.sort();
+    customers.dedup();
+    let endpoints = db::webhook_endpoints::enabled_for(&shared.pool, &customers).await?;
+    let ids: Vec<Uuid> = window.iter().map(|w| w.1).collect();
+    let have: HashSet<(Uuid, Uuid)> = db::deliveries::pairs_for_events(&shared.pool, &ids)
+        .await?
+        .into_iter()
+        .collect();
+    let missing: Vec<Uuid> = window
+        .iter()
+        .filter(|(_, id, customer, kind, created_at)| {
+            let Some(kind) = crate::domain::EventType::parse(kind) else {
+                return false;
+            };
+            endpoints.iter().any(|e| {
+                e.customer_id == *customer
+                    && crate::domain::webhook::EventFilter(e.event_mask).includes(kind)
+                    && e.created_at <= *created_at
+                    && !have.contains(&(*id, e.id))
+            })
+        })
+        .map(|w| w.1)
+        .collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            count = missing.len(),
+            "events without their deliveries (message lost or dead-lettered); fanning out again"
+        );
+        shared.metrics.reconciled(missing.len());
+        for chunk in missing.chunks(50) {
+            let out = with_retries(|| ingest_batch(shared, chunk)).await?;
+            for leased in out.leased {
+                spawn_attempt(shared, leased);
+            }
+            shared.wake.notify_one();
+        }
+    }
+    db::feed_clock::mark_reconciled(&shared.pool, mark, last).await?;
+    Ok(full)
+}
+
 /// Runs a database step again after a deadlock or lock wait timeout.
-async fn with_retries<F, Fut>(mut step: F) -> sqlx::Result<()>
+async fn with_retries<F, Fut, T>(mut step: F) -> sqlx::Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = sqlx::Result<()>>,
+    Fut: Future<Output = sqlx::Result<T>>,
 {
     let mut tries = 0;
     loop {
@@ -635,22 +872,6 @@ where
             }
             other => return other,
         }
-    }
-}
-
-/// A delivery whose endpoint is gone or disabled fails visibly, unattempted.
-async fn settle_without_attempt(shared: &Shared, row: &DeliveryRow, reason: &str) {
-    let outcome = Outcome {
-        status: FAILED,
-        attempts: row.attempts,
-        last_response_status: None,
-        last_error: Some(reason.to_string()),
-        next_attempt_at: None,
-    };
-    if let Err(e) =
-        db::deliveries::record_outcome(&shared.pool, row.id, &outcome, time::now()).await
-    {
-        tracing::warn!(error = %e, "settling a delivery failed");
     }
 }
 

@@ -27,6 +27,16 @@ impl EventType {
             EventType::WebhookTest => "webhook.test",
         }
     }
+
+    pub fn parse(name: &str) -> Option<EventType> {
+        [
+            EventType::OrderCreated,
+            EventType::OrderStatusChanged,
+            EventType::WebhookTest,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == name)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -86,6 +86,9 @@ mod tests {
         }
         assert!(!sqs_can_carry('\u{0}'));
         assert!(!sqs_can_carry('\u{1F}'));
-        assert!(sqs_can_carry('\u{7F}'), "SQS carries DEL; it is refused as a control character");
+        assert!(
+            sqs_can_carry('\u{7F}'),
+            "SQS carries DEL; it is refused as a control character"
+        );
     }
 }

@@ -74,6 +74,9 @@ pub async fn feed(
     let deadline = Instant::now() + wait;
     // Subscribed before the first read, so no wake-up between the two is lost.
     let mut advanced = state.signals.watch_feed();
+    // Read your writes: events committed before this request (by any
+    // instance) are numbered now rather than at the relay's next pass.
+    crate::sequencer::catch_up(&state.pipeline_db).await?;
     let events = loop {
         let events =
             db::order_events::feed(&state.db, customer_id, after, i64::from(limit)).await?;

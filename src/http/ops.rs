@@ -102,6 +102,13 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> ApiRe
              outbox_oldest_age_seconds {age}\n"
         ));
     }
+    if let Ok(parked) = crate::db::outbox_parked::count(&state.db).await {
+        text.push_str(&format!(
+            "# HELP outbox_parked Events SQS refused for good (and events held behind them), waiting for the operator.\n\
+             # TYPE outbox_parked gauge\n\
+             outbox_parked {parked}\n"
+        ));
+    }
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 

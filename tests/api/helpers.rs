@@ -554,6 +554,9 @@ pub fn worker_config(db_name: &str, queue_url: &str) -> mechanica::config::Deliv
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         secrets_encryption_key: None,
         log_format: LogFormat::Pretty,
+        receivers: 2,
+        reconcile_every: Duration::from_secs(60),
+        reconcile_after: Duration::from_secs(120),
     }
 }
 

@@ -369,8 +369,17 @@ async fn text_sqs_cannot_carry_is_refused_in_every_field() {
         named,
         ["delivery.city", "notes", "pickup.line2", "reference"]
     );
-    let orders: Value = app.get("/v1/orders", &tenant.token).await.json().await.unwrap();
-    assert_eq!(orders["data"].as_array().unwrap().len(), 0, "nothing written");
+    let orders: Value = app
+        .get("/v1/orders", &tenant.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        orders["data"].as_array().unwrap().len(),
+        0,
+        "nothing written"
+    );
 
     let order = app.new_order(&tenant).await;
     let id = order["id"].as_str().unwrap();
