@@ -20,6 +20,7 @@ pub enum CursorKind {
     Webhooks = 6,
     Deliveries = 7,
     Attempts = 8,
+    Parked = 9,
 }
 
 /// A position after an item with this id (lists ordered by UUIDv7 id).

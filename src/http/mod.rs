@@ -9,6 +9,7 @@ pub mod extract;
 pub mod openapi;
 pub mod ops;
 pub mod orders;
+pub mod outbox;
 pub mod preconditions;
 pub mod webhooks;
 
@@ -27,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .merge(events::router())
         .merge(webhooks::router())
         .merge(deliveries::router())
+        .merge(outbox::router())
         .merge(ops::router())
 }
 

@@ -5,7 +5,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{api_keys, customers, deliveries, events, ops, orders, webhooks};
+use super::{api_keys, customers, deliveries, events, ops, orders, outbox, webhooks};
 use crate::domain::{Address, Event, EventType, Order, OrderEventData, OrderStatus, Parcel};
 use crate::error::{FieldError, Problem};
 
@@ -25,6 +25,7 @@ use crate::error::{FieldError, Problem};
         webhooks::create, webhooks::list, webhooks::show, webhooks::update, webhooks::remove,
         webhooks::secret, webhooks::rotate,
         deliveries::list, deliveries::attempts, deliveries::retry, deliveries::test,
+        outbox::list, outbox::retry,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(

@@ -320,6 +320,14 @@ pub struct Received {
 
 impl TestQueue {
     pub async fn create(fifo: bool) -> TestQueue {
+        TestQueue::create_with(fifo, &[]).await
+    }
+
+    /// A queue with these attributes (e.g. a small `MaximumMessageSize`).
+    pub async fn create_with(
+        fifo: bool,
+        attributes: &[(aws_sdk_sqs::types::QueueAttributeName, String)],
+    ) -> TestQueue {
         use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
         use aws_sdk_sqs::types::QueueAttributeName;
         let config = aws_sdk_sqs::Config::builder()
@@ -335,6 +343,9 @@ impl TestQueue {
             name.push_str(".fifo");
             request = request.attributes(QueueAttributeName::FifoQueue, "true");
         }
+        for (name, value) in attributes {
+            request = request.attributes(name.clone(), value);
+        }
         let created = request
             .queue_name(name)
             .send()
@@ -344,6 +355,56 @@ impl TestQueue {
             client,
             url: created.queue_url().unwrap().to_string(),
         }
+    }
+
+    /// How many messages the queue holds (visible and in flight).
+    pub async fn depth(&self) -> u64 {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let attributes = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .expect("queue attributes");
+        let count = |name: QueueAttributeName| -> u64 {
+            attributes
+                .attributes()
+                .and_then(|a| a.get(&name))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        count(QueueAttributeName::ApproximateNumberOfMessages)
+            + count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+    }
+
+    /// Sends a raw message, as anyone allowed to send to the queue could.
+    pub async fn send(&self, body: &str) {
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .send()
+            .await
+            .expect("send");
+    }
+
+    /// The queue's ARN (for a redrive policy).
+    pub async fn arn(&self) -> String {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        self.client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("queue attributes")
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .expect("an ARN")
     }
 
     /// Receives (and deletes) messages until `count` arrived or `within` passed.
@@ -617,7 +678,11 @@ impl System {
     }
 
     pub async fn without_worker() -> System {
-        let queue = TestQueue::create(false).await;
+        System::on_queue(TestQueue::create(false).await).await
+    }
+
+    /// API on `queue`, no worker.
+    pub async fn on_queue(queue: TestQueue) -> System {
         let db_name = fresh_db_name();
         let mut config = test_config(format!("{}/{db_name}", server_url()));
         config.sqs_queue_url = Some(queue.url.clone());

@@ -72,6 +72,8 @@ fn resource_for<'a>(fixture: &'a Fixture, segment: &str) -> Option<&'a str> {
         "webhooks" => Some(&fixture.endpoint),
         "deliveries" => Some(&fixture.delivery),
         "api-keys" => Some(&fixture.api_key),
+        // Operator-only: a customer is refused before the id is looked at.
+        "parked" => Some(&fixture.order),
         _ => None,
     }
 }

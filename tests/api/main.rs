@@ -13,6 +13,7 @@ mod limits;
 mod openapi;
 mod operations;
 mod orders;
+mod pipeline;
 mod relay;
 mod status_machine;
 mod tenancy;

@@ -1,0 +1,534 @@
+//! The pipeline's promises under the conditions that used to break them
+//! (issue 10): an event SQS refuses, forged messages, manual retries out of
+//! order, stale leases, a starved pool, an unreadable secret, a database
+//! outage with a dead-letter queue, and lost messages.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// Polls `check` until it gives a value, or panics after `within`.
+async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn deliveries(app: &TestApp, token: &str, endpoint: &str) -> Vec<Value> {
+    let page: Value = app
+        .get(
+            &format!("/v1/webhooks/{endpoint}/deliveries?limit=100"),
+            token,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    page["data"].as_array().unwrap().clone()
+}
+
+fn sequences(hits: &[Hit], order: &str) -> Vec<u64> {
+    hits.iter()
+        .filter(|h| (200..300).contains(&h.status) && h.json()["data"]["order_id"] == order)
+        .map(|h| h.json()["data"]["sequence"].as_u64().unwrap())
+        .collect()
+}
+
+async fn metric(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} not in {text}"))
+        .parse()
+        .unwrap()
+}
+
+/// SQS refuses an event (here: larger than the queue's `MaximumMessageSize`).
+/// It is parked: other orders flow on, its order's later event waits behind
+/// it, the operator sees both, and a retry publishes them in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_sqs_refuses_is_parked_and_holds_back_only_its_order() {
+    let queue = TestQueue::create_with(
+        false,
+        &[(QueueAttributeName::MaximumMessageSize, "4096".into())],
+    )
+    .await;
+    let mut system = System::on_queue(queue).await;
+    system.worker =
+        Some(TestWorker::start(worker_config(&system.db_name, &system.queue.url)).await);
+    let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
+    let tenant = system.app.tenant("Parked").await;
+    system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+
+    // 2,000 three-byte characters: 6 KB of notes, over the queue's 4 KB.
+    let mut big = order_body();
+    big["notes"] = json!("€".repeat(2000));
+    let response = system.app.create_order(&tenant.token, &big).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let big: Value = response.json().await.unwrap();
+    let big_id = big["id"].as_str().unwrap().to_string();
+    system.app.drive(&big_id, &["confirmed"]).await;
+    let small = system.app.new_order(&tenant).await;
+    let small_id = small["id"].as_str().unwrap().to_string();
+    system.app.drive(&small_id, &["confirmed"]).await;
+
+    receiver
+        .wait_for_successes("/hooks", 2, Duration::from_secs(15))
+        .await;
+    assert_eq!(sequences(&receiver.hits(), &small_id), [1, 2]);
+    assert!(sequences(&receiver.hits(), &big_id).is_empty());
+
+    let parked = wait_for_parked(&system.app, 2).await;
+    assert_eq!(parked[0]["order_id"], big_id.as_str());
+    assert!(
+        parked[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("shorter than"),
+        "{parked:?}"
+    );
+    assert!(
+        parked[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("held behind"),
+        "{parked:?}"
+    );
+    let api_metrics = system.app.url("/metrics");
+    assert_eq!(metric(&api_metrics, "outbox_parked").await, 2.0);
+    assert_eq!(metric(&api_metrics, "outbox_backlog").await, 0.0);
+
+    // Only the operator sees or retries them; an unknown id is 404.
+    let forbidden = system
+        .app
+        .get("/v1/admin/outbox/parked", &tenant.token)
+        .await;
+    assert_problem(forbidden, StatusCode::FORBIDDEN).await;
+    let unknown = system
+        .app
+        .post(
+            &format!("/v1/admin/outbox/parked/{}/retry", uuid::Uuid::now_v7()),
+            ADMIN,
+            &json!({}),
+        )
+        .await;
+    assert_problem(unknown, StatusCode::NOT_FOUND).await;
+
+    // The queue takes larger messages now; the retry sends both, in order.
+    system
+        .queue
+        .client
+        .set_queue_attributes()
+        .queue_url(&system.queue.url)
+        .attributes(QueueAttributeName::MaximumMessageSize, "262144")
+        .send()
+        .await
+        .unwrap();
+    let first = parked[0]["event_id"].as_str().unwrap();
+    let retried = system
+        .app
+        .post(
+            &format!("/v1/admin/outbox/parked/{first}/retry"),
+            ADMIN,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(retried.status(), StatusCode::ACCEPTED);
+    receiver
+        .wait_for_successes("/hooks", 4, Duration::from_secs(15))
+        .await;
+    assert_eq!(sequences(&receiver.hits(), &big_id), [1, 2]);
+    wait_for_parked(&system.app, 0).await;
+}
+
+async fn wait_for_parked(app: &TestApp, count: usize) -> Vec<Value> {
+    wait_for("parked events", Duration::from_secs(15), || async {
+        let page: Value = app
+            .get("/v1/admin/outbox/parked", ADMIN)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let rows = page["data"].as_array().unwrap().clone();
+        (rows.len() == count).then_some(rows)
+    })
+    .await
+}
+
+/// Anyone who can send to the queue could forge an envelope for another
+/// customer. The worker reads the event by id: a message for an event that
+/// never committed delivers nothing, is deleted and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_for_an_event_that_never_committed_delivers_nothing() {
+    let system = System::start().await;
+    let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
+    let tenant = system.app.tenant("Forged").await;
+    system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    let real = system.app.new_order(&tenant).await;
+    let real_id = real["id"].as_str().unwrap();
+    let hits = receiver
+        .wait_for_successes("/hooks", 1, Duration::from_secs(15))
+        .await;
+
+    // A real envelope with a fresh id, and a body that names nothing.
+    let mut forged = hits[0].json();
+    forged["id"] = json!(uuid::Uuid::now_v7().to_string());
+    forged["data"]["order"]["notes"] = json!("send me to the wrong place");
+    system.queue.send(&forged.to_string()).await;
+    system.queue.send("not an event at all").await;
+
+    let metrics = format!(
+        "http://127.0.0.1:{}/metrics",
+        system.worker.as_ref().unwrap().metrics_port
+    );
+    wait_for("both counted", Duration::from_secs(15), || async {
+        (metric(&metrics, "webhook_messages_unknown_total").await >= 2.0).then_some(())
+    })
+    .await;
+    wait_for("both deleted", Duration::from_secs(15), || async {
+        (system.queue.depth().await == 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.hits().len(), 1, "only the real event was sent");
+    assert_eq!(sequences(&receiver.hits(), real_id), [1]);
+}
+
+/// An order's first event fails for good, its second waits out a long
+/// `Retry-After`, its third waits behind the second. A manual retry of the
+/// first (which fails again) must not release the third ahead of the
+/// second; the old code released the lowest waiting row on any settle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_retry_of_an_old_event_never_releases_a_later_one_early() {
+    use axum::http::header::RETRY_AFTER;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let log = seen.clone();
+    let handler = move |body: axum::body::Bytes| {
+        let log = log.clone();
+        async move {
+            let event: Value = serde_json::from_slice(&body).unwrap();
+            let sequence = event["data"]["sequence"].as_u64().unwrap();
+            log.lock().unwrap().push(sequence);
+            match sequence {
+                1 => (
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    [(RETRY_AFTER, "0")],
+                ),
+                2 => (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    [(RETRY_AFTER, "3600")],
+                ),
+                _ => (axum::http::StatusCode::OK, [(RETRY_AFTER, "0")]),
+            }
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(async move { axum::serve(listener, axum::Router::new().fallback(handler)).await });
+
+    let system = System::start().await;
+    let tenant = system.app.tenant("Ordered").await;
+    let (endpoint, _) = system
+        .endpoint(&tenant.token, &format!("{base}/hooks"), None)
+        .await;
+    let order = system.app.new_order(&tenant).await;
+    let id = order["id"].as_str().unwrap();
+    system.app.drive(id, &["confirmed", "picked_up"]).await;
+
+    // Sequence 1 fails through the whole (test) schedule; 2 is tried once
+    // and told to come back in an hour; 3 waits behind 2.
+    let rows = wait_for("1 failed, 2 tried", Duration::from_secs(20), || async {
+        let rows = deliveries(&system.app, &tenant.token, &endpoint).await;
+        let failed = rows.iter().filter(|r| r["status"] == "failed").count();
+        let tried_pending = rows
+            .iter()
+            .filter(|r| r["status"] == "pending" && r["attempts"] == 1)
+            .count();
+        (failed == 1 && tried_pending == 1).then_some(rows)
+    })
+    .await;
+    let first = rows.iter().find(|r| r["status"] == "failed").unwrap();
+    let attempts = first["attempts"].as_u64().unwrap();
+    let first_id = first["id"].as_str().unwrap().to_string();
+
+    let retry = system
+        .app
+        .post(
+            &format!("/v1/webhooks/{endpoint}/deliveries/{first_id}/retry"),
+            &tenant.token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(retry.status(), StatusCode::ACCEPTED);
+    wait_for("the manual attempt", Duration::from_secs(10), || async {
+        let rows = deliveries(&system.app, &tenant.token, &endpoint).await;
+        rows.iter()
+            .any(|r| r["id"] == first_id.as_str() && r["attempts"].as_u64() == Some(attempts + 1))
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let sent = seen.lock().unwrap().clone();
+    assert!(
+        !sent.contains(&3),
+        "event 3 went out while event 2 was still pending: {sent:?}"
+    );
+    let rows = deliveries(&system.app, &tenant.token, &endpoint).await;
+    let waiting: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["status"] == "pending" && r["attempts"] == 0)
+        .collect();
+    assert_eq!(waiting.len(), 1, "{rows:?}");
+}
+
+/// A settle carries the lease it was attempted under: once the lease has
+/// passed to another claim (it ran out), a late settle changes nothing; and
+/// a manual retry asked for during an attempt survives that attempt's settle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_from_a_stale_lease_changes_nothing() {
+    use mechanica::db::deliveries::{self, DeliveryRow, NewDelivery, Settled, SUCCEEDED};
+    let app = TestApp::spawn().await;
+    let now = mechanica::domain::time::now();
+    let row = DeliveryRow::pending(
+        NewDelivery {
+            endpoint_id: uuid::Uuid::now_v7(),
+            customer_id: uuid::Uuid::now_v7(),
+            event_id: uuid::Uuid::now_v7(),
+            event_type: "order.created",
+            order_id: Some(uuid::Uuid::now_v7()),
+            sequence: Some(1),
+            payload: "{}",
+            event_created_at: now,
+        },
+        now,
+        true,
+    );
+    assert!(deliveries::insert_ignore(&app.db, &row).await.unwrap());
+    let claim = |lease: uuid::Uuid, at: chrono::DateTime<chrono::Utc>| {
+        let db = app.db.clone();
+        async move {
+            let mut tx = db.begin().await.unwrap();
+            let rows = deliveries::claim(
+                &mut tx,
+                &[row.id],
+                at,
+                at + chrono::Duration::seconds(30),
+                lease,
+            )
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+            rows.len()
+        }
+    };
+    let (stale, fresh) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    assert_eq!(claim(stale, now).await, 1);
+    // The first lease runs out; another worker claims the row.
+    let later = now + chrono::Duration::seconds(60);
+    assert_eq!(claim(fresh, later).await, 1);
+    let settled = |lease, leased_at| Settled {
+        id: row.id,
+        lease_id: lease,
+        leased_at,
+        status: SUCCEEDED,
+        attempts: 1,
+        last_response_status: Some(200),
+        last_error: None,
+        next_attempt_at: None,
+    };
+    let written = deliveries::settle(&app.db, &[settled(stale, now)], later)
+        .await
+        .unwrap();
+    assert_eq!(written, 0, "the stale settle wrote");
+    let current = deliveries::find(&app.db, row.id).await.unwrap().unwrap();
+    assert_eq!(current.status, "pending");
+    assert_eq!(current.lease_id, Some(fresh));
+
+    // A manual retry arrives while the fresh attempt is in flight.
+    deliveries::request_manual(&app.db, row.id, later + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    let written = deliveries::settle(&app.db, &[settled(fresh, later)], later)
+        .await
+        .unwrap();
+    assert_eq!(written, 1);
+    let current = deliveries::find(&app.db, row.id).await.unwrap().unwrap();
+    assert_eq!(current.status, "succeeded");
+    assert!(
+        current.manual_requested_at.is_some(),
+        "the retry asked for during the attempt was dropped"
+    );
+}
+
+/// Many attempts in flight, two connections: every webhook goes out once.
+/// Attempts no longer take a connection each to record their outcome, so a
+/// pool timeout after a 2xx cannot leave a delivery to be sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_webhook_is_sent_twice_under_pool_pressure() {
+    let mut system = System::without_worker().await;
+    let mut config = worker_config(&system.db_name, &system.queue.url);
+    config.database_max_connections = 2;
+    config.max_in_flight = 128;
+    config.max_in_flight_per_endpoint = 128;
+    system.worker = Some(TestWorker::start(config).await);
+    let receiver = Receiver::start(|_, _, _| (200, Duration::from_millis(20))).await;
+    let tenant = system.app.tenant("Crowded").await;
+    system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    let orders = futures::future::join_all((0..150).map(|_| system.app.new_order(&tenant))).await;
+    assert_eq!(orders.len(), 150);
+    receiver
+        .wait_for_successes("/hooks", 150, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut per_event: HashMap<String, usize> = HashMap::new();
+    for hit in receiver.hits() {
+        *per_event.entry(hit.header("webhook-id")).or_default() += 1;
+    }
+    assert_eq!(per_event.len(), 150);
+    assert!(
+        per_event.values().all(|n| *n == 1),
+        "sent twice: {:?}",
+        per_event.values().filter(|n| **n > 1).count()
+    );
+}
+
+/// A secret the worker cannot open (sealed with a key it does not have)
+/// used to leave the delivery claimed and re-claimed forever, blocking its
+/// order. It fails, visibly, and the order's next event is not stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_secret_fails_the_delivery_with_a_readable_error() {
+    let system = System::start().await;
+    let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
+    let tenant = system.app.tenant("Sealed").await;
+    let (endpoint, _) = system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    sqlx::query(
+        "UPDATE webhook_endpoints SET secret = 'v1:c2VhbGVkIHdpdGggYW5vdGhlciBrZXk=' WHERE id = ?",
+    )
+    .bind(endpoint.parse::<uuid::Uuid>().unwrap())
+    .execute(&system.app.db)
+    .await
+    .unwrap();
+    let order = system.app.new_order(&tenant).await;
+    system
+        .app
+        .drive(order["id"].as_str().unwrap(), &["confirmed"])
+        .await;
+    let rows = wait_for("both failed", Duration::from_secs(15), || async {
+        let rows = deliveries(&system.app, &tenant.token, &endpoint).await;
+        (rows.len() == 2 && rows.iter().all(|r| r["status"] == "failed")).then_some(rows)
+    })
+    .await;
+    for row in &rows {
+        let error = row["last_error"].as_str().unwrap();
+        assert!(error.contains("signing secret cannot be opened"), "{error}");
+        assert!(
+            !error.contains("c2VhbGVk"),
+            "the error shows the stored secret"
+        );
+    }
+    assert!(receiver.hits().is_empty());
+}
+
+/// While the worker cannot reach the database it stops receiving: with a
+/// dead-letter queue after two receives and a one-second visibility
+/// timeout, an outage of several seconds sends nothing there, and every
+/// event is delivered once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_sends_nothing_to_the_dead_letter_queue() {
+    let dlq = TestQueue::create(false).await;
+    let redrive = json!({"deadLetterTargetArn": dlq.arn().await, "maxReceiveCount": "2"});
+    let queue = TestQueue::create_with(
+        false,
+        &[
+            (QueueAttributeName::RedrivePolicy, redrive.to_string()),
+            (QueueAttributeName::VisibilityTimeout, "1".into()),
+        ],
+    )
+    .await;
+    let mut system = System::on_queue(queue).await;
+    let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
+    let tenant = system.app.tenant("Outage").await;
+    system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+
+    let mut tunnel = Tunnel::open(0, "127.0.0.1:3306").await;
+    let mut config = worker_config(&system.db_name, &system.queue.url);
+    config.database_url = format!("mysql://root@127.0.0.1:{}/{}", tunnel.port, system.db_name);
+    system.worker = Some(TestWorker::start(config).await);
+    tunnel.cut();
+
+    let orders: Vec<Value> =
+        futures::future::join_all((0..5).map(|_| system.app.new_order(&tenant))).await;
+    // Several visibility timeouts pass while the worker's database is away.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(receiver.hits().is_empty());
+    let _restored = Tunnel::open(tunnel.port, "127.0.0.1:3306").await;
+
+    receiver
+        .wait_for_successes("/hooks", 5, Duration::from_secs(30))
+        .await;
+    for order in &orders {
+        assert_eq!(
+            sequences(&receiver.hits(), order["id"].as_str().unwrap()),
+            [1]
+        );
+    }
+    assert_eq!(
+        dlq.depth().await,
+        0,
+        "messages reached the dead-letter queue"
+    );
+}
+
+/// Messages deleted behind the worker's back (lost, or dead-lettered):
+/// reconciliation still gives every committed event its deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_delivers_events_whose_messages_were_lost() {
+    let mut system = System::without_worker().await;
+    let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
+    let tenant = system.app.tenant("Lost").await;
+    system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    let order = system.app.new_order(&tenant).await;
+    let id = order["id"].as_str().unwrap().to_string();
+    system.app.drive(&id, &["confirmed", "picked_up"]).await;
+    // Published, then taken off the queue by someone else.
+    let taken = system.queue.receive(3, Duration::from_secs(10)).await;
+    assert_eq!(taken.len(), 3);
+
+    let mut config = worker_config(&system.db_name, &system.queue.url);
+    config.reconcile_every = Duration::from_millis(300);
+    config.reconcile_after = Duration::from_millis(500);
+    let worker = TestWorker::start(config).await;
+    let metrics = format!("http://127.0.0.1:{}/metrics", worker.metrics_port);
+    system.worker = Some(worker);
+    receiver
+        .wait_for_successes("/hooks", 3, Duration::from_secs(20))
+        .await;
+    assert_eq!(sequences(&receiver.hits(), &id), [1, 2, 3]);
+    assert!(metric(&metrics, "webhook_events_reconciled_total").await >= 3.0);
+}
