@@ -311,6 +311,9 @@ pub struct DeliveryConfig {
     pub reconcile_every: Duration,
     /// How old an event must be before a missing delivery counts as lost.
     pub reconcile_after: Duration,
+    /// One egress proxy for all webhook traffic (`HTTP_PROXY` and the like
+    /// are ignored for webhooks).
+    pub webhook_proxy_url: Option<String>,
 }
 
 impl DeliveryConfig {
@@ -383,6 +386,7 @@ impl DeliveryConfig {
         }
         let log_format = keep(&mut errors, log_format(&env));
         let receivers = keep(&mut errors, env.bounded("WEBHOOK_RECEIVERS", 4, 1, 64));
+        let webhook_proxy_url = keep(&mut errors, env.queue_url("WEBHOOK_PROXY_URL")).flatten();
         let reconcile_every = keep(
             &mut errors,
             parse_duration(&env.string("WEBHOOK_RECONCILE_INTERVAL", "60s"))
@@ -445,6 +449,7 @@ impl DeliveryConfig {
                 receivers: receivers as usize,
                 reconcile_every,
                 reconcile_after,
+                webhook_proxy_url,
             }),
             _ => Err(errors),
         }

@@ -242,10 +242,57 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-/// MySQL error numbers worth a retry: lock wait timeout, deadlock, server
-/// shutting down, connection killed, query interrupted.
+/// A database error worth retrying, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transient {
+    /// The transaction lost a race (deadlock, lock wait timeout): run it again.
+    Conflict,
+    /// The server is going away, restarting or overloaded: try again shortly.
+    Unavailable,
+}
+
+/// Classifies a MySQL error by number and message. Vitess (PlanetScale)
+/// reports most failures as errno 1105 with the real cause in the text
+/// ("vttablet: rpc error: code = Aborted … (errno 1213)"), so 1105 is read.
+pub fn transient(number: u16, message: &str) -> Option<Transient> {
+    match number {
+        1205 | 1213 => Some(Transient::Conflict),
+        1040 | 1053 | 1317 | 1927 | 2006 | 2013 => Some(Transient::Unavailable),
+        1105 => {
+            let text = message.to_ascii_lowercase();
+            let any = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
+            if any(&[
+                "errno 1213",
+                "errno 1205",
+                "deadlock",
+                "lock wait timeout",
+                "code = aborted",
+            ]) {
+                Some(Transient::Conflict)
+            } else if any(&[
+                "code = unavailable",
+                "code = resourceexhausted",
+                "errno 1053",
+                "errno 2006",
+                "errno 2013",
+                "errno 1317",
+                "not serving",
+                "server shutdown",
+                "connection refused",
+                "transaction pool",
+            ]) {
+                Some(Transient::Unavailable)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
 fn is_transient(err: &dyn sqlx::error::DatabaseError) -> bool {
-    mysql_errno(err).is_some_and(|n| matches!(n, 1205 | 1213 | 1053 | 1927 | 1317))
+    err.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .is_some_and(|e| transient(e.number(), e.message()).is_some())
 }
 
 fn mysql_errno(err: &dyn sqlx::error::DatabaseError) -> Option<u16> {
@@ -253,10 +300,13 @@ fn mysql_errno(err: &dyn sqlx::error::DatabaseError) -> Option<u16> {
         .map(|e| e.number())
 }
 
-/// True for a deadlock or lock wait timeout: the transaction may be retried.
+/// True when the transaction lost a race (deadlock, lock wait timeout, or
+/// Vitess's wrapping of either) and may simply be run again.
 pub fn is_retryable(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Database(db) => matches!(mysql_errno(db.as_ref()), Some(1213 | 1205)),
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|e| transient(e.number(), e.message()) == Some(Transient::Conflict)),
         _ => false,
     }
 }
@@ -266,5 +316,30 @@ pub fn is_duplicate_key(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => mysql_errno(db.as_ref()) == Some(1062),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_errors_are_recognised_plain_and_wrapped_by_vitess() {
+        #[rustfmt::skip]
+        let table: [(u16, &str, Option<Transient>); 10] = [
+            (1213, "Deadlock found when trying to get lock", Some(Transient::Conflict)),
+            (1205, "Lock wait timeout exceeded", Some(Transient::Conflict)),
+            (1053, "Server shutdown in progress", Some(Transient::Unavailable)),
+            (1105, "target: ks.-.primary: vttablet: rpc error: code = Aborted desc = Deadlock found when trying to get lock; try restarting transaction (errno 1213) (sqlstate 40001)", Some(Transient::Conflict)),
+            (1105, "vttablet: rpc error: code = Aborted desc = transaction 1682: ended at 2026-11-27 (exceeded timeout: 20s)", Some(Transient::Conflict)),
+            (1105, "target: ks.-.primary: vttablet: rpc error: code = Unavailable desc = operation not allowed in state NOT_SERVING", Some(Transient::Unavailable)),
+            (1105, "vttablet: rpc error: code = ResourceExhausted desc = transaction pool connection limit exceeded", Some(Transient::Unavailable)),
+            (1105, "syntax error at position 7", None),
+            (1062, "Duplicate entry", None),
+            (1146, "Table doesn't exist", None),
+        ];
+        for (number, message, want) in table {
+            assert_eq!(transient(number, message), want, "{number} {message}");
+        }
     }
 }

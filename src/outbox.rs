@@ -77,6 +77,9 @@ pub struct Relay {
     parked_orders: Option<HashSet<Uuid>>,
     /// When a pass last gave this relay the turn.
     held_at: Option<Instant>,
+    /// How far this relay has published, not yet written: the next pass
+    /// writes it with the clock (one statement fewer per round).
+    mark: Option<u64>,
     last_retry_check: Instant,
 }
 
@@ -89,14 +92,19 @@ impl Relay {
             id: Uuid::now_v7(),
             parked_orders: None,
             held_at: None,
+            mark: None,
             last_retry_check: Instant::now(),
         }
     }
 
     /// One round: number, and with the turn, publish and move the mark.
     pub async fn round(&mut self) -> sqlx::Result<Round> {
-        let lease = self.queue.as_ref().map(|_| (self.id, LEASE));
-        let pass = sequencer::pass(&self.pool, lease).await?;
+        let turn = self.queue.as_ref().map(|_| sequencer::Turn {
+            relay: self.id,
+            lease: LEASE,
+            published_through: self.mark.take(),
+        });
+        let pass = sequencer::pass(&self.pool, turn).await?;
         let mut round = Round {
             numbered: pass.numbered.len(),
             more: pass.numbered.len() as i64 == sequencer::BATCH,
@@ -146,12 +154,9 @@ impl Relay {
                 })
                 .collect();
             db::outbox_parked::insert(&self.pool, &parks, time::now()).await?;
-            if let Some(through) = published.through {
-                if !db::feed_clock::mark_published(&self.pool, self.id, through).await? {
-                    tracing::warn!("the relay's turn passed to another instance mid-round");
-                    self.held_at = None;
-                    return Ok(round);
-                }
+            // Parked rows are written before the mark passes them.
+            if published.through.is_some() {
+                self.mark = published.through;
             }
             round.published = published.sent;
             round.parked = parks.len();
@@ -218,8 +223,12 @@ impl Relay {
         Ok(Ok(()))
     }
 
-    /// Gives the turn up, so another instance takes it at once.
+    /// Writes the mark and gives the turn up, so another instance takes it
+    /// at once without publishing again what this one did.
     pub async fn release(&self) {
+        if let Some(through) = self.mark {
+            let _ = db::feed_clock::mark_published(&self.pool, self.id, through).await;
+        }
         if self.held_at.is_some() {
             let _ = db::feed_clock::release_relay(&self.pool, self.id).await;
         }

@@ -32,6 +32,15 @@ use crate::db::order_events::OutboxEvent;
 /// Events numbered per pass at most.
 pub const BATCH: i64 = 1000;
 
+/// The relay's part in a pass: who asks for the turn, for how long, and
+/// the mark it reached since its last pass (written in the same statement).
+#[derive(Debug, Clone, Copy)]
+pub struct Turn {
+    pub relay: Uuid,
+    pub lease: Duration,
+    pub published_through: Option<u64>,
+}
+
 pub struct Pass {
     /// What this pass numbered, in feed order.
     pub numbered: Vec<OutboxEvent>,
@@ -44,29 +53,33 @@ pub struct Pass {
     pub relay: bool,
 }
 
-/// Numbers up to `BATCH` committed events; with `relay`, also takes or
-/// renews the relay's turn for that long if it is free or already ours.
-pub async fn pass(pool: &MySqlPool, relay: Option<(Uuid, Duration)>) -> sqlx::Result<Pass> {
+/// Numbers up to `BATCH` committed events; with a `turn`, also takes or
+/// renews the relay's turn if it is free or already the caller's, and
+/// writes the caller's mark.
+pub async fn pass(pool: &MySqlPool, turn: Option<Turn>) -> sqlx::Result<Pass> {
     let mut tx = pool.begin().await?;
-    let me = relay.map_or(Uuid::nil(), |(id, _)| id);
+    let me = turn.map_or(Uuid::nil(), |t| t.relay);
     let clock = db::feed_clock::lock(&mut *tx, me).await?;
     let mut numbered = db::order_events::unsequenced(&mut *tx, BATCH).await?;
-    let ours = relay.is_some() && clock.relay_free;
+    let ours = turn.filter(|_| clock.relay_free);
     let next_position =
         db::order_events::assign_feed_positions(&mut *tx, clock.next_position, &mut numbered)
             .await?;
-    if !numbered.is_empty() || ours {
-        let lease = relay
-            .filter(|_| ours)
-            .map(|(id, lease)| (id, lease.as_millis() as u64));
-        db::feed_clock::advance(&mut *tx, next_position, lease).await?;
+    if !numbered.is_empty() || ours.is_some() {
+        let relay = ours.map(|t| db::feed_clock::RelayTurn {
+            holder: t.relay,
+            lease_ms: t.lease.as_millis() as u64,
+            published_through: t.published_through,
+        });
+        db::feed_clock::advance(&mut *tx, next_position, relay).await?;
     }
     tx.commit().await?;
+    let mark = ours.and_then(|t| t.published_through).unwrap_or(0);
     Ok(Pass {
         numbered,
-        published_through: clock.published_through,
+        published_through: clock.published_through.max(mark),
         next_position,
-        relay: ours,
+        relay: ours.is_some(),
     })
 }
 

@@ -58,22 +58,33 @@ pub async fn lock(db: impl MySqlExecutor<'_>, relay: Uuid) -> sqlx::Result<Clock
     .await
 }
 
-/// Moves the counter and, for `lease_ms`, gives the relay's turn to `relay`.
+/// The relay's turn, renewed in the clock's own update.
+pub struct RelayTurn {
+    pub holder: Uuid,
+    pub lease_ms: u64,
+    /// How far the holder has published since it last wrote its mark.
+    pub published_through: Option<u64>,
+}
+
+/// Moves the counter and, with `relay`, gives the turn to its holder for
+/// `lease_ms` and moves the published mark.
 pub async fn advance(
     db: impl MySqlExecutor<'_>,
     next_position: u64,
-    relay: Option<(Uuid, u64)>,
+    relay: Option<RelayTurn>,
 ) -> sqlx::Result<()> {
     match relay {
-        Some((holder, lease_ms)) => {
+        Some(turn) => {
             sqlx::query(
                 "UPDATE feed_clock SET next_position = ?, relay_holder = ?,
-                     relay_lease_until = NOW(3) + INTERVAL ? * 1000 MICROSECOND
+                     relay_lease_until = NOW(3) + INTERVAL ? * 1000 MICROSECOND,
+                     published_through = GREATEST(published_through, ?)
                  WHERE id = 1",
             )
             .bind(next_position)
-            .bind(holder)
-            .bind(lease_ms)
+            .bind(turn.holder)
+            .bind(turn.lease_ms)
+            .bind(turn.published_through.unwrap_or(0))
             .execute(db)
             .await?
         }

@@ -54,7 +54,7 @@ pub async fn update(db: impl MySqlExecutor<'_>, row: &EndpointRow) -> sqlx::Resu
     sqlx::query(
         "UPDATE webhook_endpoints SET url = ?, description = ?, event_mask = ?, enabled = ?,
              disabled_reason = ?, secret = ?, previous_secret = ?, previous_secret_expires_at = ?,
-             updated_at = ?
+             updated_at = ?, failing_since = ?
          WHERE id = ?",
     )
     .bind(&row.url)
@@ -66,6 +66,7 @@ pub async fn update(db: impl MySqlExecutor<'_>, row: &EndpointRow) -> sqlx::Resu
     .bind(&row.previous_secret)
     .bind(row.previous_secret_expires_at)
     .bind(row.updated_at)
+    .bind(row.failing_since)
     .bind(row.id)
     .execute(db)
     .await?;

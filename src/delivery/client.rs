@@ -39,6 +39,8 @@ impl AttemptResult {
 pub struct WebhookClient {
     http: reqwest::Client,
     allow_private: bool,
+    /// Through an egress proxy the proxy resolves the host: it is checked here first.
+    proxied: bool,
 }
 
 /// Resolves names and drops every address a webhook may not go to.
@@ -70,8 +72,17 @@ impl Resolve for PublicOnly {
 }
 
 impl WebhookClient {
-    pub fn new(timeout: Duration, allow_private: bool) -> WebhookClient {
+    /// `HTTP_PROXY`, `HTTPS_PROXY` and `ALL_PROXY` are ignored: a proxy
+    /// resolves the host itself, past the address check. `proxy` (the
+    /// `WEBHOOK_PROXY_URL` setting) sends everything through one proxy, and
+    /// the target host is checked before each request.
+    pub fn new(
+        timeout: Duration,
+        allow_private: bool,
+        proxy: Option<&str>,
+    ) -> Result<WebhookClient, String> {
         let mut builder = reqwest::Client::builder()
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -80,10 +91,17 @@ impl WebhookClient {
         if !allow_private {
             builder = builder.dns_resolver(std::sync::Arc::new(PublicOnly));
         }
-        WebhookClient {
-            http: builder.build().expect("the HTTP client builds"),
-            allow_private,
+        if let Some(proxy) = proxy {
+            builder = builder
+                .proxy(reqwest::Proxy::all(proxy).map_err(|e| format!("WEBHOOK_PROXY_URL: {e}"))?);
         }
+        Ok(WebhookClient {
+            http: builder
+                .build()
+                .map_err(|e| format!("the webhook HTTP client: {e}"))?,
+            allow_private,
+            proxied: proxy.is_some(),
+        })
     }
 
     /// POSTs `body` with the given signature headers and reports what happened.
@@ -100,6 +118,11 @@ impl WebhookClient {
         if !self.allow_private {
             if let Err(reason) = check_literal(url) {
                 return failure(reason);
+            }
+            if self.proxied {
+                if let Err(reason) = check_resolved(url).await {
+                    return failure(reason);
+                }
             }
         }
         let request = self
@@ -157,6 +180,22 @@ fn check_literal(url: &str) -> Result<(), String> {
         Some((ip, reason)) => Err(format!("refused: {ip} is {reason}")),
         None => Ok(()),
     }
+}
+
+/// Through a proxy the resolver above is not used: resolve and check here.
+async fn check_resolved(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
+    let Some(Host::Domain(host)) = parsed.host() else {
+        return Ok(());
+    };
+    let name: Name = host
+        .parse()
+        .map_err(|_| format!("{host} is not a host name"))?;
+    PublicOnly
+        .resolve(name)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("refused: {e}"))
 }
 
 fn describe(err: &reqwest::Error) -> String {

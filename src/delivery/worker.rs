@@ -105,7 +105,12 @@ impl Worker {
         Ok(Worker {
             shared: Arc::new(Shared {
                 pool,
-                client: WebhookClient::new(config.timeout, config.allow_private_networks),
+                client: WebhookClient::new(
+                    config.timeout,
+                    config.allow_private_networks,
+                    config.webhook_proxy_url.as_deref(),
+                )
+                .map_err(WorkerStartError::Config)?,
                 secrets,
                 in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
                 per_endpoint: Mutex::new(HashMap::new()),

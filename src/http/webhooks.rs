@@ -393,8 +393,11 @@ pub async fn update(
         row.event_mask = filter.0;
     }
     if let Some(enabled) = patch.enabled {
-        if enabled {
+        if enabled && !row.enabled {
+            // Re-enabled: its failure clock starts again, so one more
+            // failure does not disable it at once.
             row.disabled_reason = None;
+            row.failing_since = None;
         }
         row.enabled = enabled;
     }

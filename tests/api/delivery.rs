@@ -675,6 +675,49 @@ async fn an_endpoint_failing_for_the_whole_disable_period_is_disabled() {
         .await
         .unwrap();
     assert_eq!(enabled["disabled_reason"], Value::Null);
+
+    // Its failure clock started again: the next single failure does not
+    // disable it (it kept the old `failing_since`, and did).
+    let order = system.app.new_order(&tenant).await;
+    let event_order = order["id"].as_str().unwrap().to_string();
+    for _ in 0..200 {
+        let rows = system
+            .app
+            .get(
+                &format!("/v1/webhooks/{endpoint}/deliveries?limit=100"),
+                &tenant.token,
+            )
+            .await
+            .json::<Value>()
+            .await
+            .unwrap();
+        let tried = rows["data"].as_array().unwrap().iter().any(|r| {
+            r["attempts"].as_u64() >= Some(1)
+                && r["status"] == "pending"
+                && r["created_at"].is_string()
+        });
+        if tried
+            && receiver
+                .hits()
+                .iter()
+                .any(|h| h.json()["data"]["order_id"] == event_order.as_str())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let after: Value = system
+        .app
+        .get(&format!("/v1/webhooks/{endpoint}"), &tenant.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        after["enabled"], true,
+        "disabled again by one failure: {after}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
