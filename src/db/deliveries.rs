@@ -161,12 +161,14 @@ pub struct OrderSlot {
 /// callers keep the pairs they asked about), locked until the transaction
 /// ends. Fan-out and settle both lock what they look at, so a delivery
 /// written to wait behind a pending one is always released when that one
-/// settles. Served by `webhook_deliveries_order`.
+/// settles. The index is forced and nothing else is filtered in SQL: a
+/// locking read that wandered onto another index (`status = 'pending'`
+/// would pick the due index) would lock every delivery in flight and
+/// serialize all fan-outs and settles behind each other.
 pub async fn order_slots(
     db: impl MySqlExecutor<'_>,
     endpoints: &[Uuid],
     orders: &[Uuid],
-    pending_only: bool,
 ) -> sqlx::Result<Vec<OrderSlot>> {
     if endpoints.is_empty() || orders.is_empty() {
         return Ok(vec![]);
@@ -174,16 +176,12 @@ pub async fn order_slots(
     let mut sql = QueryBuilder::new(
         "SELECT id, endpoint_id, order_id, sequence, event_id, status,
                 (status = 'pending' AND next_attempt_at IS NULL) AS waiting
-         FROM webhook_deliveries WHERE endpoint_id IN (",
+         FROM webhook_deliveries FORCE INDEX (webhook_deliveries_order) WHERE endpoint_id IN (",
     );
     push_ids(&mut sql, endpoints);
     sql.push(") AND order_id IN (");
     push_ids(&mut sql, orders);
-    sql.push(")");
-    if pending_only {
-        sql.push(" AND status = 'pending'");
-    }
-    sql.push(" FOR UPDATE");
+    sql.push(") FOR UPDATE");
     sql.build_query_as().fetch_all(db).await
 }
 

@@ -207,8 +207,10 @@ pub struct FanOutEvent {
 }
 
 /// The events named by `ids` and every event of their orders, in one
-/// statement; only the named ones carry their payload. An id that names
-/// no committed event is simply absent.
+/// statement (a join on the order, no temporary table); only the named ones
+/// carry their payload. An event appears once per named event of its
+/// order: callers de-duplicate. An id that names no committed event is
+/// simply absent.
 pub async fn for_fan_out(
     db: impl MySqlExecutor<'_>,
     ids: &[Uuid],
@@ -225,14 +227,15 @@ pub async fn for_fan_out(
         list.push_bind(*id);
     }
     sql.push(
-        "), e.payload, NULL) AS payload FROM order_events e
-         WHERE e.order_id IN (SELECT n.order_id FROM order_events n WHERE n.id IN (",
+        "), e.payload, NULL) AS payload
+         FROM order_events n JOIN order_events e ON e.order_id = n.order_id
+         WHERE n.id IN (",
     );
     let mut list = sql.separated(", ");
     for id in ids {
         list.push_bind(*id);
     }
-    sql.push(")) ORDER BY e.order_id, e.sequence");
+    sql.push(")");
     sql.build_query_as().fetch_all(db).await
 }
 

@@ -132,6 +132,8 @@ pub async fn fan_out<P>(
     mut permit: impl FnMut(&EndpointRow) -> Option<P>,
 ) -> sqlx::Result<FanOut<P>> {
     let mut events = db::order_events::for_fan_out(pool, ids).await?;
+    events.sort_by_key(|e| (e.order_id, e.sequence));
+    events.dedup_by_key(|e| e.id);
     let named: Vec<usize> = events
         .iter()
         .enumerate()
@@ -162,7 +164,7 @@ pub async fn fan_out<P>(
     orders.dedup();
 
     let mut tx = pool.begin().await?;
-    let slots = db::deliveries::order_slots(&mut *tx, &endpoint_ids, &orders, false).await?;
+    let slots = db::deliveries::order_slots(&mut *tx, &endpoint_ids, &orders).await?;
     let planned = plan(&events, &named, &endpoints, &slots);
     if planned.is_empty() {
         tx.commit().await?;

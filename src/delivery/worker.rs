@@ -54,6 +54,12 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 const SWEEP: Duration = Duration::from_secs(60);
 /// Outcomes written in one transaction at most.
 const SETTLE_GROUP: usize = 256;
+/// Leased deliveries a worker (and an endpoint) may hold in memory per
+/// attempt slot: enough to keep the slots busy between batches, few enough
+/// that a slow endpoint's backlog stays in the database.
+const HELD_PER_SLOT: usize = 4;
+/// Longest a held delivery waits for a slot before its lease is given back.
+const HOLD_WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerStartError {
@@ -76,8 +82,11 @@ struct Shared {
     /// Wakes the dispatcher: something may be claimable.
     wake: Notify,
     metrics: WorkerMetrics,
+    /// Attempts in flight, all endpoints.
     in_flight: Arc<Semaphore>,
-    per_endpoint: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    /// Leased deliveries held in memory (waiting for a slot or in flight).
+    held: Arc<Semaphore>,
+    lanes: Mutex<HashMap<Uuid, Lane>>,
     settles: mpsc::UnboundedSender<Outcome>,
 }
 
@@ -113,7 +122,8 @@ impl Worker {
                 .map_err(WorkerStartError::Config)?,
                 secrets,
                 in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
-                per_endpoint: Mutex::new(HashMap::new()),
+                held: Arc::new(Semaphore::new(config.max_in_flight * HELD_PER_SLOT)),
+                lanes: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 metrics: WorkerMetrics::default(),
                 settles,
@@ -160,9 +170,10 @@ impl Worker {
         tracing::info!("shutting down: finishing attempts in flight");
         let _ = stop.send(true);
         while loops.join_next().await.is_some() {}
-        // Every attempt holds a slot of `in_flight`: all back means all done.
-        let all = shared.config.max_in_flight as u32;
-        let _ = shared.in_flight.acquire_many(all).await;
+        // Every leased delivery in memory holds a slot of `held`: all back
+        // means every attempt is done.
+        let all = (shared.config.max_in_flight * HELD_PER_SLOT) as u32;
+        let _ = shared.held.acquire_many(all).await;
         let _ = done.send(true);
         let _ = settle.await;
         let _ = server.await;
@@ -273,14 +284,14 @@ fn named_events(shared: &Shared, messages: &[Received]) -> Vec<Uuid> {
     ids
 }
 
-async fn ingest_batch(shared: &Shared, ids: &[Uuid]) -> sqlx::Result<FanOut<Permits>> {
+async fn ingest_batch(shared: &Shared, ids: &[Uuid]) -> sqlx::Result<FanOut<Held>> {
     let now = time::now();
     fan_out(
         &shared.pool,
         ids,
         now,
         lease_until(shared, now),
-        |endpoint| permits_for(shared, endpoint.id),
+        |endpoint| hold(shared, endpoint.id),
     )
     .await
 }
@@ -305,35 +316,84 @@ fn lease_until(shared: &Shared, now: DateTime<Utc>) -> DateTime<Utc> {
         .unwrap_or(chrono::Duration::minutes(5))
 }
 
-/// An attempt's slots: one of its endpoint's, one of the worker's.
-struct Permits(
-    #[allow(dead_code)] OwnedSemaphorePermit,
-    #[allow(dead_code)] OwnedSemaphorePermit,
-);
-
-fn permits_for(shared: &Shared, endpoint_id: Uuid) -> Option<Permits> {
-    let endpoint = {
-        let mut map = shared
-            .per_endpoint
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        map.entry(endpoint_id)
-            .or_insert_with(|| Arc::new(Semaphore::new(shared.config.max_in_flight_per_endpoint)))
-            .clone()
-    };
-    let one = endpoint.try_acquire_owned().ok()?;
-    let all = shared.in_flight.clone().try_acquire_owned().ok()?;
-    Some(Permits(one, all))
+/// One endpoint's slots in this worker: attempts in flight, and leased
+/// deliveries held (waiting or in flight).
+#[derive(Clone)]
+struct Lane {
+    in_flight: Arc<Semaphore>,
+    held: Arc<Semaphore>,
 }
 
-fn spawn_attempt(shared: &Arc<Shared>, leased: Leased<Permits>) {
+/// A leased delivery's place in memory: its endpoint's and the worker's.
+struct Held {
+    lane: Lane,
+    _endpoint: OwnedSemaphorePermit,
+    _worker: OwnedSemaphorePermit,
+}
+
+/// A place for one more leased delivery of this endpoint, if there is room.
+fn hold(shared: &Shared, endpoint_id: Uuid) -> Option<Held> {
+    let per_endpoint = shared.config.max_in_flight_per_endpoint;
+    let lane = shared
+        .lanes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(endpoint_id)
+        .or_insert_with(|| Lane {
+            in_flight: Arc::new(Semaphore::new(per_endpoint)),
+            held: Arc::new(Semaphore::new(per_endpoint * HELD_PER_SLOT)),
+        })
+        .clone();
+    let endpoint = lane.held.clone().try_acquire_owned().ok()?;
+    let worker = shared.held.clone().try_acquire_owned().ok()?;
+    Some(Held {
+        lane,
+        _endpoint: endpoint,
+        _worker: worker,
+    })
+}
+
+fn spawn_attempt(shared: &Arc<Shared>, leased: Leased<Held>) {
     let shared = shared.clone();
     tokio::spawn(async move {
-        let leased_at = time::now();
-        let outcome = attempt(&shared, leased.row, Some(leased.endpoint), leased_at).await;
-        let _ = shared.settles.send(outcome);
-        drop(leased.permit);
+        run_held(
+            &shared,
+            leased.permit,
+            leased.row,
+            Some(leased.endpoint),
+            None,
+        )
+        .await;
     });
+}
+
+/// Waits for an attempt slot (its endpoint's, then the worker's), attempts
+/// and hands the outcome to the settle task; gives the lease back if no
+/// slot frees up in time.
+async fn run_held(
+    shared: &Shared,
+    held: Held,
+    row: DeliveryRow,
+    endpoint: Option<EndpointRow>,
+    leased_at: Option<DateTime<Utc>>,
+) {
+    let slots = tokio::time::timeout(HOLD_WAIT, async {
+        let endpoint = held.lane.in_flight.clone().acquire_owned().await;
+        let worker = shared.in_flight.clone().acquire_owned().await;
+        (endpoint, worker)
+    })
+    .await;
+    let Ok((Ok(_endpoint_slot), Ok(_worker_slot))) = slots else {
+        let ids = [row.id];
+        if let Err(e) = with_retries(|| db::deliveries::release(&shared.pool, &ids)).await {
+            tracing::warn!(error = %e, "giving a lease back failed; it runs out by itself");
+        }
+        return;
+    };
+    let leased_at = leased_at.unwrap_or_else(time::now);
+    let outcome = attempt(shared, row, endpoint, leased_at).await;
+    let _ = shared.settles.send(outcome);
+    drop(held);
 }
 
 /// Due delivery rows → attempts, bounded overall and per endpoint.
@@ -347,7 +407,7 @@ async fn dispatch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             last_sweep = std::time::Instant::now();
             sweep(&shared).await;
         }
-        let free = shared.in_flight.available_permits();
+        let free = shared.held.available_permits();
         let mut pause = IDLE_POLL;
         let mut claimed_any = false;
         if free > 0 {
@@ -360,15 +420,13 @@ async fn dispatch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     }
                     let mut busy = vec![];
                     for (row, endpoint, leased_at) in jobs {
-                        let Some(permits) = permits_for(&shared, row.endpoint_id) else {
+                        let Some(held) = hold(&shared, row.endpoint_id) else {
                             busy.push(row.id);
                             continue;
                         };
                         let shared = shared.clone();
                         tokio::spawn(async move {
-                            let outcome = attempt(&shared, row, endpoint, leased_at).await;
-                            let _ = shared.settles.send(outcome);
-                            drop(permits);
+                            run_held(&shared, held, row, endpoint, Some(leased_at)).await;
                         });
                     }
                     if !busy.is_empty() {
@@ -382,7 +440,7 @@ async fn dispatch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 Err(e) => tracing::warn!(error = %e, "claiming deliveries failed"),
             }
         }
-        if claimed_any && shared.in_flight.available_permits() > 0 {
+        if claimed_any && shared.held.available_permits() > 0 {
             continue;
         }
         tokio::select! {
@@ -427,14 +485,12 @@ async fn claim(shared: &Shared, limit: usize) -> sqlx::Result<(Vec<Job>, Option<
     Ok((jobs, next_due))
 }
 
-/// Endpoints with every one of their attempt slots in use here.
+/// Endpoints that hold as many deliveries here as they may.
 fn saturated(shared: &Shared) -> Vec<Uuid> {
-    let map = shared
-        .per_endpoint
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    map.iter()
-        .filter(|(_, s)| s.available_permits() == 0)
+    let lanes = shared.lanes.lock().unwrap_or_else(|e| e.into_inner());
+    lanes
+        .iter()
+        .filter(|(_, lane)| lane.held.available_permits() == 0)
         .map(|(id, _)| *id)
         .collect()
 }
@@ -448,12 +504,12 @@ async fn sweep(shared: &Shared) {
             Err(e) => tracing::warn!(error = %e, "sweeping waiting deliveries failed"),
         }
     }
-    let max = shared.config.max_in_flight_per_endpoint;
+    let idle = shared.config.max_in_flight_per_endpoint * HELD_PER_SLOT;
     shared
-        .per_endpoint
+        .lanes
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .retain(|_, s| s.available_permits() < max);
+        .retain(|_, lane| lane.held.available_permits() < idle);
 }
 
 /// What an attempt (or the decision not to make one) leaves to write.
@@ -704,13 +760,13 @@ async fn write_outcomes(pool: &MySqlPool, group: &[Outcome]) -> sqlx::Result<boo
         endpoints.dedup();
         orders.sort();
         orders.dedup();
-        let pending = db::deliveries::order_slots(&mut *tx, &endpoints, &orders, true).await?;
+        let slots = db::deliveries::order_slots(&mut *tx, &endpoints, &orders).await?;
         // Only the lowest pending delivery of a pair may go, and only if it
         // is the one waiting: a later one never overtakes an earlier one.
         let mut lowest: HashMap<(Uuid, Uuid), &db::deliveries::OrderSlot> = HashMap::new();
-        for slot in pending
+        for slot in slots
             .iter()
-            .filter(|s| pairs.contains(&(s.endpoint_id, s.order_id)))
+            .filter(|s| s.status == PENDING && pairs.contains(&(s.endpoint_id, s.order_id)))
         {
             let entry = lowest
                 .entry((slot.endpoint_id, slot.order_id))
