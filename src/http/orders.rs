@@ -195,6 +195,17 @@ fn request_hash(customer_id: Uuid, body: &OrderIn) -> [u8; 32] {
     hasher.finalize().into()
 }
 
+/// What makes two status changes "the same": the order and the body.
+fn status_request_hash(order_id: Uuid, body: &StatusChangeIn) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"status:");
+    hasher.update(order_id.as_bytes());
+    hasher.update(
+        serde_json::to_vec(&(&body.status, &body.note, &body.location)).unwrap_or_default(),
+    );
+    hasher.finalize().into()
+}
+
 fn replay(status: u16, body: String) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
     (
@@ -289,11 +300,14 @@ fn unknown_status(field: &str) -> FieldError {
     FieldError::new(field, format!("must be one of {}", names.join(", ")))
 }
 
-/// Move an order to another status. Customers may only cancel.
+/// Move an order to another status. Customers may only cancel. With
+/// `Idempotency-Key`, a retry returns the first response and changes nothing.
 #[utoipa::path(post, path = "/v1/orders/{id}/status", tag = "orders",
     request_body = StatusChangeIn,
     params(
         ("id" = Uuid, Path, description = "Order id"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
+            description = "1..255 printable ASCII characters; the same key and body within 24 h replays the first response"),
         ("If-Match" = Option<String>, Header, pattern = r#"^\s*(\*|"[0-9]{1,9}"(\s*,\s*"[0-9]{1,9}")*)\s*$"#, description = "The version you last saw, quoted: 412 if the order has changed since"),
     ),
     responses(
@@ -315,6 +329,7 @@ pub async fn change_status(
 ) -> ApiResult<Response> {
     let id = parse_id(&id, "order")?;
     let expected = if_match(&headers)?;
+    let key = idempotency_key(&headers)?;
     let mut checks = Checks::default();
     let target = OrderStatus::parse(&body.status);
     if target.is_none() {
@@ -331,6 +346,23 @@ pub async fn change_status(
     let target = target.ok_or(ApiError::Internal)?;
 
     let mut tx = state.db.begin().await?;
+    if let Some(key) = &key {
+        let hash = status_request_hash(id, &body);
+        match db::idempotency::claim(&mut tx, principal.owner_id(), key, &hash, time::now()).await?
+        {
+            Claim::Claimed => {}
+            Claim::Replay { status, body } => return Ok(replay(status, body)),
+            Claim::Mismatch => {
+                return Err(ApiError::invalid(
+                    "Idempotency-Key",
+                    "this key was already used with a different request",
+                ))
+            }
+            Claim::Busy => {
+                return Err(ApiError::Unavailable("the database is busy; retry shortly"))
+            }
+        }
+    }
     let mut order = match db::orders::find_for_update(&mut *tx, id).await? {
         Some(order) if principal.can_see(order.customer_id) => order,
         _ => return Err(ApiError::NotFound("order")),
@@ -367,6 +399,11 @@ pub async fn change_status(
     db::orders::update_status(&mut *tx, &order).await?;
     let event = Event::status_changed(&order, previous, body.note, body.location);
     db::order_events::insert(&mut *tx, &event).await?;
+    if let Some(key) = &key {
+        let stored =
+            serde_json::to_string(&order).map_err(|e| ApiError::internal("order JSON", e))?;
+        db::idempotency::complete(&mut tx, principal.owner_id(), key, 200, &stored).await?;
+    }
     tx.commit().await?;
     state.signals.events_committed();
     Ok(([(ETAG, etag(&order))], axum::Json(order)).into_response())

@@ -116,3 +116,50 @@ async fn malformed_keys_are_refused() {
     }
     assert_eq!(order_count(&app, &tenant.token).await, 0);
 }
+
+/// SPEC §6 and §10: `Idempotency-Key` on every POST. A status change
+/// replayed with its key answers the first response (not a 409) and
+/// records one event; the same key with another body is 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_change_replayed_with_its_key_returns_the_first_response() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Retrying").await;
+    let order = app.new_order(&tenant).await;
+    let id = order["id"].as_str().unwrap();
+    let change = |body: Value| {
+        app.client
+            .post(app.url(&format!("/v1/orders/{id}/status")))
+            .bearer_auth(ADMIN)
+            .header("Idempotency-Key", "move-it-once")
+            .json(&body)
+            .send()
+    };
+    let first = change(json!({"status": "confirmed", "note": "booked"}))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let first: Value = first.json().await.unwrap();
+
+    let again = change(json!({"status": "confirmed", "note": "booked"}))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+
+    let history: Value = app
+        .get(&format!("/v1/orders/{id}/events"), ADMIN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        history["data"].as_array().unwrap().len(),
+        2,
+        "changed twice"
+    );
+
+    let other = change(json!({"status": "cancelled"})).await.unwrap();
+    let problem = assert_problem(other, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(fields(&problem), ["Idempotency-Key"]);
+}
