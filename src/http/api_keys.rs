@@ -72,7 +72,7 @@ async fn existing_customer(state: &AppState, raw_id: &str) -> ApiResult<Uuid> {
 }
 
 /// Create an API key for a customer (operator). The token is in this response only.
-#[utoipa::path(post, path = "/v1/customers/{id}/api-keys", tag = "api keys",
+#[utoipa::path(post, path = "/v1/customers/{id}/api-keys", operation_id = "createApiKey", tag = "api keys",
     params(("id" = Uuid, Path, description = "Customer id")),
     responses(
         (status = 201, description = "Created; `token` is shown only here", body = ApiKeyCreated),
@@ -106,7 +106,7 @@ pub async fn create(
 }
 
 /// List a customer's API keys, newest first, without tokens (operator).
-#[utoipa::path(get, path = "/v1/customers/{id}/api-keys", tag = "api keys",
+#[utoipa::path(get, path = "/v1/customers/{id}/api-keys", operation_id = "listApiKeys", tag = "api keys",
     params(
         ("id" = Uuid, Path, description = "Customer id"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1..100, default 20"),
@@ -140,7 +140,7 @@ pub async fn list(
 }
 
 /// Revoke an API key (operator). It stops working at once.
-#[utoipa::path(delete, path = "/v1/customers/{id}/api-keys/{key_id}", tag = "api keys",
+#[utoipa::path(delete, path = "/v1/customers/{id}/api-keys/{key_id}", operation_id = "revokeApiKey", tag = "api keys",
     params(
         ("id" = Uuid, Path, description = "Customer id"),
         ("key_id" = Uuid, Path, description = "API key id"),

@@ -54,7 +54,7 @@ impl From<db::customers::CustomerRow> for CustomerOut {
 }
 
 /// Create a customer (operator).
-#[utoipa::path(post, path = "/v1/customers", tag = "customers",
+#[utoipa::path(post, path = "/v1/customers", operation_id = "createCustomer", tag = "customers",
     request_body = CustomerIn,
     responses(
         (status = 201, description = "Created", body = CustomerOut),
@@ -80,7 +80,7 @@ pub async fn create(
 }
 
 /// List customers, newest first (operator).
-#[utoipa::path(get, path = "/v1/customers", tag = "customers",
+#[utoipa::path(get, path = "/v1/customers", operation_id = "listCustomers", tag = "customers",
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1..100, default 20"),
         ("cursor" = Option<String>, Query, min_length = 1, description = "`next_cursor` of the previous page"),
@@ -110,7 +110,7 @@ pub async fn list(
 }
 
 /// Get a customer (operator).
-#[utoipa::path(get, path = "/v1/customers/{id}", tag = "customers",
+#[utoipa::path(get, path = "/v1/customers/{id}", operation_id = "getCustomer", tag = "customers",
     params(("id" = Uuid, Path, description = "Customer id")),
     responses(
         (status = 200, description = "The customer", body = CustomerOut),

@@ -127,7 +127,7 @@ async fn visible_delivery(
 }
 
 /// An endpoint's deliveries, newest first: one per (event, endpoint).
-#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", operation_id = "listDeliveries", tag = "webhooks",
     params(
         ("id" = Uuid, Path, description = "Endpoint id"),
         ("status" = Option<String>, Query, pattern = "^(pending|succeeded|failed)$", description = "pending, succeeded or failed"),
@@ -181,7 +181,7 @@ pub async fn list(
 }
 
 /// A delivery's attempts, oldest first.
-#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/attempts", tag = "webhooks",
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/attempts", operation_id = "listDeliveryAttempts", tag = "webhooks",
     params(
         ("id" = Uuid, Path, description = "Endpoint id"),
         ("delivery_id" = Uuid, Path, description = "Delivery id"),
@@ -217,7 +217,7 @@ pub async fn attempts(
 }
 
 /// One more attempt now, whatever the delivery's state (not a new schedule).
-#[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/retry", tag = "webhooks",
+#[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/retry", operation_id = "retryDelivery", tag = "webhooks",
     params(
         ("id" = Uuid, Path, description = "Endpoint id"),
         ("delivery_id" = Uuid, Path, description = "Delivery id"),
@@ -244,7 +244,7 @@ pub async fn retry(
 }
 
 /// Send a `webhook.test` event to this endpoint only, through the usual delivery path.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks",
+#[utoipa::path(post, path = "/v1/webhooks/{id}/test", operation_id = "sendTestEvent", tag = "webhooks",
     params(("id" = Uuid, Path, description = "Endpoint id")),
     responses(
         (status = 202, description = "The test event is queued for this endpoint", body = Accepted),

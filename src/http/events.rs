@@ -41,7 +41,7 @@ pub struct FeedPage {
 
 /// The caller's events in commit order, oldest first. Following
 /// `next_cursor` from the start sees every event exactly once, in order.
-#[utoipa::path(get, path = "/v1/events", tag = "events",
+#[utoipa::path(get, path = "/v1/events", operation_id = "listEvents", tag = "events",
     params(
         ("after" = Option<String>, Query, min_length = 1, description = "`next_cursor` of the previous page; absent: from the beginning"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1..1000, default 100"),

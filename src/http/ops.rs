@@ -30,14 +30,14 @@ pub struct Health {
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+#[utoipa::path(get, path = "/healthz", operation_id = "getHealth", tag = "operations",
     responses((status = 200, description = "Up", body = Health)))]
 pub async fn healthz() -> axum::Json<Health> {
     axum::Json(Health { status: "ok" })
 }
 
 /// The database is reachable.
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = "/readyz", operation_id = "getReadiness", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Health),
         (status = 503, description = "The database is unreachable", body = Problem, content_type = "application/problem+json"),
@@ -73,7 +73,7 @@ fn is_connection_lost(error: &sqlx::Error) -> bool {
 }
 
 /// Prometheus metrics. Needs `Authorization: Bearer $METRICS_TOKEN` when that is set.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", operation_id = "getMetrics", tag = "operations",
     responses(
         (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
         (status = 401, description = "`METRICS_TOKEN` is set and was not sent", body = Problem, content_type = "application/problem+json"),

@@ -77,7 +77,7 @@ pub struct StatusChangeIn {
 }
 
 /// Create an order. With `Idempotency-Key`, a retry returns the first response.
-#[utoipa::path(post, path = "/v1/orders", tag = "orders",
+#[utoipa::path(post, path = "/v1/orders", operation_id = "createOrder", tag = "orders",
     request_body = OrderIn,
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
         description = "1..255 printable ASCII characters; the same key and body within 24 h replays the first response")),
@@ -233,7 +233,7 @@ async fn visible_order(state: &AppState, principal: Principal, raw_id: &str) -> 
 }
 
 /// Get an order.
-#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders",
+#[utoipa::path(get, path = "/v1/orders/{id}", operation_id = "getOrder", tag = "orders",
     params(("id" = Uuid, Path, description = "Order id")),
     responses(
         (status = 200, description = "The order", body = Order,
@@ -251,7 +251,7 @@ pub async fn show(
 }
 
 /// List orders, newest first.
-#[utoipa::path(get, path = "/v1/orders", tag = "orders",
+#[utoipa::path(get, path = "/v1/orders", operation_id = "listOrders", tag = "orders",
     params(
         ("status" = Option<OrderStatus>, Query, description = "Only orders in this status"),
         ("customer_id" = Option<Uuid>, Query, description = "Operator only: one customer's orders"),
@@ -302,7 +302,7 @@ fn unknown_status(field: &str) -> FieldError {
 
 /// Move an order to another status. Customers may only cancel. With
 /// `Idempotency-Key`, a retry returns the first response and changes nothing.
-#[utoipa::path(post, path = "/v1/orders/{id}/status", tag = "orders",
+#[utoipa::path(post, path = "/v1/orders/{id}/status", operation_id = "changeOrderStatus", tag = "orders",
     request_body = StatusChangeIn,
     params(
         ("id" = Uuid, Path, description = "Order id"),
@@ -410,7 +410,7 @@ pub async fn change_status(
 }
 
 /// An order's events, oldest first: the same envelopes webhooks carry.
-#[utoipa::path(get, path = "/v1/orders/{id}/events", tag = "orders",
+#[utoipa::path(get, path = "/v1/orders/{id}/events", operation_id = "listOrderEvents", tag = "orders",
     params(
         ("id" = Uuid, Path, description = "Order id"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1..100, default 20"),

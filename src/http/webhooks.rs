@@ -181,7 +181,7 @@ fn open_secret(state: &AppState, stored: &str) -> ApiResult<SigningSecret> {
 }
 
 /// Register a webhook endpoint. The response holds its signing secret.
-#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks",
+#[utoipa::path(post, path = "/v1/webhooks", operation_id = "createWebhook", tag = "webhooks",
     request_body = WebhookIn,
     responses(
         (status = 201, description = "Created, with `secret`", body = WebhookCreated),
@@ -263,7 +263,7 @@ pub async fn create(
 }
 
 /// List webhook endpoints, newest first (no secrets).
-#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
+#[utoipa::path(get, path = "/v1/webhooks", operation_id = "listWebhooks", tag = "webhooks",
     params(
         ("customer_id" = Option<Uuid>, Query, description = "Operator only: one customer's endpoints"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1..100, default 20"),
@@ -296,7 +296,7 @@ pub async fn list(
 }
 
 /// Get a webhook endpoint (no secret).
-#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(get, path = "/v1/webhooks/{id}", operation_id = "getWebhook", tag = "webhooks",
     params(("id" = Uuid, Path, description = "Endpoint id")),
     responses(
         (status = 200, description = "The endpoint", body = WebhookOut),
@@ -313,7 +313,7 @@ pub async fn show(
 }
 
 /// The endpoint's current signing secret.
-#[utoipa::path(get, path = "/v1/webhooks/{id}/secret", tag = "webhooks",
+#[utoipa::path(get, path = "/v1/webhooks/{id}/secret", operation_id = "getWebhookSecret", tag = "webhooks",
     params(("id" = Uuid, Path, description = "Endpoint id")),
     responses(
         (status = 200, description = "The current secret", body = SecretOut),
@@ -333,7 +333,7 @@ pub async fn secret(
 }
 
 /// Change any of url, description, event_types, enabled.
-#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", operation_id = "updateWebhook", tag = "webhooks",
     request_body = WebhookPatch,
     params(("id" = Uuid, Path, description = "Endpoint id")),
     responses(
@@ -408,7 +408,7 @@ pub async fn update(
 }
 
 /// Delete a webhook endpoint; nothing is delivered to it afterwards.
-#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", operation_id = "deleteWebhook", tag = "webhooks",
     params(("id" = Uuid, Path, description = "Endpoint id")),
     responses(
         (status = 204, description = "Deleted"),
@@ -427,7 +427,7 @@ pub async fn remove(
 
 /// Rotate the signing secret. The previous one keeps signing beside the new
 /// one for 24 hours; a second rotation within that time drops the oldest.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/secret/rotate", tag = "webhooks",
+#[utoipa::path(post, path = "/v1/webhooks/{id}/secret/rotate", operation_id = "rotateWebhookSecret", tag = "webhooks",
     request_body(content = Option<RotateIn>, description = "Optional: your own new secret"),
     params(("id" = Uuid, Path, description = "Endpoint id")),
     responses(

@@ -87,3 +87,28 @@ async fn the_docs_page_is_served_from_the_binary() {
         assert!(body.len() > 50, "{asset} is empty");
     }
 }
+
+/// Client generators name a method after each `operationId`: every one must
+/// be there, unique, and read as a method name (`listOrders`).
+#[test]
+fn every_operation_id_is_unique_and_reads_as_a_method_name() {
+    let doc: Value =
+        serde_json::from_str(include_str!("../../openapi/openapi.json")).expect("openapi.json");
+    let mut seen = std::collections::HashSet::new();
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            let id = operation["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+            assert!(
+                id.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                    && id.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{method} {path}: `{id}` is not camelCase"
+            );
+            assert!(
+                seen.insert(id.to_string()),
+                "{method} {path}: `{id}` repeats"
+            );
+        }
+    }
+}
