@@ -311,6 +311,8 @@ pub struct DeliveryConfig {
     pub reconcile_every: Duration,
     /// How old an event must be before a missing delivery counts as lost.
     pub reconcile_after: Duration,
+    /// Settled deliveries (with their attempts) are purged after this long.
+    pub retention: Duration,
     /// One egress proxy for all webhook traffic (`HTTP_PROXY` and the like
     /// are ignored for webhooks).
     pub webhook_proxy_url: Option<String>,
@@ -387,6 +389,7 @@ impl DeliveryConfig {
         let log_format = keep(&mut errors, log_format(&env));
         let receivers = keep(&mut errors, env.bounded("WEBHOOK_RECEIVERS", 4, 1, 64));
         let webhook_proxy_url = keep(&mut errors, env.queue_url("WEBHOOK_PROXY_URL")).flatten();
+        let retention_days = keep(&mut errors, env.bounded("RETENTION_DAYS", 30, 1, 3650));
         let reconcile_every = keep(
             &mut errors,
             parse_duration(&env.string("WEBHOOK_RECONCILE_INTERVAL", "60s"))
@@ -400,8 +403,8 @@ impl DeliveryConfig {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let (Some(receivers), Some(reconcile_every), Some(reconcile_after)) =
-            (receivers, reconcile_every, reconcile_after)
+        let (Some(receivers), Some(reconcile_every), Some(reconcile_after), Some(retention_days)) =
+            (receivers, reconcile_every, reconcile_after, retention_days)
         else {
             return Err(errors);
         };
@@ -450,6 +453,7 @@ impl DeliveryConfig {
                 reconcile_every,
                 reconcile_after,
                 webhook_proxy_url,
+                retention: Duration::from_secs(retention_days * 86_400),
             }),
             _ => Err(errors),
         }

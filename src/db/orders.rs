@@ -7,8 +7,10 @@ use uuid::Uuid;
 use crate::domain::{Order, OrderStatus};
 use crate::error::is_duplicate_key;
 
-const COLUMNS: &str = "id, customer_id, reference, status, pickup, delivery, parcels, notes, \
-                       version, created_at, updated_at";
+/// `reference` compares byte for byte (`utf8mb4_bin`); sqlx reads a
+/// binary-collated column as bytes, so it is converted back to text here.
+const COLUMNS: &str = "id, customer_id, CONVERT(reference USING utf8mb4) AS reference, status, \
+                       pickup, delivery, parcels, notes, version, created_at, updated_at";
 
 #[derive(sqlx::FromRow)]
 struct OrderRow {

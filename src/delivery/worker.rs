@@ -495,8 +495,26 @@ fn saturated(shared: &Shared) -> Vec<Uuid> {
         .collect()
 }
 
-/// The safety net for releases, and forgetting idle endpoints' slots.
+/// The safety net for releases, retention, and forgetting idle endpoints'
+/// slots.
 async fn sweep(shared: &Shared) {
+    let keep =
+        chrono::Duration::from_std(shared.config.retention).unwrap_or(chrono::Duration::days(30));
+    for _ in 0..20 {
+        match db::retention::purge(&shared.pool, time::now(), keep).await {
+            Ok(purged) => {
+                let full = purged.deliveries as i64 == db::retention::BATCH
+                    || purged.idempotency_keys as i64 == db::retention::BATCH;
+                if !full {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "purging old deliveries failed");
+                break;
+            }
+        }
+    }
     if let Ok(mut conn) = shared.pool.acquire().await {
         match db::deliveries::release_stranded(&mut conn, time::now()).await {
             Ok(0) => {}

@@ -68,7 +68,7 @@ impl OrderContents {
     ) -> Result<OrderContents, Vec<FieldError>> {
         let mut checks = Checks::default();
         if let Some(reference) = &reference {
-            checks.line("reference", reference, MAX_REFERENCE_CHARS);
+            checks.identifier("reference", reference, MAX_REFERENCE_CHARS);
         }
         check_address(&mut checks, "pickup", &pickup);
         check_address(&mut checks, "delivery", &delivery);

@@ -23,6 +23,19 @@ impl Checks {
         }
     }
 
+    /// A required identifier compared byte for byte (a reference): a line
+    /// without leading or trailing whitespace, which MySQL's `PAD SPACE`
+    /// collations would otherwise ignore when comparing.
+    pub fn identifier(&mut self, field: &str, value: &str, max: usize) {
+        if value.trim().is_empty() {
+            self.fail(field, "must not be blank");
+        } else if value.trim() != value {
+            self.fail(field, "must not start or end with whitespace");
+        } else {
+            self.text(field, value, max, false);
+        }
+    }
+
     /// Optional text of at most `max` characters; multi-line if `multiline`.
     pub fn text(&mut self, field: &str, value: &str, max: usize, multiline: bool) {
         if value.chars().count() > max {

@@ -619,6 +619,7 @@ pub fn worker_config(db_name: &str, queue_url: &str) -> mechanica::config::Deliv
         reconcile_every: Duration::from_secs(60),
         reconcile_after: Duration::from_secs(120),
         webhook_proxy_url: None,
+        retention: Duration::from_secs(30 * 86_400),
     }
 }
 

@@ -163,3 +163,19 @@ async fn a_status_change_replayed_with_its_key_returns_the_first_response() {
     let problem = assert_problem(other, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert_eq!(fields(&problem), ["Idempotency-Key"]);
 }
+
+/// Keys compare byte for byte (SPEC §9): `abc` and `ABC` are two keys. The
+/// server's default collation made them one on MariaDB and MySQL 8 alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_differing_only_in_case_are_two_keys() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Cased").await;
+    let lower = create_with_key(&app, &tenant.token, "abc", &order_body()).await;
+    assert_eq!(lower.status(), StatusCode::CREATED);
+    let mut other = order_body();
+    other["notes"] = json!("a different order");
+    let upper = create_with_key(&app, &tenant.token, "ABC", &other).await;
+    assert_eq!(upper.status(), StatusCode::CREATED);
+    assert!(upper.headers().get("idempotent-replayed").is_none());
+    assert_eq!(order_count(&app, &tenant.token).await, 2);
+}

@@ -4,6 +4,7 @@ mod helpers;
 
 mod api_keys;
 mod delivery;
+mod deploy;
 mod errors;
 mod feed;
 mod idempotency;
@@ -15,6 +16,7 @@ mod operations;
 mod orders;
 mod pipeline;
 mod relay;
+mod retention;
 mod status_machine;
 mod tenancy;
 mod webhooks;

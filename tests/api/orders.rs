@@ -400,3 +400,26 @@ async fn text_sqs_cannot_carry_is_refused_in_every_field() {
         .unwrap();
     assert_eq!(unchanged["status"], "pending");
 }
+
+/// References compare byte for byte (SPEC §9): `PO-1` and `po-1` are two
+/// orders' references; whitespace around one is refused rather than
+/// silently ignored by the database's comparison.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn references_differing_only_in_case_are_two_references() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Referenced").await;
+    for reference in ["PO-1", "po-1"] {
+        let mut body = order_body();
+        body["reference"] = json!(reference);
+        let response = app.create_order(&tenant.token, &body).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{reference}");
+    }
+    let mut padded = order_body();
+    padded["reference"] = json!("PO-1 ");
+    let problem = assert_problem(
+        app.create_order(&tenant.token, &padded).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(fields(&problem), ["reference"]);
+}
