@@ -199,3 +199,52 @@ async fn a_feed_shows_only_its_customers_events_and_refuses_foreign_cursors() {
         assert_eq!(fields(&problem), [query.split('=').next().unwrap()]);
     }
 }
+
+/// SPEC §10, read your writes: each of several concurrent writers, right
+/// after its 2xx, reads the feed (following its own cursor) and finds its
+/// event, without sleeping; and still sees every event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_writer_finds_its_event_in_the_feed_right_after_its_2xx() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Eager").await;
+    let orders: Vec<String> = join_all((0..30).map(|_| async {
+        app.new_order(&tenant).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }))
+    .await;
+    let app = &app;
+    let tenant = &tenant;
+    join_all(orders.chunks(5).map(|chunk| async move {
+        let mut cursor: Option<String> = None;
+        let mut seen: HashSet<(String, u64)> = HashSet::new();
+        for status in LIFE {
+            for id in chunk {
+                let response = app.change_status(ADMIN, id, status).await;
+                assert_eq!(response.status(), StatusCode::OK);
+                let version = response.json::<Value>().await.unwrap()["version"]
+                    .as_u64()
+                    .unwrap();
+                let query = match &cursor {
+                    Some(c) => format!("after={c}&limit=1000"),
+                    None => "limit=1000".to_string(),
+                };
+                let page = page(app, &tenant.token, &query).await;
+                for event in page["data"].as_array().unwrap() {
+                    let key = (
+                        event["data"]["order_id"].as_str().unwrap().to_string(),
+                        event["data"]["sequence"].as_u64().unwrap(),
+                    );
+                    assert!(seen.insert(key), "an event was seen twice");
+                }
+                cursor = Some(page["next_cursor"].as_str().unwrap().to_string());
+                assert!(
+                    seen.contains(&(id.clone(), version)),
+                    "{id} v{version} answered 2xx but is not in the feed read right after"
+                );
+            }
+        }
+    }))
+    .await;
+}
