@@ -1,6 +1,6 @@
-//! Migration lint (SPEC §9): schema changes reach PlanetScale through deploy
-//! requests while the older version still runs, so migrations stay
-//! online-safe and additive. Read from `migrations/`, no database needed.
+//! Schema and session rules for PlanetScale (SPEC §9), checked without a
+//! database: migrations stay online-safe and additive (deploy requests run
+//! them beside the older version), and no code relies on session state.
 
 use std::collections::HashMap;
 
@@ -131,4 +131,32 @@ fn exact_match_columns_name_a_binary_collation() {
             "{table}.{column} must name utf8mb4 and utf8mb4_bin: {definition}"
         );
     }
+}
+
+/// Vitess applies `SET TRANSACTION ISOLATION LEVEL` to the whole session,
+/// so a pooled connection would carry it into later transactions: no code
+/// sends it. (Sessions of the pipeline's pool are set once, on connect.)
+#[test]
+fn no_code_sets_a_transactions_isolation_on_a_shared_pool() {
+    fn walk(dir: &std::path::Path, found: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for line in text.lines() {
+                    if line.contains("\"SET TRANSACTION") {
+                        found.push(format!("{}: {}", path.display(), line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    let mut found = vec![];
+    walk(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")),
+        &mut found,
+    );
+    assert!(found.is_empty(), "{found:#?}");
 }
