@@ -387,7 +387,7 @@ impl DeliveryConfig {
             errors.push(e);
         }
         let log_format = keep(&mut errors, log_format(&env));
-        let receivers = keep(&mut errors, env.bounded("WEBHOOK_RECEIVERS", 4, 1, 64));
+        let receivers = keep(&mut errors, env.bounded("WEBHOOK_RECEIVERS", 8, 1, 64));
         let webhook_proxy_url = keep(&mut errors, env.queue_url("WEBHOOK_PROXY_URL")).flatten();
         let retention_days = keep(&mut errors, env.bounded("RETENTION_DAYS", 30, 1, 3650));
         let reconcile_every = keep(

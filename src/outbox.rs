@@ -11,7 +11,7 @@
 //! sends those events again (delivery is at least once; FIFO queues drop the
 //! repeat by its deduplication id).
 //!
-//! Several `SendMessageBatch` calls are in flight at once, so SQS's round
+//! Up to 32 `SendMessageBatch` calls are in flight at once, so SQS's round
 //! trip does not cap the rate. Order is kept per order: a round's events go
 //! out in waves, the first event of each order in the first wave, its next
 //! event in the next wave once the first was accepted, and so on.
@@ -43,8 +43,9 @@ use crate::signals::Signals;
 
 /// SQS's batch limit.
 const BATCH: usize = 10;
-/// `SendMessageBatch` calls in flight at once.
-const IN_FLIGHT: usize = 8;
+/// `SendMessageBatch` calls in flight at once: with SQS 20 ms away, 32
+/// calls of 10 keep a round of 1,000 events near 60 ms.
+const IN_FLIGHT: usize = 32;
 /// How long a turn lasts without renewal.
 const LEASE: Duration = Duration::from_secs(15);
 /// How often an idle relay looks for other instances' events: often while
