@@ -109,7 +109,7 @@ impl App {
         let cursor_key = db::server_secrets::get_or_create(
             &pool,
             "feed_cursor_key",
-            &crate::auth::random_bytes::<32>(),
+            &crate::tokens::random_bytes::<32>(),
         )
         .await
         .map_err(StartupError::Database)?;

@@ -4,19 +4,14 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use rand::TryRngCore;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::db;
 use crate::error::ApiError;
+pub use crate::tokens::{generate_token, hash_token, ADMIN_PREFIX, API_KEY_PREFIX};
 
-pub const API_KEY_PREFIX: &str = "mk_";
-pub const ADMIN_PREFIX: &str = "adm_";
 /// How much of a key is kept in clear to tell keys apart: `mk_` + 8 chars.
 pub const DISPLAY_PREFIX_LEN: usize = 11;
 
@@ -57,24 +52,6 @@ impl Principal {
             Principal::Customer(id) => id,
         }
     }
-}
-
-/// A fresh random token: the prefix, then 32 bytes from the OS CSPRNG.
-pub fn generate_token(prefix: &str) -> String {
-    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
-}
-
-/// `N` bytes from the OS CSPRNG.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut bytes)
-        .expect("the OS random source is available");
-    bytes
-}
-
-pub fn hash_token(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 impl FromRequestParts<AppState> for Principal {
@@ -130,15 +107,6 @@ impl FromRequestParts<AppState> for Operator {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_are_random_and_prefixed() {
-        let a = generate_token(API_KEY_PREFIX);
-        let b = generate_token(API_KEY_PREFIX);
-        assert_ne!(a, b);
-        assert!(a.starts_with("mk_"));
-        assert_eq!(a.len(), 3 + 43);
-    }
 
     #[test]
     fn customers_cannot_act_for_others() {

@@ -139,8 +139,9 @@ impl Config {
                     database_max_connections: database_max_connections as u32,
                     auto_migrate,
                     bind_addr,
-                    admin_token: admin_token
-                        .unwrap_or_else(|| crate::auth::generate_token(crate::auth::ADMIN_PREFIX)),
+                    admin_token: admin_token.unwrap_or_else(|| {
+                        crate::tokens::generate_token(crate::tokens::ADMIN_PREFIX)
+                    }),
                     admin_token_generated,
                     metrics_token,
                     cors_allowed_origins,

@@ -8,7 +8,7 @@ pub mod auth;
 pub mod config;
 /// Pool, migrations, and the SQL of each table.
 pub mod db;
-/// Webhook delivery: for now, Standard Webhooks signing.
+/// Webhook delivery: fan-out, attempts, outcomes, the worker's loops.
 pub mod delivery;
 /// Types that refuse invalid values: order status machine, contents, events, cursors.
 pub mod domain;
@@ -18,7 +18,7 @@ pub mod error;
 pub mod http;
 /// Request counts and latencies in Prometheus text.
 pub mod metrics;
-/// The relay from the outbox to SQS.
+/// The relay from the outbox to SQS: a lease, a high-water mark, parking.
 pub mod outbox;
 /// The SQS client wrapper.
 pub mod queue;
@@ -26,7 +26,7 @@ pub mod queue;
 pub mod rate_limit;
 /// Webhook signing secrets at rest (AES-256-GCM when a key is set).
 pub mod secrets;
-/// Assigns feed positions to committed events, in commit order.
+/// Assigns feed positions to committed events, in commit order (the relay's pass).
 pub mod sequencer;
 /// The HTTP/1 server loop with header timeouts and size limits.
 pub mod server;
@@ -34,3 +34,5 @@ pub mod server;
 pub mod signals;
 /// Tracing set-up for both binaries.
 pub mod telemetry;
+/// Random bytes, random tokens and their hashes (a leaf: uses nothing else).
+pub mod tokens;

@@ -42,7 +42,7 @@ impl SecretBox {
         let Some(cipher) = &self.cipher else {
             return secret.expose().to_string();
         };
-        let nonce_bytes = crate::auth::random_bytes::<12>();
+        let nonce_bytes = crate::tokens::random_bytes::<12>();
         let sealed = cipher
             .encrypt(Nonce::from_slice(&nonce_bytes), secret.expose().as_bytes())
             .expect("AES-GCM encrypts any length we store");

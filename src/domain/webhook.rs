@@ -78,7 +78,7 @@ impl std::fmt::Debug for SigningSecret {
 impl SigningSecret {
     /// A new secret of 32 bytes from the OS CSPRNG.
     pub fn generate() -> SigningSecret {
-        let key = crate::auth::random_bytes::<32>().to_vec();
+        let key = crate::tokens::random_bytes::<32>().to_vec();
         SigningSecret {
             text: format!("{SECRET_PREFIX}{}", STANDARD.encode(&key)),
             key,
