@@ -331,6 +331,27 @@ pub async fn release(db: impl MySqlExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<(
     Ok(())
 }
 
+/// Gives back the leases a fan-out took for these events, when it cannot
+/// tell whether it committed (its connection died at `COMMIT`): the rows,
+/// if they exist, go to the dispatcher now instead of when the lease ends.
+/// Served by `webhook_deliveries_event_endpoint`.
+pub async fn release_leased(
+    db: impl MySqlExecutor<'_>,
+    event_ids: &[Uuid],
+    lease_id: Uuid,
+) -> sqlx::Result<u64> {
+    if event_ids.is_empty() {
+        return Ok(0);
+    }
+    let mut sql = QueryBuilder::new(
+        "UPDATE webhook_deliveries SET lease_until = NULL, lease_id = NULL WHERE lease_id = ",
+    );
+    sql.push_bind(lease_id).push(" AND event_id IN (");
+    push_ids(&mut sql, event_ids);
+    sql.push(")");
+    Ok(sql.build().execute(db).await?.rows_affected())
+}
+
 /// A safety net for the release a settle makes: waiting deliveries with no
 /// earlier pending event become due. Returns how many.
 pub async fn release_stranded(

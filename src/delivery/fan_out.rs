@@ -121,14 +121,22 @@ pub struct FanOut<P> {
     pub created: usize,
 }
 
+/// The lease deliveries created to be attempted at once are created under.
+pub struct Lease {
+    pub until: DateTime<Utc>,
+    /// Shared by the batch, so a caller that cannot tell whether the batch
+    /// committed can give its leases back (`deliveries::release_leased`).
+    pub id: Uuid,
+}
+
 /// Fans out the events `ids` name. `permit` is asked, for each due
 /// delivery, whether it can be attempted now; those that get one are
-/// created leased (`lease_until`, `lease_id`) and returned.
+/// created under `lease` and returned.
 pub async fn fan_out<P>(
     pool: &MySqlPool,
     ids: &[Uuid],
     now: DateTime<Utc>,
-    lease_until: DateTime<Utc>,
+    lease: &Lease,
     mut permit: impl FnMut(&EndpointRow) -> Option<P>,
 ) -> sqlx::Result<FanOut<P>> {
     let mut events = db::order_events::for_fan_out(pool, ids).await?;
@@ -209,8 +217,8 @@ pub async fn fan_out<P>(
         );
         let granted = if p.due { permit(endpoint) } else { None };
         if granted.is_some() {
-            row.lease_until = Some(lease_until);
-            row.lease_id = Some(Uuid::now_v7());
+            row.lease_until = Some(lease.until);
+            row.lease_id = Some(lease.id);
         }
         rows.push(row);
         permits.push(granted);

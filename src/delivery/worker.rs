@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::client::WebhookClient;
-use super::fan_out::{fan_out, FanOut, Leased};
+use super::fan_out::{fan_out, FanOut, Lease, Leased};
 use super::metrics::WorkerMetrics;
 use super::outcome::{self, Before, Decision, Response};
 use super::signing;
@@ -231,7 +231,8 @@ async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::Receiver<boo
             continue;
         }
         let ids = named_events(&shared, &messages);
-        match with_retries(|| ingest_batch(&shared, &ids)).await {
+        let lease_id = Uuid::now_v7();
+        match with_retries(|| ingest_batch(&shared, &ids, lease_id)).await {
             Ok(out) => {
                 if !out.unknown.is_empty() {
                     shared.metrics.unknown_events(out.unknown.len());
@@ -261,6 +262,23 @@ async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::Receiver<boo
                 // not spend their receive count on the way to the dead-letter queue.
                 tracing::warn!(error = %e, "recording deliveries failed; pausing receipt until the database answers");
                 wait_for_database(&shared.pool, &mut stop).await;
+                // The batch may have committed before its answer was lost:
+                // leases it took would hold those deliveries until they ran out.
+                match with_retries(|| db::deliveries::release_leased(&shared.pool, &ids, lease_id))
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(
+                            count = n,
+                            "gave back the leases of a batch whose commit went unanswered"
+                        );
+                        shared.wake.notify_one();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "giving back a batch's leases failed; they run out by themselves")
+                    }
+                }
             }
         }
     }
@@ -284,15 +302,15 @@ fn named_events(shared: &Shared, messages: &[Received]) -> Vec<Uuid> {
     ids
 }
 
-async fn ingest_batch(shared: &Shared, ids: &[Uuid]) -> sqlx::Result<FanOut<Held>> {
+async fn ingest_batch(shared: &Shared, ids: &[Uuid], lease_id: Uuid) -> sqlx::Result<FanOut<Held>> {
     let now = time::now();
-    fan_out(
-        &shared.pool,
-        ids,
-        now,
-        lease_until(shared, now),
-        |endpoint| hold(shared, endpoint.id),
-    )
+    let lease = Lease {
+        until: lease_until(shared, now),
+        id: lease_id,
+    };
+    fan_out(&shared.pool, ids, now, &lease, |endpoint| {
+        hold(shared, endpoint.id)
+    })
     .await
 }
 
@@ -925,7 +943,7 @@ async fn reconcile_once(shared: &Arc<Shared>) -> sqlx::Result<bool> {
         );
         shared.metrics.reconciled(missing.len());
         for chunk in missing.chunks(50) {
-            let out = with_retries(|| ingest_batch(shared, chunk)).await?;
+            let out = with_retries(|| ingest_batch(shared, chunk, Uuid::now_v7())).await?;
             for leased in out.leased {
                 spawn_attempt(shared, leased);
             }
