@@ -352,6 +352,25 @@ pub async fn release_leased(
     Ok(sql.build().execute(db).await?.rows_affected())
 }
 
+/// Gives back the leases one claim took (when it cannot tell whether its
+/// transaction committed).
+pub async fn release_claimed(
+    db: impl MySqlExecutor<'_>,
+    ids: &[Uuid],
+    lease_id: Uuid,
+) -> sqlx::Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut sql = QueryBuilder::new(
+        "UPDATE webhook_deliveries SET lease_until = NULL, lease_id = NULL WHERE lease_id = ",
+    );
+    sql.push_bind(lease_id).push(" AND id IN (");
+    push_ids(&mut sql, ids);
+    sql.push(")");
+    Ok(sql.build().execute(db).await?.rows_affected())
+}
+
 /// A safety net for the release a settle makes: waiting deliveries with no
 /// earlier pending event become due. Returns how many.
 pub async fn release_stranded(

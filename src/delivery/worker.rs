@@ -480,19 +480,30 @@ async fn claim(shared: &Shared, limit: usize) -> sqlx::Result<(Vec<Job>, Option<
     if ids.is_empty() {
         return Ok((vec![], next_due));
     }
-    let mut tx = shared.pool.begin().await?;
-    let rows =
-        db::deliveries::claim(&mut tx, &ids, now, lease_until(shared, now), Uuid::now_v7()).await?;
-    tx.commit().await?;
-    let mut endpoint_ids: Vec<Uuid> = rows.iter().map(|r| r.endpoint_id).collect();
-    endpoint_ids.sort();
-    endpoint_ids.dedup();
-    let endpoints: HashMap<Uuid, EndpointRow> =
-        db::webhook_endpoints::find_many(&shared.pool, &endpoint_ids)
-            .await?
-            .into_iter()
-            .map(|e| (e.id, e))
-            .collect();
+    let lease_id = Uuid::now_v7();
+    let claimed = async {
+        let mut tx = shared.pool.begin().await?;
+        let rows =
+            db::deliveries::claim(&mut tx, &ids, now, lease_until(shared, now), lease_id).await?;
+        tx.commit().await?;
+        let mut endpoint_ids: Vec<Uuid> = rows.iter().map(|r| r.endpoint_id).collect();
+        endpoint_ids.sort();
+        endpoint_ids.dedup();
+        let endpoints = db::webhook_endpoints::find_many(&shared.pool, &endpoint_ids).await?;
+        Ok::<_, sqlx::Error>((rows, endpoints))
+    }
+    .await;
+    let (rows, endpoints) = match claimed {
+        Ok(claimed) => claimed,
+        Err(e) => {
+            // The claim may have committed before its answer was lost: give
+            // its leases back rather than hold those rows until they run out.
+            let _ = with_retries(|| db::deliveries::release_claimed(&shared.pool, &ids, lease_id))
+                .await;
+            return Err(e);
+        }
+    };
+    let endpoints: HashMap<Uuid, EndpointRow> = endpoints.into_iter().map(|e| (e.id, e)).collect();
     let jobs = rows
         .into_iter()
         .map(|row| {
