@@ -91,6 +91,13 @@ fn bearer_token(parts: &Parts) -> Option<&str> {
 /// Extracts the operator; anyone else is refused with 403.
 pub struct Operator;
 
+impl Operator {
+    /// The key under which the operator's idempotency keys are kept.
+    pub fn owner_id(&self) -> Uuid {
+        Principal::Operator.owner_id()
+    }
+}
+
 impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageAttributeValue, SendMessageBatchRequestEntry,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageAttributeValue, SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
 
@@ -162,13 +163,18 @@ impl Queue {
 }
 
 impl Queue {
-    /// Long-polls for up to 10 messages.
+    /// Long-polls for up to 10 messages, each hidden from other receivers
+    /// for `RECEIVED_HIDDEN` whatever the queue's own visibility timeout: a
+    /// batch that takes long (a database that does not answer) is not
+    /// handed to another receiver meanwhile, which would spend its receive
+    /// count on the way to the dead-letter queue.
     pub async fn receive(&self, wait: Duration) -> Result<Vec<Received>, String> {
         let output = self
             .client
             .receive_message()
             .queue_url(&self.url)
             .max_number_of_messages(10)
+            .visibility_timeout(RECEIVED_HIDDEN.as_secs() as i32)
             .wait_time_seconds(wait.as_secs().min(20) as i32)
             .send()
             .await
@@ -183,6 +189,32 @@ impl Queue {
                 receipt: m.receipt_handle.unwrap_or_default(),
             })
             .collect())
+    }
+
+    /// Keeps received messages out of sight for `hidden` (from now).
+    pub async fn change_visibility(
+        &self,
+        receipts: &[&str],
+        hidden: Duration,
+    ) -> Result<(), String> {
+        for chunk in receipts.chunks(10) {
+            let mut request = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.url);
+            for (i, receipt) in chunk.iter().enumerate() {
+                request = request.entries(
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(*receipt)
+                        .visibility_timeout(hidden.as_secs() as i32)
+                        .build()
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            request.send().await.map_err(|e| describe(&e))?;
+        }
+        Ok(())
     }
 
     /// Deletes received messages, ten per call.
@@ -210,6 +242,9 @@ impl Queue {
         Ok(())
     }
 }
+
+/// How long a received message stays hidden (see `receive`).
+pub const RECEIVED_HIDDEN: Duration = Duration::from_secs(30);
 
 /// A message as received: its body is not trusted.
 pub struct Received {

@@ -20,6 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,6 +89,8 @@ struct Shared {
     held: Arc<Semaphore>,
     lanes: Mutex<HashMap<Uuid, Lane>>,
     settles: mpsc::UnboundedSender<Outcome>,
+    /// A receiver found the database away: every receiver pauses.
+    database_down: AtomicBool,
 }
 
 pub struct Worker {
@@ -127,6 +130,7 @@ impl Worker {
                 wake: Notify::new(),
                 metrics: WorkerMetrics::default(),
                 settles,
+                database_down: AtomicBool::new(false),
                 config,
             }),
             settles: settled,
@@ -207,7 +211,21 @@ struct Named {
 /// SQS → deliveries → attempts.
 async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::Receiver<bool>) {
     let mut failures = 0u32;
+    // A batch whose commit went unanswered: its leases, to give back.
+    let mut unanswered: Option<(Vec<Uuid>, Uuid)> = None;
     loop {
+        if shared.database_down.load(Ordering::Relaxed) {
+            // Every receiver stops while the database is away, so an outage
+            // spends no receive counts on the way to the dead-letter queue.
+            wait_for_database(&shared.pool, &mut stop).await;
+            if *stop.borrow() {
+                return;
+            }
+            shared.database_down.store(false, Ordering::Relaxed);
+        }
+        if let Some((ids, lease_id)) = unanswered.take() {
+            give_back(&shared, &ids, lease_id).await;
+        }
         let received = tokio::select! {
             _ = stop.changed() => return,
             received = queue.receive(Duration::from_secs(20)) => received,
@@ -228,6 +246,12 @@ async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::Receiver<boo
             }
         };
         if messages.is_empty() {
+            continue;
+        }
+        if shared.database_down.load(Ordering::Relaxed) {
+            // Received while another receiver found the database away: kept
+            // out of sight until it is back, not processed.
+            hide(&queue, &messages).await;
             continue;
         }
         let ids = named_events(&shared, &messages);
@@ -257,29 +281,42 @@ async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::Receiver<boo
                 });
             }
             Err(e) => {
-                // Not deleted: the messages come back once visible again. Stop
-                // receiving until the database answers, so that an outage does
-                // not spend their receive count on the way to the dead-letter queue.
+                // Not deleted: the messages come back once visible again.
                 tracing::warn!(error = %e, "recording deliveries failed; pausing receipt until the database answers");
-                wait_for_database(&shared.pool, &mut stop).await;
+                shared.database_down.store(true, Ordering::Relaxed);
+                hide(&queue, &messages).await;
                 // The batch may have committed before its answer was lost:
                 // leases it took would hold those deliveries until they ran out.
-                match with_retries(|| db::deliveries::release_leased(&shared.pool, &ids, lease_id))
-                    .await
-                {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(
-                            count = n,
-                            "gave back the leases of a batch whose commit went unanswered"
-                        );
-                        shared.wake.notify_one();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "giving back a batch's leases failed; they run out by themselves")
-                    }
-                }
+                unanswered = Some((ids, lease_id));
             }
+        }
+    }
+}
+
+/// How long messages received during a database outage stay out of sight:
+/// long enough that another receiver does not take them again meanwhile.
+const HIDE: Duration = Duration::from_secs(10);
+
+async fn hide(queue: &Queue, messages: &[Received]) {
+    let receipts: Vec<&str> = messages.iter().map(|m| m.receipt.as_str()).collect();
+    if let Err(e) = queue.change_visibility(&receipts, HIDE).await {
+        tracing::warn!(error = %e, "hiding messages during a database outage failed");
+    }
+}
+
+/// Gives back the leases of a batch whose commit went unanswered.
+async fn give_back(shared: &Shared, ids: &[Uuid], lease_id: Uuid) {
+    match with_retries(|| db::deliveries::release_leased(&shared.pool, ids, lease_id)).await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(
+                count = n,
+                "gave back the leases of a batch whose commit went unanswered"
+            );
+            shared.wake.notify_one();
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "giving back a batch's leases failed; they run out by themselves")
         }
     }
 }

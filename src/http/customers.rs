@@ -1,7 +1,8 @@
 //! `/v1/customers`: the operator's list of customers.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -10,6 +11,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::extract::{parse_id, Invalid, Json, Params, PathText};
+use super::idempotent;
+use super::preconditions::idempotency_key;
 use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::app::AppState;
 use crate::auth::Operator;
@@ -53,9 +56,11 @@ impl From<db::customers::CustomerRow> for CustomerOut {
     }
 }
 
-/// Create a customer (operator).
+/// Create a customer (operator). With `Idempotency-Key`, a retry returns the first response.
 #[utoipa::path(post, path = "/v1/customers", operation_id = "createCustomer", tag = "customers",
     request_body = CustomerIn,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
+        description = "1..255 printable ASCII characters; the same key and body within 24 h replays the first response")),
     responses(
         (status = 201, description = "Created", body = CustomerOut),
         (status = 403, description = "Not the operator", body = Problem, content_type = "application/problem+json"),
@@ -63,20 +68,31 @@ impl From<db::customers::CustomerRow> for CustomerOut {
     ),
     security(("bearer" = [])))]
 pub async fn create(
-    _: Operator,
+    operator: Operator,
     State(state): State<AppState>,
+    headers: HeaderMap,
     Json(body): Json<CustomerIn>,
-) -> ApiResult<(StatusCode, axum::Json<CustomerOut>)> {
+) -> ApiResult<Response> {
+    let key = idempotency_key(&headers)?;
     let mut checks = Checks::default();
     checks.line("name", &body.name, 200);
     checks.finish().map_err(ApiError::Validation)?;
+    let mut tx = state.db.begin().await?;
+    let request = idempotent::request_hash(&[b"create customer", body.name.as_bytes()]);
+    let owner = operator.owner_id();
+    if let Some(answer) = idempotent::claim(&mut tx, owner, key.as_deref(), request).await? {
+        return Ok(answer);
+    }
     let row = db::customers::CustomerRow {
         id: Uuid::now_v7(),
         name: body.name,
         created_at: time::now(),
     };
-    db::customers::insert(&state.db, &row).await?;
-    Ok((StatusCode::CREATED, axum::Json(row.into())))
+    db::customers::insert(&mut *tx, &row).await?;
+    let out = CustomerOut::from(row);
+    idempotent::complete(&mut tx, owner, key.as_deref(), StatusCode::CREATED, &out).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 
 /// List customers, newest first (operator).

@@ -2,7 +2,8 @@
 //! delivered to an endpoint, each attempt, manual retries and test events.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -11,6 +12,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::extract::{parse_id, Invalid, Params, PathText};
+use super::idempotent;
+use super::preconditions::idempotency_key;
 use super::webhooks::visible_endpoint;
 use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::app::AppState;
@@ -221,6 +224,8 @@ pub async fn attempts(
     params(
         ("id" = Uuid, Path, description = "Endpoint id"),
         ("delivery_id" = Uuid, Path, description = "Delivery id"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
+            description = "1..255 printable ASCII characters; the same key within 24 h replays the first response"),
     ),
     responses(
         (status = 202, description = "The attempt is queued", body = Accepted),
@@ -230,22 +235,39 @@ pub async fn attempts(
 pub async fn retry(
     principal: Principal,
     State(state): State<AppState>,
+    headers: HeaderMap,
     PathText((id, delivery_id)): PathText<(String, String)>,
-) -> ApiResult<(StatusCode, axum::Json<Accepted>)> {
+) -> ApiResult<Response> {
+    let key = idempotency_key(&headers)?;
     let delivery = visible_delivery(&state, principal, &id, &delivery_id).await?;
-    db::deliveries::request_manual(&state.db, delivery.id, time::now()).await?;
-    Ok((
+    let mut tx = state.db.begin().await?;
+    let request = idempotent::request_hash(&[b"retry delivery", delivery.id.as_bytes()]);
+    let owner = principal.owner_id();
+    if let Some(answer) = idempotent::claim(&mut tx, owner, key.as_deref(), request).await? {
+        return Ok(answer);
+    }
+    db::deliveries::request_manual(&mut *tx, delivery.id, time::now()).await?;
+    let accepted = Accepted {
+        delivery_id: delivery.id,
+        event_id: delivery.event_id,
+    };
+    idempotent::complete(
+        &mut tx,
+        owner,
+        key.as_deref(),
         StatusCode::ACCEPTED,
-        axum::Json(Accepted {
-            delivery_id: delivery.id,
-            event_id: delivery.event_id,
-        }),
-    ))
+        &accepted,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response())
 }
 
 /// Send a `webhook.test` event to this endpoint only, through the usual delivery path.
 #[utoipa::path(post, path = "/v1/webhooks/{id}/test", operation_id = "sendTestEvent", tag = "webhooks",
-    params(("id" = Uuid, Path, description = "Endpoint id")),
+    params(("id" = Uuid, Path, description = "Endpoint id"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
+            description = "1..255 printable ASCII characters; the same key within 24 h replays the first response")),
     responses(
         (status = 202, description = "The test event is queued for this endpoint", body = Accepted),
         (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
@@ -254,9 +276,17 @@ pub async fn retry(
 pub async fn test(
     principal: Principal,
     State(state): State<AppState>,
+    headers: HeaderMap,
     PathText(id): PathText<String>,
-) -> ApiResult<(StatusCode, axum::Json<Accepted>)> {
+) -> ApiResult<Response> {
+    let key = idempotency_key(&headers)?;
     let endpoint = visible_endpoint(&state, principal, &id).await?;
+    let mut tx = state.db.begin().await?;
+    let request = idempotent::request_hash(&[b"test event", endpoint.id.as_bytes()]);
+    let owner = principal.owner_id();
+    if let Some(answer) = idempotent::claim(&mut tx, owner, key.as_deref(), request).await? {
+        return Ok(answer);
+    }
     let now = time::now();
     let event_id = Uuid::now_v7();
     let envelope = serde_json::json!({
@@ -281,12 +311,19 @@ pub async fn test(
         event_created_at: now,
     };
     let row = DeliveryRow::pending(new, now, true);
-    db::deliveries::insert_ignore(&state.db, &row).await?;
-    Ok((
+    db::deliveries::insert_ignore(&mut *tx, &row).await?;
+    let accepted = Accepted {
+        delivery_id: row.id,
+        event_id,
+    };
+    idempotent::complete(
+        &mut tx,
+        owner,
+        key.as_deref(),
         StatusCode::ACCEPTED,
-        axum::Json(Accepted {
-            delivery_id: row.id,
-            event_id,
-        }),
-    ))
+        &accepted,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response())
 }

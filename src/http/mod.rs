@@ -6,6 +6,7 @@ pub mod customers;
 pub mod deliveries;
 pub mod events;
 pub mod extract;
+pub mod idempotent;
 pub mod openapi;
 pub mod ops;
 pub mod orders;

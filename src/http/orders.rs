@@ -3,24 +3,23 @@
 //! the same transaction.
 
 use axum::extract::State;
-use axum::http::header::{CONTENT_TYPE, ETAG, LOCATION};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::header::{ETAG, LOCATION};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::extract::{object, objects, parse_id, Invalid, Json, Params, PathText};
+use super::idempotent;
 use super::preconditions::{idempotency_key, if_match};
 use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::db;
-use crate::db::idempotency::Claim;
 use crate::db::orders::InsertError;
 use crate::domain::cursor::{self, CursorKind};
 use crate::domain::text::Checks;
@@ -35,7 +34,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/orders/{id}/events", get(history))
 }
 
-const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 const MAX_NOTE_CHARS: usize = 500;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -99,7 +97,7 @@ pub async fn create(
         ApiError::invalid("customer_id", "required when the operator creates an order")
     })?;
     // What makes a retry "the same request"; only needed with a key.
-    let request_hash = key.as_ref().map(|_| request_hash(customer_id, &body));
+    let request = key.as_ref().map(|_| request_hash(customer_id, &body));
     let contents = OrderContents::parse(
         body.reference,
         body.pickup,
@@ -110,20 +108,11 @@ pub async fn create(
     .map_err(ApiError::Validation)?;
 
     let mut tx = state.db.begin().await?;
-    if let (Some(key), Some(request_hash)) = (&key, &request_hash) {
-        let owner = principal.owner_id();
-        match db::idempotency::claim(&mut tx, owner, key, request_hash, time::now()).await? {
-            Claim::Claimed => {}
-            Claim::Replay { status, body } => return Ok(replay(status, body)),
-            Claim::Mismatch => {
-                return Err(ApiError::invalid(
-                    "Idempotency-Key",
-                    "this key was already used with a different request body",
-                ))
-            }
-            Claim::Busy => {
-                return Err(ApiError::Unavailable("the database is busy; retry shortly"))
-            }
+    if let Some(request) = request {
+        if let Some(answer) =
+            idempotent::claim(&mut tx, principal.owner_id(), key.as_deref(), request).await?
+        {
+            return Ok(answer);
         }
     }
     // On any error the transaction rolls back, the key's claim with it.
@@ -179,44 +168,20 @@ async fn insert_order(
             InsertError::Db(e) => e.into(),
         })?;
     db::order_events::insert(&mut *tx, &Event::created(&order)).await?;
-    if let Some(key) = key {
-        let body =
-            serde_json::to_string(&order).map_err(|e| ApiError::internal("order JSON", e))?;
-        db::idempotency::complete(&mut *tx, principal.owner_id(), key, 201, &body).await?;
-    }
+    idempotent::complete(tx, principal.owner_id(), key, StatusCode::CREATED, &order).await?;
     Ok(order)
 }
 
-/// What makes two requests "the same": the customer and the parsed body.
+/// What makes two creations "the same": the customer and the parsed body.
 fn request_hash(customer_id: Uuid, body: &OrderIn) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(customer_id.as_bytes());
-    hasher.update(serde_json::to_vec(body).unwrap_or_default());
-    hasher.finalize().into()
+    let body = serde_json::to_vec(body).unwrap_or_default();
+    idempotent::request_hash(&[b"create order", customer_id.as_bytes(), &body])
 }
 
 /// What makes two status changes "the same": the order and the body.
 fn status_request_hash(order_id: Uuid, body: &StatusChangeIn) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(b"status:");
-    hasher.update(order_id.as_bytes());
-    hasher.update(
-        serde_json::to_vec(&(&body.status, &body.note, &body.location)).unwrap_or_default(),
-    );
-    hasher.finalize().into()
-}
-
-fn replay(status: u16, body: String) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
-    (
-        status,
-        [
-            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
-            (IDEMPOTENT_REPLAYED, HeaderValue::from_static("true")),
-        ],
-        body,
-    )
-        .into_response()
+    let body = serde_json::to_vec(&(&body.status, &body.note, &body.location)).unwrap_or_default();
+    idempotent::request_hash(&[b"change status", order_id.as_bytes(), &body])
 }
 
 fn etag(order: &Order) -> String {
@@ -346,22 +311,11 @@ pub async fn change_status(
     let target = target.ok_or(ApiError::Internal)?;
 
     let mut tx = state.db.begin().await?;
-    if let Some(key) = &key {
-        let hash = status_request_hash(id, &body);
-        match db::idempotency::claim(&mut tx, principal.owner_id(), key, &hash, time::now()).await?
-        {
-            Claim::Claimed => {}
-            Claim::Replay { status, body } => return Ok(replay(status, body)),
-            Claim::Mismatch => {
-                return Err(ApiError::invalid(
-                    "Idempotency-Key",
-                    "this key was already used with a different request",
-                ))
-            }
-            Claim::Busy => {
-                return Err(ApiError::Unavailable("the database is busy; retry shortly"))
-            }
-        }
+    let request = status_request_hash(id, &body);
+    if let Some(answer) =
+        idempotent::claim(&mut tx, principal.owner_id(), key.as_deref(), request).await?
+    {
+        return Ok(answer);
     }
     let mut order = match db::orders::find_for_update(&mut *tx, id).await? {
         Some(order) if principal.can_see(order.customer_id) => order,
@@ -399,11 +353,14 @@ pub async fn change_status(
     db::orders::update_status(&mut *tx, &order).await?;
     let event = Event::status_changed(&order, previous, body.note, body.location);
     db::order_events::insert(&mut *tx, &event).await?;
-    if let Some(key) = &key {
-        let stored =
-            serde_json::to_string(&order).map_err(|e| ApiError::internal("order JSON", e))?;
-        db::idempotency::complete(&mut tx, principal.owner_id(), key, 200, &stored).await?;
-    }
+    idempotent::complete(
+        &mut tx,
+        principal.owner_id(),
+        key.as_deref(),
+        StatusCode::OK,
+        &order,
+    )
+    .await?;
     tx.commit().await?;
     state.signals.events_committed();
     Ok(([(ETAG, etag(&order))], axum::Json(order)).into_response())

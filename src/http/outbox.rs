@@ -3,7 +3,8 @@
 //! them again, in order.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -12,6 +13,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::extract::{parse_id, Invalid, Params, PathText};
+use super::idempotent;
+use super::preconditions::idempotency_key;
 use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::app::AppState;
 use crate::auth::Operator;
@@ -42,6 +45,11 @@ pub struct ParkedOut {
     #[serde(with = "time::millis_option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub retry_requested_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetryAccepted {
+    pub event_id: Uuid,
 }
 
 impl From<ParkedRow> for ParkedOut {
@@ -91,23 +99,42 @@ pub async fn list(
 /// Publish a parked event again, then the events of its order parked behind it (operator).
 #[utoipa::path(post, path = "/v1/admin/outbox/parked/{event_id}/retry", tag = "operations",
     operation_id = "retryParkedEvent",
-    params(("event_id" = Uuid, Path, description = "A parked event's id")),
+    params(("event_id" = Uuid, Path, description = "A parked event's id"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
+            description = "1..255 printable ASCII characters; the same key within 24 h replays the first response")),
     responses(
-        (status = 202, description = "The relay will try it (and those behind it) again"),
+        (status = 202, description = "The relay will try it (and those behind it) again", body = RetryAccepted),
         (status = 403, description = "Not the operator", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such parked event", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn retry(
-    _: Operator,
+    operator: Operator,
     State(state): State<AppState>,
+    headers: HeaderMap,
     PathText(event_id): PathText<String>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
+    let key = idempotency_key(&headers)?;
     let event_id = parse_id(&event_id, "parked event")?;
-    let mut conn = state.db.acquire().await?;
-    if !db::outbox_parked::request_retry(&mut conn, event_id, time::now()).await? {
+    let mut tx = state.db.begin().await?;
+    let request = idempotent::request_hash(&[b"retry parked", event_id.as_bytes()]);
+    let owner = operator.owner_id();
+    if let Some(answer) = idempotent::claim(&mut tx, owner, key.as_deref(), request).await? {
+        return Ok(answer);
+    }
+    if !db::outbox_parked::request_retry(&mut tx, event_id, time::now()).await? {
         return Err(ApiError::NotFound("parked event"));
     }
+    let accepted = RetryAccepted { event_id };
+    idempotent::complete(
+        &mut tx,
+        owner,
+        key.as_deref(),
+        StatusCode::ACCEPTED,
+        &accepted,
+    )
+    .await?;
+    tx.commit().await?;
     state.signals.events_committed();
-    Ok(StatusCode::ACCEPTED)
+    Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response())
 }

@@ -179,3 +179,146 @@ async fn keys_differing_only_in_case_are_two_keys() {
     assert!(upper.headers().get("idempotent-replayed").is_none());
     assert_eq!(order_count(&app, &tenant.token).await, 2);
 }
+
+async fn post_with_key(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+    key: &str,
+) -> (StatusCode, Value, bool) {
+    let response = app
+        .client
+        .post(app.url(path))
+        .bearer_auth(token)
+        .header("Idempotency-Key", key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let replayed = response.headers().get("idempotent-replayed").is_some();
+    (response.status(), response.json().await.unwrap(), replayed)
+}
+
+async fn scalar(app: &TestApp, sql: &str) -> String {
+    sqlx::query_scalar(sql).fetch_one(&app.db).await.unwrap()
+}
+
+/// SPEC §10: the other POST routes whose answer holds no secret replay their
+/// first response and do nothing twice (a test event sent once, a retry
+/// asked once, a parked event retried once, one customer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_posts_replay_their_first_response_and_do_nothing_twice() {
+    let db_name = fresh_db_name();
+    let mut config = test_config(format!("{}/{db_name}", server_url()));
+    config.webhook_allow_private_networks = true;
+    let app = TestApp::spawn_with(config, db_name).await;
+    let tenant = app.tenant("Once").await;
+    let hook: Value = app
+        .post(
+            "/v1/webhooks",
+            &tenant.token,
+            &json!({"url": "http://127.0.0.1:9/hooks"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let endpoint = hook["id"].as_str().unwrap();
+
+    // A customer.
+    let first = app
+        .client
+        .post(app.url("/v1/customers"))
+        .bearer_auth(ADMIN)
+        .header("Idempotency-Key", "customer-once")
+        .json(&json!({"name": "Only once"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    let again = app
+        .client
+        .post(app.url("/v1/customers"))
+        .bearer_auth(ADMIN)
+        .header("Idempotency-Key", "customer-once")
+        .json(&json!({"name": "Only once"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    let named = scalar(
+        &app,
+        "SELECT CAST(COUNT(*) AS CHAR) FROM customers WHERE name = 'Only once'",
+    )
+    .await;
+    assert_eq!(named, "1");
+
+    // A test event.
+    let path = format!("/v1/webhooks/{endpoint}/test");
+    let (status, sent, replayed) = post_with_key(&app, &path, &tenant.token, "test-once").await;
+    assert_eq!((status, replayed), (StatusCode::ACCEPTED, false));
+    let (status, again, replayed) = post_with_key(&app, &path, &tenant.token, "test-once").await;
+    assert_eq!((status, replayed), (StatusCode::ACCEPTED, true));
+    assert_eq!(again, sent);
+    let tests = scalar(
+        &app,
+        "SELECT CAST(COUNT(*) AS CHAR) FROM webhook_deliveries",
+    )
+    .await;
+    assert_eq!(tests, "1", "the test event was sent twice");
+
+    // A manual retry of it.
+    let delivery = sent["delivery_id"].as_str().unwrap();
+    let path = format!("/v1/webhooks/{endpoint}/deliveries/{delivery}/retry");
+    let (status, asked, _) = post_with_key(&app, &path, &tenant.token, "retry-once").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let requested_at = || {
+        scalar(
+            &app,
+            "SELECT CAST(manual_requested_at AS CHAR) FROM webhook_deliveries",
+        )
+    };
+    let at_first = requested_at().await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let (status, again, replayed) = post_with_key(&app, &path, &tenant.token, "retry-once").await;
+    assert_eq!((status, replayed), (StatusCode::ACCEPTED, true));
+    assert_eq!(again, asked);
+    assert_eq!(
+        requested_at().await,
+        at_first,
+        "the retry was asked for twice"
+    );
+
+    // A parked event's retry (the operator's).
+    let parked = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO outbox_parked (event_id, order_id, feed_position, reason, parked_at)
+         VALUES (?, ?, 1, 'refused', NOW(3))",
+    )
+    .bind(parked)
+    .bind(uuid::Uuid::now_v7())
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let path = format!("/v1/admin/outbox/parked/{parked}/retry");
+    let (status, first, _) = post_with_key(&app, &path, ADMIN, "parked-once").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let retry_at = || {
+        scalar(
+            &app,
+            "SELECT CAST(retry_requested_at AS CHAR) FROM outbox_parked",
+        )
+    };
+    let at_first = retry_at().await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let (status, again, replayed) = post_with_key(&app, &path, ADMIN, "parked-once").await;
+    assert_eq!((status, replayed), (StatusCode::ACCEPTED, true));
+    assert_eq!(again, first);
+    assert_eq!(
+        retry_at().await,
+        at_first,
+        "the parked event was retried twice"
+    );
+}
