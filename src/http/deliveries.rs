@@ -230,6 +230,7 @@ pub async fn attempts(
     responses(
         (status = 202, description = "The attempt is queued", body = Accepted),
         (status = 404, description = "No such endpoint or delivery", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Malformed `Idempotency-Key`, or the key was used with another request", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn retry(
@@ -271,6 +272,7 @@ pub async fn retry(
     responses(
         (status = 202, description = "The test event is queued for this endpoint", body = Accepted),
         (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Malformed `Idempotency-Key`, or the key was used with another request", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn test(

@@ -106,6 +106,7 @@ pub async fn list(
         (status = 202, description = "The relay will try it (and those behind it) again", body = RetryAccepted),
         (status = 403, description = "Not the operator", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such parked event", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Malformed `Idempotency-Key`, or the key was used with another request", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn retry(
