@@ -54,10 +54,12 @@ async fn main() {
     for i in 0..lookups {
         let customer = customers[(i * 7919) % customers.len()];
         let started = Instant::now();
-        found += db::webhook_endpoints::subscribed(&pool, customer, 2)
+        found += db::webhook_endpoints::enabled_for(&pool, &[customer])
             .await
             .unwrap()
-            .len();
+            .iter()
+            .filter(|e| e.event_mask & 2 != 0)
+            .count();
         latencies.push(started.elapsed());
     }
     latencies.sort();

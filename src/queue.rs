@@ -56,18 +56,6 @@ impl Queue {
         }
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    pub fn is_fifo(&self) -> bool {
-        self.fifo
-    }
-
     /// Sends up to 10 messages; returns what became of each, in order.
     /// A whole call refused for what a message holds (a batch too long, say)
     /// is split into single sends, so only the message at fault is refused.

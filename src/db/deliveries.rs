@@ -331,41 +331,34 @@ pub async fn release(db: impl MySqlExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<(
     Ok(())
 }
 
-/// Gives back the leases a fan-out took for these events, when it cannot
-/// tell whether it committed (its connection died at `COMMIT`): the rows,
-/// if they exist, go to the dispatcher now instead of when the lease ends.
-/// Served by `webhook_deliveries_event_endpoint`.
-pub async fn release_leased(
-    db: impl MySqlExecutor<'_>,
-    event_ids: &[Uuid],
-    lease_id: Uuid,
-) -> sqlx::Result<u64> {
-    if event_ids.is_empty() {
-        return Ok(0);
-    }
-    let mut sql = QueryBuilder::new(
-        "UPDATE webhook_deliveries SET lease_until = NULL, lease_id = NULL WHERE lease_id = ",
-    );
-    sql.push_bind(lease_id).push(" AND event_id IN (");
-    push_ids(&mut sql, event_ids);
-    sql.push(")");
-    Ok(sql.build().execute(db).await?.rows_affected())
+/// The rows a lease was taken on, by their ids or by their events' ids.
+pub enum Leased<'a> {
+    /// A claim's rows.
+    Rows(&'a [Uuid]),
+    /// A fan-out's rows (served by `webhook_deliveries_event_endpoint`).
+    Events(&'a [Uuid]),
 }
 
-/// Gives back the leases one claim took (when it cannot tell whether its
-/// transaction committed).
-pub async fn release_claimed(
+/// Gives back the leases taken as `lease_id` when the taker cannot tell
+/// whether its transaction committed (its connection died at `COMMIT`): the
+/// rows, if they exist, go to the dispatcher now instead of when the lease
+/// ends.
+pub async fn release_lease(
     db: impl MySqlExecutor<'_>,
-    ids: &[Uuid],
+    rows: Leased<'_>,
     lease_id: Uuid,
 ) -> sqlx::Result<u64> {
+    let (column, ids) = match rows {
+        Leased::Rows(ids) => ("id", ids),
+        Leased::Events(ids) => ("event_id", ids),
+    };
     if ids.is_empty() {
         return Ok(0);
     }
     let mut sql = QueryBuilder::new(
         "UPDATE webhook_deliveries SET lease_until = NULL, lease_id = NULL WHERE lease_id = ",
     );
-    sql.push_bind(lease_id).push(" AND id IN (");
+    sql.push_bind(lease_id).push(format!(" AND {column} IN ("));
     push_ids(&mut sql, ids);
     sql.push(")");
     Ok(sql.build().execute(db).await?.rows_affected())

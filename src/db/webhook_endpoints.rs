@@ -131,26 +131,14 @@ pub async fn delete(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// The delivery worker's lookup: a customer's enabled endpoints subscribed
-/// to an event type (by its bit). Served by `webhook_endpoints_subscribed`.
-pub const SUBSCRIBED_SQL: &str = "SELECT id, customer_id, url, description, event_mask, enabled, \
-     disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at, \
-     failing_since FROM webhook_endpoints WHERE customer_id = ? AND enabled = 1 AND (event_mask & ?) <> 0";
-
-pub async fn subscribed(
-    db: impl MySqlExecutor<'_>,
-    customer_id: Uuid,
-    event_bit: u32,
-) -> sqlx::Result<Vec<EndpointRow>> {
-    sqlx::query_as(SUBSCRIBED_SQL)
-        .bind(customer_id)
-        .bind(event_bit)
-        .fetch_all(db)
-        .await
+/// The delivery worker's lookup: the enabled endpoints of `customers`
+/// customers (it filters them by event type), one placeholder each. Served
+/// by `webhook_endpoints_subscribed`; `tests/api/webhooks.rs` checks the plan.
+pub fn enabled_for_sql(customers: usize) -> String {
+    let placeholders = vec!["?"; customers].join(", ");
+    format!("SELECT {COLUMNS} FROM webhook_endpoints WHERE enabled = 1 AND customer_id IN ({placeholders})")
 }
 
-/// The enabled endpoints of several customers (the worker filters them by
-/// event type). Served by `webhook_endpoints_subscribed`.
 pub async fn enabled_for(
     db: impl MySqlExecutor<'_>,
     customers: &[Uuid],
@@ -158,15 +146,12 @@ pub async fn enabled_for(
     if customers.is_empty() {
         return Ok(vec![]);
     }
-    let mut sql = QueryBuilder::new(format!(
-        "SELECT {COLUMNS} FROM webhook_endpoints WHERE enabled = 1 AND customer_id IN ("
-    ));
-    let mut list = sql.separated(", ");
+    let sql = enabled_for_sql(customers.len());
+    let mut query = sqlx::query_as(&sql);
     for id in customers {
-        list.push_bind(*id);
+        query = query.bind(*id);
     }
-    sql.push(")");
-    sql.build_query_as().fetch_all(db).await
+    query.fetch_all(db).await
 }
 
 /// Endpoints by id (the worker's retries); missing ones were deleted.

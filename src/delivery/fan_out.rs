@@ -125,7 +125,7 @@ pub struct FanOut<P> {
 pub struct Lease {
     pub until: DateTime<Utc>,
     /// Shared by the batch, so a caller that cannot tell whether the batch
-    /// committed can give its leases back (`deliveries::release_leased`).
+    /// committed can give its leases back (`deliveries::release_lease`).
     pub id: Uuid,
 }
 
@@ -300,44 +300,26 @@ mod tests {
     const CREATED: &str = "order.created";
     const CHANGED: &str = "order.status_changed";
 
+    /// The next event is due after a settled earlier one, and waits
+    /// behind a pending one.
     #[test]
-    fn the_next_event_after_a_settled_one_is_due() {
-        let order = Uuid::now_v7();
-        let all = endpoint(u32::MAX, 100);
-        let events = vec![
-            event(order, 1, CREATED, 50, false),
-            event(order, 2, CHANGED, 1, true),
-        ];
-        let slots = vec![slot(&events[0], &all, "succeeded")];
-        let planned = plan(&events, &[1], std::slice::from_ref(&all), &slots);
-        assert_eq!(
-            planned,
-            vec![Planned {
+    fn the_next_event_waits_only_behind_a_pending_earlier_one() {
+        for (earlier, due) in [("succeeded", true), ("failed", true), (PENDING, false)] {
+            let order = Uuid::now_v7();
+            let all = endpoint(u32::MAX, 100);
+            let events = vec![
+                event(order, 1, CREATED, 50, false),
+                event(order, 2, CHANGED, 1, true),
+            ];
+            let slots = vec![slot(&events[0], &all, earlier)];
+            let planned = plan(&events, &[1], std::slice::from_ref(&all), &slots);
+            let want = Planned {
                 event: 1,
                 endpoint_id: all.id,
-                due: true
-            }]
-        );
-    }
-
-    #[test]
-    fn an_event_waits_behind_a_pending_earlier_one() {
-        let order = Uuid::now_v7();
-        let all = endpoint(u32::MAX, 100);
-        let events = vec![
-            event(order, 1, CREATED, 50, false),
-            event(order, 2, CHANGED, 1, true),
-        ];
-        let slots = vec![slot(&events[0], &all, PENDING)];
-        let planned = plan(&events, &[1], std::slice::from_ref(&all), &slots);
-        assert_eq!(
-            planned,
-            vec![Planned {
-                event: 1,
-                endpoint_id: all.id,
-                due: false
-            }]
-        );
+                due,
+            };
+            assert_eq!(planned, vec![want], "after a {earlier} one");
+        }
     }
 
     #[test]

@@ -36,13 +36,13 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::client::WebhookClient;
-use super::fan_out::{fan_out, FanOut, Lease, Leased};
+use super::fan_out::{fan_out, FanOut, Lease, Leased as LeasedDelivery};
 use super::metrics::WorkerMetrics;
 use super::outcome::{self, Before, Decision, Response};
 use super::signing;
 use crate::config::DeliveryConfig;
 use crate::db;
-use crate::db::deliveries::{AttemptRow, DeliveryRow, Settled, FAILED, PENDING, SUCCEEDED};
+use crate::db::deliveries::{AttemptRow, DeliveryRow, Leased, Settled, FAILED, PENDING, SUCCEEDED};
 use crate::db::webhook_endpoints::EndpointRow;
 use crate::domain::time;
 use crate::domain::webhook::SigningSecret;
@@ -306,7 +306,11 @@ async fn hide(queue: &Queue, messages: &[Received]) {
 
 /// Gives back the leases of a batch whose commit went unanswered.
 async fn give_back(shared: &Shared, ids: &[Uuid], lease_id: Uuid) {
-    match with_retries(|| db::deliveries::release_leased(&shared.pool, ids, lease_id)).await {
+    match with_retries(|| {
+        db::deliveries::release_lease(&shared.pool, Leased::Events(ids), lease_id)
+    })
+    .await
+    {
         Ok(0) => {}
         Ok(n) => {
             tracing::info!(
@@ -408,7 +412,7 @@ fn hold(shared: &Shared, endpoint_id: Uuid) -> Option<Held> {
     })
 }
 
-fn spawn_attempt(shared: &Arc<Shared>, leased: Leased<Held>) {
+fn spawn_attempt(shared: &Arc<Shared>, leased: LeasedDelivery<Held>) {
     let shared = shared.clone();
     tokio::spawn(async move {
         run_held(
@@ -535,8 +539,10 @@ async fn claim(shared: &Shared, limit: usize) -> sqlx::Result<(Vec<Job>, Option<
         Err(e) => {
             // The claim may have committed before its answer was lost: give
             // its leases back rather than hold those rows until they run out.
-            let _ = with_retries(|| db::deliveries::release_claimed(&shared.pool, &ids, lease_id))
-                .await;
+            let _ = with_retries(|| {
+                db::deliveries::release_lease(&shared.pool, Leased::Rows(&ids), lease_id)
+            })
+            .await;
             return Err(e);
         }
     };

@@ -18,19 +18,6 @@ const LIFE: [&str; 5] = [
 ];
 const FAST: Duration = Duration::ZERO;
 
-async fn deliveries(app: &TestApp, token: &str, endpoint: &str, query: &str) -> Vec<Value> {
-    let page: Value = app
-        .get(
-            &format!("/v1/webhooks/{endpoint}/deliveries?limit=100{query}"),
-            token,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    page["data"].as_array().unwrap().clone()
-}
-
 async fn attempts(app: &TestApp, token: &str, endpoint: &str, delivery: &str) -> Vec<Value> {
     let page: Value = app
         .get(
@@ -681,17 +668,8 @@ async fn an_endpoint_failing_for_the_whole_disable_period_is_disabled() {
     let order = system.app.new_order(&tenant).await;
     let event_order = order["id"].as_str().unwrap().to_string();
     for _ in 0..200 {
-        let rows = system
-            .app
-            .get(
-                &format!("/v1/webhooks/{endpoint}/deliveries?limit=100"),
-                &tenant.token,
-            )
-            .await
-            .json::<Value>()
-            .await
-            .unwrap();
-        let tried = rows["data"].as_array().unwrap().iter().any(|r| {
+        let rows = deliveries(&system.app, &tenant.token, &endpoint, "").await;
+        let tried = rows.iter().any(|r| {
             r["attempts"].as_u64() >= Some(1)
                 && r["status"] == "pending"
                 && r["created_at"].is_string()

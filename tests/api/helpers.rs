@@ -192,6 +192,21 @@ impl Drop for TestApp {
     }
 }
 
+/// An endpoint's deliveries (up to 100), newest first; `query` is appended
+/// to the query string (`&status=failed`).
+pub async fn deliveries(app: &TestApp, token: &str, endpoint: &str, query: &str) -> Vec<Value> {
+    let page: Value = app
+        .get(
+            &format!("/v1/webhooks/{endpoint}/deliveries?limit=100{query}"),
+            token,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    page["data"].as_array().unwrap().clone()
+}
+
 pub fn address(name: &str, country: &str) -> Value {
     json!({
         "name": name,

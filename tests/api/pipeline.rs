@@ -28,19 +28,6 @@ where
     }
 }
 
-async fn deliveries(app: &TestApp, token: &str, endpoint: &str) -> Vec<Value> {
-    let page: Value = app
-        .get(
-            &format!("/v1/webhooks/{endpoint}/deliveries?limit=100"),
-            token,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    page["data"].as_array().unwrap().clone()
-}
-
 fn sequences(hits: &[Hit], order: &str) -> Vec<u64> {
     hits.iter()
         .filter(|h| (200..300).contains(&h.status) && h.json()["data"]["order_id"] == order)
@@ -261,7 +248,7 @@ async fn a_manual_retry_of_an_old_event_never_releases_a_later_one_early() {
     // Sequence 1 fails through the whole (test) schedule; 2 is tried once
     // and told to come back in an hour; 3 waits behind 2.
     let rows = wait_for("1 failed, 2 tried", Duration::from_secs(20), || async {
-        let rows = deliveries(&system.app, &tenant.token, &endpoint).await;
+        let rows = deliveries(&system.app, &tenant.token, &endpoint, "").await;
         let failed = rows.iter().filter(|r| r["status"] == "failed").count();
         let tried_pending = rows
             .iter()
@@ -284,7 +271,7 @@ async fn a_manual_retry_of_an_old_event_never_releases_a_later_one_early() {
         .await;
     assert_eq!(retry.status(), StatusCode::ACCEPTED);
     wait_for("the manual attempt", Duration::from_secs(10), || async {
-        let rows = deliveries(&system.app, &tenant.token, &endpoint).await;
+        let rows = deliveries(&system.app, &tenant.token, &endpoint, "").await;
         rows.iter()
             .any(|r| r["id"] == first_id.as_str() && r["attempts"].as_u64() == Some(attempts + 1))
             .then_some(())
@@ -296,7 +283,7 @@ async fn a_manual_retry_of_an_old_event_never_releases_a_later_one_early() {
         !sent.contains(&3),
         "event 3 went out while event 2 was still pending: {sent:?}"
     );
-    let rows = deliveries(&system.app, &tenant.token, &endpoint).await;
+    let rows = deliveries(&system.app, &tenant.token, &endpoint, "").await;
     let waiting: Vec<&Value> = rows
         .iter()
         .filter(|r| r["status"] == "pending" && r["attempts"] == 0)
@@ -441,7 +428,7 @@ async fn an_unreadable_secret_fails_the_delivery_with_a_readable_error() {
         .drive(order["id"].as_str().unwrap(), &["confirmed"])
         .await;
     let rows = wait_for("both failed", Duration::from_secs(15), || async {
-        let rows = deliveries(&system.app, &tenant.token, &endpoint).await;
+        let rows = deliveries(&system.app, &tenant.token, &endpoint, "").await;
         (rows.len() == 2 && rows.iter().all(|r| r["status"] == "failed")).then_some(rows)
     })
     .await;

@@ -602,10 +602,9 @@ async fn the_workers_endpoint_lookup_is_one_indexed_query() {
     let customer = uuid::Uuid::parse_str(&tenant.id).unwrap();
     let plan = sqlx::query(&format!(
         "EXPLAIN {}",
-        mechanica::db::webhook_endpoints::SUBSCRIBED_SQL
+        mechanica::db::webhook_endpoints::enabled_for_sql(1)
     ))
     .bind(customer)
-    .bind(2u32)
     .fetch_all(&app.db)
     .await
     .unwrap();
@@ -618,7 +617,7 @@ async fn the_workers_endpoint_lookup_is_one_indexed_query() {
     );
     assert_eq!(key.as_deref(), Some("webhook_endpoints_subscribed"));
 
-    let found = mechanica::db::webhook_endpoints::subscribed(&app.db, customer, 2)
+    let found = mechanica::db::webhook_endpoints::enabled_for(&app.db, &[customer])
         .await
         .unwrap();
     assert_eq!(found.len(), 3);
