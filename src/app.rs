@@ -56,6 +56,10 @@ pub struct AppState {
     pub secrets: Arc<SecretBox>,
     pub allow_private_networks: bool,
     pub rate_limiter: Arc<RateLimiter>,
+    /// The base of links handed out (`PUBLIC_URL`).
+    pub public_base: Arc<str>,
+    /// Origins that may frame the portal (`PORTAL_FRAME_ANCESTORS`).
+    pub portal_frame_ancestors: Arc<[String]>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +141,10 @@ impl App {
             ),
             allow_private_networks: config.webhook_allow_private_networks,
             rate_limiter: Arc::new(RateLimiter::new(config.rate_limit)),
+            public_base: config
+                .public_base(listener.local_addr().unwrap_or(config.bind_addr))
+                .into(),
+            portal_frame_ancestors: config.portal_frame_ancestors.clone().into(),
         };
         Ok(App {
             listener,
@@ -196,6 +204,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
             tracing::error!("a handler panicked");
             ApiError::Internal.into_response()
         }))
+        .layer(middleware::from_fn(crate::auth::portal_headers))
         .layer(middleware::map_response(problem_for_bare_errors))
         .layer(middleware::from_fn_with_state(
             state.clone(),

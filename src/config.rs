@@ -35,6 +35,22 @@ pub struct Config {
     pub secrets_encryption_key: Option<String>,
     /// Requests per second (and burst) per API key; the operator is exempt.
     pub rate_limit: crate::rate_limit::RateLimit,
+    /// Where people reach this API (portal links); default `http://{BIND_ADDR}`.
+    pub public_url: Option<String>,
+    /// Origins that may frame `/portal` (`frame-ancestors`); default none.
+    pub portal_frame_ancestors: Vec<String>,
+}
+
+impl Config {
+    /// The base of links handed out, without a trailing slash; `bound` is
+    /// where the API listens (`BIND_ADDR` may ask for any port).
+    pub fn public_base(&self, bound: SocketAddr) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"))
+            .trim_end_matches('/')
+            .to_string()
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -54,8 +70,34 @@ impl std::fmt::Debug for Config {
             )
             .field("secrets_encrypted", &self.secrets_encryption_key.is_some())
             .field("rate_limit", &self.rate_limit)
+            .field("public_url", &self.public_url)
+            .field("portal_frame_ancestors", &self.portal_frame_ancestors)
             .finish_non_exhaustive()
     }
+}
+
+/// A comma-separated list of origins (`https://app.example.com`): scheme,
+/// host and port only, since they end up in a response header.
+fn origins(env: &Env, name: &str) -> Result<Vec<String>, String> {
+    let Some(list) = env.optional(name) else {
+        return Ok(vec![]);
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|origin| {
+            let parsed = url::Url::parse(origin)
+                .map_err(|_| format!("{name}: {origin:?} is not an origin"))?;
+            let bare = parsed.origin().ascii_serialization();
+            if !matches!(parsed.scheme(), "http" | "https") || bare != origin.trim_end_matches('/')
+            {
+                return Err(format!(
+                    "{name}: {origin:?} must be an origin like https://app.example.com (no path)"
+                ));
+            }
+            Ok(bare)
+        })
+        .collect()
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "mysql://root@127.0.0.1:3306/mechanica";
@@ -95,6 +137,8 @@ impl Config {
             errors.push(e);
         }
         let rate_limit = keep(&mut errors, rate_limit(&env));
+        let public_url = keep(&mut errors, env.queue_url("PUBLIC_URL"));
+        let portal_frame_ancestors = keep(&mut errors, origins(&env, "PORTAL_FRAME_ANCESTORS"));
         let cors_allowed_origins = env
             .optional("CORS_ALLOWED_ORIGINS")
             .map(|list| {
@@ -118,6 +162,8 @@ impl Config {
             aws_endpoint_url,
             webhook_allow_private_networks,
             rate_limit,
+            public_url,
+            portal_frame_ancestors,
         ) {
             (
                 Some(database_url),
@@ -132,6 +178,8 @@ impl Config {
                 Some(aws_endpoint_url),
                 Some(webhook_allow_private_networks),
                 Some(rate_limit),
+                Some(public_url),
+                Some(portal_frame_ancestors),
             ) => {
                 let admin_token_generated = admin_token.is_none();
                 Ok(Config {
@@ -152,6 +200,8 @@ impl Config {
                     webhook_allow_private_networks,
                     secrets_encryption_key,
                     rate_limit,
+                    public_url,
+                    portal_frame_ancestors,
                 })
             }
             _ => Err(errors),

@@ -117,7 +117,8 @@ impl ApiError {
             ApiError::Unauthorized => (
                 "unauthorized",
                 "Authentication required",
-                "send `Authorization: Bearer <token>` with a valid operator token or API key"
+                "send `Authorization: Bearer <token>` with a valid operator token, API key or \
+                 portal session (an expired or ended session is no longer valid)"
                     .into(),
                 None,
             ),

@@ -10,6 +10,8 @@ use sha2::{Digest, Sha256};
 
 /// Customer API keys start with this.
 pub const API_KEY_PREFIX: &str = "mk_";
+/// Customer portal session tokens start with this.
+pub const PORTAL_PREFIX: &str = "mps_";
 /// A generated operator token starts with this.
 pub const ADMIN_PREFIX: &str = "adm_";
 

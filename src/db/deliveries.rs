@@ -215,6 +215,8 @@ pub async fn find(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Result<Option<D
 /// What the dispatcher may claim: due deliveries and manual retries whose
 /// lease is free (up to `limit` of each), in one statement, plus when the
 /// next scheduled one falls due, so an idle dispatcher sleeps until then.
+/// Manual retries of one order to one endpoint go one at a time, lowest
+/// sequence first (a recovery asks for many at once).
 /// A waiting delivery (no `next_attempt_at`) is never a candidate, not even
 /// for a manual retry: an earlier event of its order is still pending.
 pub async fn candidates(
@@ -236,6 +238,10 @@ pub async fn candidates(
             ") UNION ALL (SELECT d.id, NULL AS due FROM webhook_deliveries d
               WHERE d.manual_requested_at IS NOT NULL
                 AND (d.status <> 'pending' OR d.next_attempt_at IS NOT NULL)
+                AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
+                    WHERE e.endpoint_id = d.endpoint_id AND e.order_id = d.order_id
+                      AND e.sequence < d.sequence AND e.manual_requested_at IS NOT NULL
+                      AND (e.status <> 'pending' OR e.next_attempt_at IS NOT NULL))
                 AND (d.lease_until IS NULL OR d.lease_until < ",
         )
         .push_bind(now)
@@ -492,6 +498,47 @@ pub async fn request_manual(
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Asks for one more attempt of every failed delivery of an endpoint whose
+/// event happened in `[since, until)`; returns how many.
+pub async fn request_recovery(
+    db: impl MySqlExecutor<'_>,
+    endpoint_id: Uuid,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE webhook_deliveries SET manual_requested_at = ?, updated_at = ?
+         WHERE endpoint_id = ? AND status = 'failed' AND event_created_at >= ? AND event_created_at < ?",
+    )
+    .bind(now)
+    .bind(now)
+    .bind(endpoint_id)
+    .bind(since)
+    .bind(until)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// An order's deliveries to every endpoint, newest first.
+pub async fn list_for_order(
+    db: impl MySqlExecutor<'_>,
+    order_id: Uuid,
+    before: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<Vec<DeliveryRow>> {
+    let mut sql = QueryBuilder::new(format!(
+        "SELECT {COLUMNS} FROM webhook_deliveries WHERE order_id = "
+    ));
+    sql.push_bind(order_id);
+    if let Some(before) = before {
+        sql.push(" AND id < ").push_bind(before);
+    }
+    sql.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+    sql.build_query_as().fetch_all(db).await
 }
 
 /// An endpoint's deliveries, newest first.

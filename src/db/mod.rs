@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod order_events;
 pub mod orders;
 pub mod outbox_parked;
+pub mod portal_sessions;
 pub mod retention;
 pub mod server_secrets;
 pub mod webhook_endpoints;

@@ -1,6 +1,7 @@
 //! Retention (SPEC §9): what is purged, in small batches. Deliveries that
 //! settled longer ago than the retention period go with their attempts;
-//! idempotency keys go once they can no longer be replayed. Order events
+//! idempotency keys go once they can no longer be replayed, portal sessions
+//! once they have expired. Order events
 //! (the history and the feed) are kept.
 
 use chrono::{DateTime, Utc};
@@ -17,6 +18,7 @@ pub struct Purged {
     pub deliveries: u64,
     pub attempts: u64,
     pub idempotency_keys: u64,
+    pub portal_sessions: u64,
 }
 
 /// One batch of each; call again while it purges a full batch.
@@ -56,6 +58,13 @@ pub async fn purge(
     purged.idempotency_keys =
         sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ? LIMIT ?")
             .bind(now - KEY_RETENTION)
+            .bind(BATCH)
+            .execute(pool)
+            .await?
+            .rows_affected();
+    purged.portal_sessions =
+        sqlx::query("DELETE FROM portal_sessions WHERE expires_at < ? LIMIT ?")
+            .bind(now)
             .bind(BATCH)
             .execute(pool)
             .await?

@@ -21,15 +21,19 @@ pub struct EndpointRow {
     /// Since when every delivery has failed; set by the worker.
     #[sqlx(default)]
     pub failing_since: Option<DateTime<Utc>>,
+    /// Attempts a second at most; `None`: as fast as the worker goes.
+    pub rate_limit_per_second: Option<u32>,
+    /// Custom headers as JSON (see `domain::webhook_headers`); `None`: none.
+    pub headers: Option<String>,
 }
 
 const COLUMNS: &str = "id, customer_id, url, description, event_mask, enabled, disabled_reason, \
                        secret, previous_secret, previous_secret_expires_at, created_at, updated_at, \
-                       failing_since";
+                       failing_since, rate_limit_per_second, headers";
 
 pub async fn insert(db: impl MySqlExecutor<'_>, row: &EndpointRow) -> sqlx::Result<()> {
     sqlx::query(&format!(
-        "INSERT INTO webhook_endpoints ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO webhook_endpoints ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .bind(row.id)
     .bind(row.customer_id)
@@ -44,6 +48,8 @@ pub async fn insert(db: impl MySqlExecutor<'_>, row: &EndpointRow) -> sqlx::Resu
     .bind(row.created_at)
     .bind(row.updated_at)
     .bind(row.failing_since)
+    .bind(row.rate_limit_per_second)
+    .bind(&row.headers)
     .execute(db)
     .await?;
     Ok(())
@@ -54,7 +60,7 @@ pub async fn update(db: impl MySqlExecutor<'_>, row: &EndpointRow) -> sqlx::Resu
     sqlx::query(
         "UPDATE webhook_endpoints SET url = ?, description = ?, event_mask = ?, enabled = ?,
              disabled_reason = ?, secret = ?, previous_secret = ?, previous_secret_expires_at = ?,
-             updated_at = ?, failing_since = ?
+             updated_at = ?, failing_since = ?, rate_limit_per_second = ?, headers = ?
          WHERE id = ?",
     )
     .bind(&row.url)
@@ -67,6 +73,8 @@ pub async fn update(db: impl MySqlExecutor<'_>, row: &EndpointRow) -> sqlx::Resu
     .bind(row.previous_secret_expires_at)
     .bind(row.updated_at)
     .bind(row.failing_since)
+    .bind(row.rate_limit_per_second)
+    .bind(&row.headers)
     .bind(row.id)
     .execute(db)
     .await?;

@@ -282,6 +282,8 @@ mod tests {
             created_at: created,
             updated_at: created,
             failing_since: None,
+            rate_limit_per_second: None,
+            headers: None,
         }
     }
 

@@ -27,7 +27,7 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
-use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use sqlx::MySqlPool;
 use tokio::net::TcpListener;
@@ -46,6 +46,7 @@ use crate::db::deliveries::{AttemptRow, DeliveryRow, Leased, Settled, FAILED, PE
 use crate::db::webhook_endpoints::EndpointRow;
 use crate::domain::time;
 use crate::domain::webhook::SigningSecret;
+use crate::domain::webhook_headers::CustomHeaders;
 use crate::queue::{Queue, Received};
 use crate::secrets::SecretBox;
 
@@ -381,6 +382,26 @@ fn lease_until(shared: &Shared, now: DateTime<Utc>) -> DateTime<Utc> {
 struct Lane {
     in_flight: Arc<Semaphore>,
     held: Arc<Semaphore>,
+    pace: Arc<Pace>,
+}
+
+/// An endpoint's `rate_limit_per_second` in this worker: attempts start at
+/// least 1/limit apart (plus a little, so that arrivals jittered by the
+/// network still fit in any one-second window).
+#[derive(Default)]
+struct Pace(std::sync::Mutex<Option<tokio::time::Instant>>);
+
+impl Pace {
+    /// When the next attempt may start; reserves that moment.
+    fn reserve(&self, per_second: u32) -> tokio::time::Instant {
+        let interval = Duration::from_secs_f64(1.0 / f64::from(per_second.max(1)));
+        let interval = interval + (interval / 50).min(Duration::from_millis(5));
+        let now = tokio::time::Instant::now();
+        let mut next = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let at = next.map_or(now, |n| n.max(now));
+        *next = Some(at + interval);
+        at
+    }
 }
 
 /// A leased delivery's place in memory: its endpoint's and the worker's.
@@ -401,6 +422,7 @@ fn hold(shared: &Shared, endpoint_id: Uuid) -> Option<Held> {
         .or_insert_with(|| Lane {
             in_flight: Arc::new(Semaphore::new(per_endpoint)),
             held: Arc::new(Semaphore::new(per_endpoint * HELD_PER_SLOT)),
+            pace: Arc::default(),
         })
         .clone();
     let endpoint = lane.held.clone().try_acquire_owned().ok()?;
@@ -436,8 +458,12 @@ async fn run_held(
     endpoint: Option<EndpointRow>,
     leased_at: Option<DateTime<Utc>>,
 ) {
+    let rate_limit = endpoint.as_ref().and_then(|e| e.rate_limit_per_second);
     let slots = tokio::time::timeout(HOLD_WAIT, async {
         let endpoint = held.lane.in_flight.clone().acquire_owned().await;
+        if let Some(per_second) = rate_limit {
+            tokio::time::sleep_until(held.lane.pace.reserve(per_second)).await;
+        }
         let worker = shared.in_flight.clone().acquire_owned().await;
         (endpoint, worker)
     })
@@ -658,6 +684,14 @@ async fn attempt(
         row.payload.as_bytes(),
     );
     let mut headers = HeaderMap::new();
+    for (name, value) in CustomHeaders::from_stored(endpoint.headers.as_deref()).iter() {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
     for (name, value) in [
         ("webhook-id", id),
         ("webhook-timestamp", timestamp.to_string()),

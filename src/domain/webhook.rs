@@ -8,6 +8,8 @@ use super::EventType;
 
 pub const SECRET_PREFIX: &str = "whsec_";
 pub const MAX_ENDPOINTS_PER_CUSTOMER: i64 = 20;
+/// The largest `rate_limit_per_second` an endpoint may ask for.
+pub const MAX_RATE_LIMIT: u32 = 10_000;
 
 /// The event types an endpoint can subscribe to.
 pub const SUBSCRIBABLE: [EventType; 2] = [EventType::OrderCreated, EventType::OrderStatusChanged];

@@ -7,11 +7,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::extract::{parse_id, Invalid, Params, PathText};
+use super::extract::{parse_id, Invalid, Json, Params, PathText};
 use super::idempotent;
 use super::preconditions::idempotency_key;
 use super::webhooks::visible_endpoint;
@@ -21,7 +21,7 @@ use crate::auth::Principal;
 use crate::db;
 use crate::db::deliveries::{AttemptRow, DeliveryRow, NewDelivery, FAILED, PENDING, SUCCEEDED};
 use crate::domain::cursor::{self, CursorKind};
-use crate::domain::{time, EventType};
+use crate::domain::{event_catalog, time, EventType};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
 
 pub fn router() -> Router<AppState> {
@@ -36,7 +36,12 @@ pub fn router() -> Router<AppState> {
             post(retry),
         )
         .route("/v1/webhooks/{id}/test", post(test))
+        .route("/v1/webhooks/{id}/recover", post(recover))
+        .route("/v1/orders/{id}/deliveries", get(for_order))
 }
+
+/// The longest a recovery reaches back.
+pub const MAX_RECOVERY: chrono::Duration = chrono::Duration::days(14);
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryOut {
@@ -45,6 +50,10 @@ pub struct DeliveryOut {
     pub event_id: Uuid,
     #[schema(example = "order.status_changed")]
     pub event_type: String,
+    /// The order the event is of (null for `webhook.test`).
+    pub order_id: Option<Uuid>,
+    /// The event's sequence within its order.
+    pub sequence: Option<u32>,
     /// `pending`, `succeeded` or `failed`.
     #[schema(example = "succeeded")]
     pub status: String,
@@ -69,6 +78,8 @@ impl From<DeliveryRow> for DeliveryOut {
             endpoint_id: row.endpoint_id,
             event_id: row.event_id,
             event_type: row.event_type,
+            order_id: row.order_id,
+            sequence: row.sequence,
             status: row.status,
             attempts: row.attempts,
             last_response_status: row.last_response_status,
@@ -106,6 +117,25 @@ impl From<AttemptRow> for AttemptOut {
             error: row.error,
         }
     }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"since": "2026-11-26T08:00:00Z"}))]
+pub struct RecoverIn {
+    /// RFC 3339; at most 14 days ago.
+    #[schema(format = DateTime)]
+    pub since: String,
+    /// RFC 3339, after `since`; default now.
+    #[serde(default)]
+    #[schema(format = DateTime)]
+    pub until: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Recovering {
+    /// How many failed deliveries will be attempted again.
+    pub deliveries: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -291,16 +321,7 @@ pub async fn test(
     }
     let now = time::now();
     let event_id = Uuid::now_v7();
-    let envelope = serde_json::json!({
-        "id": event_id,
-        "type": EventType::WebhookTest.as_str(),
-        "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "data": {
-            "customer_id": endpoint.customer_id,
-            "endpoint_id": endpoint.id,
-            "message": "A test event from Mechanica: your endpoint is reachable and verifies signatures."
-        }
-    });
+    let envelope = event_catalog::test_envelope(event_id, endpoint.customer_id, endpoint.id, now);
     let payload = envelope.to_string();
     let new = NewDelivery {
         endpoint_id: endpoint.id,
@@ -328,4 +349,119 @@ pub async fn test(
     .await?;
     tx.commit().await?;
     Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response())
+}
+
+/// Every failed delivery of this endpoint whose event happened in
+/// `[since, until)` is attempted once more: in order within each order, at
+/// the endpoint's pace.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/recover", operation_id = "recoverFailedDeliveries", tag = "webhooks",
+    request_body = RecoverIn,
+    params(("id" = Uuid, Path, description = "Endpoint id"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
+            description = "1..255 printable ASCII characters; the same key within 24 h replays the first response")),
+    responses(
+        (status = 202, description = "The failed deliveries are queued again", body = Recovering),
+        (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad window (backwards, or over 14 days back), or a malformed `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn recover(
+    principal: Principal,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathText(id): PathText<String>,
+    Json(body): Json<RecoverIn>,
+) -> ApiResult<Response> {
+    let key = idempotency_key(&headers)?;
+    let endpoint = visible_endpoint(&state, principal, &id).await?;
+    let now = time::now();
+    let (since, until) = recovery_window(&body, now).map_err(ApiError::Validation)?;
+    let mut tx = state.db.begin().await?;
+    let request = idempotent::request_hash(&[
+        b"recover",
+        endpoint.id.as_bytes(),
+        &since.timestamp_millis().to_be_bytes(),
+        &until.timestamp_millis().to_be_bytes(),
+    ]);
+    let owner = principal.owner_id();
+    if let Some(answer) = idempotent::claim(&mut tx, owner, key.as_deref(), request).await? {
+        return Ok(answer);
+    }
+    let deliveries =
+        db::deliveries::request_recovery(&mut *tx, endpoint.id, since, until, now).await?;
+    let answer = Recovering { deliveries };
+    idempotent::complete(
+        &mut tx,
+        owner,
+        key.as_deref(),
+        StatusCode::ACCEPTED,
+        &answer,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(answer)).into_response())
+}
+
+/// `[since, until)`, checked: RFC 3339, forwards, at most 14 days back.
+fn recovery_window(
+    body: &RecoverIn,
+    now: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), Vec<FieldError>> {
+    let parse = |field: &str, raw: &str| {
+        DateTime::parse_from_rfc3339(raw)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| {
+                FieldError::new(field, "must be an RFC 3339 time, like 2026-11-26T08:00:00Z")
+            })
+    };
+    let since = parse("since", &body.since).map_err(|e| vec![e])?;
+    let until = match &body.until {
+        Some(raw) => parse("until", raw).map_err(|e| vec![e])?,
+        None => now,
+    };
+    if since < now - MAX_RECOVERY {
+        return Err(vec![FieldError::new(
+            "since",
+            "must be at most 14 days ago",
+        )]);
+    }
+    if until <= since {
+        return Err(vec![FieldError::new("until", "must be after since")]);
+    }
+    Ok((since, until))
+}
+
+/// The deliveries of an order's events, across the customer's endpoints,
+/// newest first.
+#[utoipa::path(get, path = "/v1/orders/{id}/deliveries", operation_id = "listOrderDeliveries", tag = "orders",
+    params(
+        ("id" = Uuid, Path, description = "Order id"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1..100, default 20"),
+        ("cursor" = Option<String>, Query, min_length = 1, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of deliveries", body = Page<DeliveryOut>),
+        (status = 404, description = "No such order (or another customer's)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad query parameter", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn for_order(
+    principal: Principal,
+    State(state): State<AppState>,
+    PathText(id): PathText<String>,
+    params: Params,
+) -> ApiResult<axum::Json<Page<DeliveryOut>>> {
+    let order = super::orders::visible_order(&state, principal, &id).await?;
+    let mut invalid = Invalid::default();
+    let limit = invalid.take(params.limit(DEFAULT_LIMIT, MAX_LIMIT));
+    let before = invalid.take(params.cursor_id(CursorKind::Deliveries));
+    invalid.finish()?;
+    let rows =
+        db::deliveries::list_for_order(&state.db, order.id, before, db::fetch_limit(limit)).await?;
+    Ok(axum::Json(Page::from_rows(
+        rows,
+        limit,
+        |row| cursor::encode_id(CursorKind::Deliveries, row.id),
+        DeliveryOut::from,
+    )))
 }

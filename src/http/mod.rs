@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod customers;
 pub mod deliveries;
+pub mod event_types;
 pub mod events;
 pub mod extract;
 pub mod idempotent;
@@ -11,6 +12,8 @@ pub mod openapi;
 pub mod ops;
 pub mod orders;
 pub mod outbox;
+pub mod portal_page;
+pub mod portal_sessions;
 pub mod preconditions;
 pub mod webhooks;
 
@@ -27,9 +30,12 @@ pub fn router() -> Router<AppState> {
         .merge(api_keys::router())
         .merge(orders::router())
         .merge(events::router())
+        .merge(event_types::router())
         .merge(webhooks::router())
         .merge(deliveries::router())
         .merge(outbox::router())
+        .merge(portal_sessions::router())
+        .merge(portal_page::router())
         .merge(ops::router())
 }
 

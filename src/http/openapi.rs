@@ -5,7 +5,10 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{api_keys, customers, deliveries, events, ops, orders, outbox, webhooks};
+use super::{
+    api_keys, customers, deliveries, event_types, events, ops, orders, outbox, portal_sessions,
+    webhooks,
+};
 use crate::domain::{Address, Event, EventType, Order, OrderEventData, OrderStatus, Parcel};
 use crate::error::{FieldError, Problem};
 
@@ -15,7 +18,8 @@ use crate::error::{FieldError, Problem};
         title = "Mechanica shipping API",
         description = "Shipping orders, their status history and events. \
             Errors are RFC 9457 `application/problem+json`. \
-            Authenticate with `Authorization: Bearer <token>`: the operator token or a customer API key."
+            Authenticate with `Authorization: Bearer <token>`: the operator token, a customer API key (`mk_…`) or a customer portal session (`mps_…`, \
+            only `/v1/webhooks…` and `/v1/event-types`, within its capabilities)."
     ),
     paths(
         customers::create, customers::list, customers::show,
@@ -25,6 +29,8 @@ use crate::error::{FieldError, Problem};
         webhooks::create, webhooks::list, webhooks::show, webhooks::update, webhooks::remove,
         webhooks::secret, webhooks::rotate,
         deliveries::list, deliveries::attempts, deliveries::retry, deliveries::test,
+        deliveries::recover, deliveries::for_order, event_types::list,
+        portal_sessions::create, portal_sessions::end_all,
         outbox::list, outbox::retry,
         ops::healthz, ops::readyz, ops::metrics,
     ),
@@ -38,6 +44,7 @@ use crate::error::{FieldError, Problem};
         (name = "orders", description = "Shipping orders and their status machine"),
         (name = "events", description = "The ordered event feed, for partners that pull"),
         (name = "webhooks", description = "Webhook endpoints and their Standard Webhooks signing secrets"),
+        (name = "portal", description = "Customer portal sessions (operator only): links to /portal, scoped to one customer"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
 )]
@@ -54,7 +61,7 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "The operator token (`ADMIN_TOKEN`) or a customer API key (`mk_…`)",
+                        "The operator token (`ADMIN_TOKEN`), a customer API key (`mk_…`) or a portal session token (`mps_…`)",
                     ))
                     .build(),
             ),

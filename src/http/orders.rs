@@ -189,7 +189,11 @@ fn etag(order: &Order) -> String {
 }
 
 /// Finds an order the caller may see; anything else is 404.
-async fn visible_order(state: &AppState, principal: Principal, raw_id: &str) -> ApiResult<Order> {
+pub(super) async fn visible_order(
+    state: &AppState,
+    principal: Principal,
+    raw_id: &str,
+) -> ApiResult<Order> {
     let id = parse_id(raw_id, "order")?;
     match db::orders::find(&state.db, id).await? {
         Some(order) if principal.can_see(order.customer_id) => Ok(order),

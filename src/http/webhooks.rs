@@ -4,6 +4,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
@@ -18,7 +20,10 @@ use crate::db::webhook_endpoints::EndpointRow;
 use crate::domain::cursor::{self, CursorKind};
 use crate::domain::text::Checks;
 use crate::domain::time;
-use crate::domain::webhook::{EventFilter, SigningSecret, MAX_ENDPOINTS_PER_CUSTOMER};
+use crate::domain::webhook::{
+    EventFilter, SigningSecret, MAX_ENDPOINTS_PER_CUSTOMER, MAX_RATE_LIMIT,
+};
+use crate::domain::webhook_headers::CustomHeaders;
 use crate::domain::webhook_url::WebhookUrl;
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
 
@@ -55,6 +60,16 @@ pub struct WebhookIn {
     /// Your own secret (`whsec_` + base64 of 24..64 bytes); generated if absent.
     #[serde(default)]
     pub secret: Option<String>,
+    /// At most this many attempts a second to this endpoint (1..10000); absent: no limit.
+    #[serde(default)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 10000)]
+    pub rate_limit_per_second: Option<i64>,
+    /// Up to 10 headers sent with every attempt. Names are HTTP tokens;
+    /// `webhook-*`, `content-type`, `content-length`, `host`, `user-agent`
+    /// and hop-by-hop headers are refused; values are printable ASCII.
+    #[serde(default)]
+    #[schema(example = json!({"X-Partner-Id": "acme-42"}))]
+    pub headers: Option<BTreeMap<String, String>>,
 }
 
 /// Any subset of the fields; at least one.
@@ -73,11 +88,21 @@ pub struct WebhookPatch {
     /// Re-enabling clears `disabled_reason`.
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// 1..10000; `null` removes the limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 10000)]
+    pub rate_limit_per_second: Option<Option<i64>>,
+    /// Replaces every custom header; `null` or `{}` removes them.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub headers: Option<Option<BTreeMap<String, String>>>,
 }
 
 /// Tells a field sent as `null` (Some(None)) from one not sent (None).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -100,6 +125,9 @@ pub struct WebhookOut {
     pub enabled: bool,
     /// Why the system disabled it (for example, every delivery failing for 5 days).
     pub disabled_reason: Option<String>,
+    pub rate_limit_per_second: Option<u32>,
+    /// Custom headers sent with every attempt.
+    pub headers: BTreeMap<String, String>,
     #[serde(with = "time::millis")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
@@ -133,6 +161,8 @@ impl From<&EndpointRow> for WebhookOut {
             event_types: EventFilter(row.event_mask).names(),
             enabled: row.enabled,
             disabled_reason: row.disabled_reason.clone(),
+            rate_limit_per_second: row.rate_limit_per_second,
+            headers: CustomHeaders::from_stored(row.headers.as_deref()).into_map(),
             created_at: row.created_at,
             updated_at: row.updated_at,
         }
@@ -152,6 +182,28 @@ async fn checked_url(state: &AppState, raw: &str) -> Result<WebhookUrl, FieldErr
 
 fn check_description(checks: &mut Checks, description: &str) {
     checks.text("description", description, MAX_DESCRIPTION_CHARS, false);
+}
+
+fn check_rate_limit(checks: &mut Checks, limit: i64) -> Option<u32> {
+    if (1..=i64::from(MAX_RATE_LIMIT)).contains(&limit) {
+        u32::try_from(limit).ok()
+    } else {
+        checks.fail(
+            "rate_limit_per_second",
+            format!("must be between 1 and {MAX_RATE_LIMIT}"),
+        );
+        None
+    }
+}
+
+fn check_headers(checks: &mut Checks, headers: BTreeMap<String, String>) -> Option<CustomHeaders> {
+    CustomHeaders::parse(headers)
+        .map_err(|errors| {
+            for e in errors {
+                checks.fail(e.field, e.message);
+            }
+        })
+        .ok()
 }
 
 fn parse_secret(raw: Option<&str>) -> Result<SigningSecret, FieldError> {
@@ -214,8 +266,13 @@ pub async fn create(
     let secret = parse_secret(body.secret.as_deref())
         .map_err(|e| checks.fail(e.field, e.message))
         .ok();
+    let rate_limit = body
+        .rate_limit_per_second
+        .and_then(|limit| check_rate_limit(&mut checks, limit));
+    let headers = check_headers(&mut checks, body.headers.unwrap_or_default());
     checks.finish().map_err(ApiError::Validation)?;
-    let (Some(url), Some(filter), Some(secret)) = (url, filter, secret) else {
+    let (Some(url), Some(filter), Some(secret), Some(headers)) = (url, filter, secret, headers)
+    else {
         return Err(ApiError::Internal);
     };
 
@@ -250,6 +307,8 @@ pub async fn create(
         created_at: now,
         updated_at: now,
         failing_since: None,
+        rate_limit_per_second: rate_limit,
+        headers: headers.to_stored(),
     };
     db::webhook_endpoints::insert(&mut *tx, &row).await?;
     tx.commit().await?;
@@ -332,7 +391,7 @@ pub async fn secret(
     }))
 }
 
-/// Change any of url, description, event_types, enabled.
+/// Change any of url, description, event_types, enabled, rate_limit_per_second, headers.
 #[utoipa::path(patch, path = "/v1/webhooks/{id}", operation_id = "updateWebhook", tag = "webhooks",
     request_body = WebhookPatch,
     params(("id" = Uuid, Path, description = "Endpoint id")),
@@ -353,10 +412,12 @@ pub async fn update(
         && patch.description.is_none()
         && patch.event_types.is_none()
         && patch.enabled.is_none()
+        && patch.rate_limit_per_second.is_none()
+        && patch.headers.is_none()
     {
         return Err(ApiError::invalid(
             "body",
-            "name at least one of url, description, event_types, enabled",
+            "name at least one of url, description, event_types, enabled, rate_limit_per_second, headers",
         ));
     }
     let mut checks = Checks::default();
@@ -376,6 +437,12 @@ pub async fn update(
             .ok(),
         None => None,
     };
+    let rate_limit = patch
+        .rate_limit_per_second
+        .map(|limit| limit.map(|l| check_rate_limit(&mut checks, l)));
+    let headers = patch
+        .headers
+        .map(|headers| check_headers(&mut checks, headers.unwrap_or_default()));
     checks.finish().map_err(ApiError::Validation)?;
 
     let mut tx = state.db.begin().await?;
@@ -383,6 +450,12 @@ pub async fn update(
         Some(row) if principal.can_see(row.customer_id) => row,
         _ => return Err(ApiError::NotFound("webhook endpoint")),
     };
+    if let Some(limit) = rate_limit {
+        row.rate_limit_per_second = limit.flatten();
+    }
+    if let Some(headers) = headers.flatten() {
+        row.headers = headers.to_stored();
+    }
     if let Some(url) = url {
         row.url = url.as_str().to_string();
     }

@@ -37,6 +37,8 @@ pub fn test_config(database_url: String) -> Config {
         secrets_encryption_key: None,
         // Off here; tests/api/rate_limit.rs turns it on.
         rate_limit: RateLimit::OFF,
+        public_url: None,
+        portal_frame_ancestors: vec![],
     }
 }
 
@@ -491,6 +493,8 @@ pub struct Hit {
     pub headers: reqwest::header::HeaderMap,
     pub body: String,
     pub status: u16,
+    /// When the request arrived.
+    pub at: std::time::Instant,
 }
 
 impl Hit {
@@ -537,6 +541,7 @@ impl Receiver {
             headers: HeaderMap,
             body: Bytes,
         ) -> axum::http::StatusCode {
+            let at = std::time::Instant::now();
             let path = uri.path().to_string();
             let body = String::from_utf8_lossy(&body).into_owned();
             let value: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
@@ -557,6 +562,7 @@ impl Receiver {
                 headers: copied,
                 body,
                 status,
+                at,
             });
             axum::http::StatusCode::from_u16(status).unwrap()
         }

@@ -4,10 +4,14 @@
 //! gets 403 too) and the database does not change; then A's own call on the
 //! same resource proves the id was real. A route added later is walked
 //! without anyone listing it here; one whose path names a new kind of id
-//! fails until `resource_for` learns which fixture it is.
+//! fails until `resource_for` learns which fixture it is. B's portal session
+//! walks every route too: 403 outside the portal's routes, 404 on A's
+//! webhooks.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+
+use mechanica::domain::portal;
 
 use crate::helpers::*;
 
@@ -106,6 +110,9 @@ fn valid_body(method: &Method, template: &str) -> Value {
     match (method.as_str(), template) {
         ("POST", "/v1/orders/{id}/status") => json!({ "status": "cancelled" }),
         ("PATCH", "/v1/webhooks/{id}") => json!({ "description": "changed" }),
+        ("POST", "/v1/webhooks/{id}/recover") => {
+            json!({ "since": (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339() })
+        }
         _ => json!({}),
     }
 }
@@ -189,6 +196,18 @@ async fn no_route_lets_one_customer_reach_anothers_resource() {
     config.webhook_allow_private_networks = true;
     let app = TestApp::spawn_with(config, db_name).await;
     let intruder = app.tenant("Intruder").await;
+    // The intruder's portal session, with every capability.
+    let portal: Value = app
+        .post(
+            &format!("/v1/customers/{}/portal-sessions", intruder.id),
+            ADMIN,
+            &json!({}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let portal = portal["token"].as_str().unwrap().to_string();
     let mut walked = Vec::new();
 
     for (template, operations) in spec["paths"].as_object().unwrap() {
@@ -206,15 +225,30 @@ async fn no_route_lets_one_customer_reach_anothers_resource() {
             let response = call(&app, &method, &path, &intruder.token, &body).await;
             let intruder_status = response.status();
             let problem = response.text().await.unwrap();
+            let through_portal = call(&app, &method, &path, &portal, &body).await;
+            let portal_status = through_portal.status();
+            let portal_problem = through_portal.text().await.unwrap();
             settled(&app).await;
             assert_eq!(
                 snapshot(&app).await,
                 before,
                 "{method} {template}: the intruder's call changed the database"
             );
-            assert!(
-                !problem.contains(&fixture.owner.id),
-                "{method} {template}: the answer names the owner: {problem}"
+            for answer in [&problem, &portal_problem] {
+                assert!(
+                    !answer.contains(&fixture.owner.id),
+                    "{method} {template}: the answer names the owner: {answer}"
+                );
+            }
+            // A portal session: 403 outside the portal's routes, 404 on
+            // another customer's webhooks.
+            let portal_expected = match portal::access(method.as_str(), template) {
+                portal::Access::Outside => StatusCode::FORBIDDEN,
+                _ => StatusCode::NOT_FOUND,
+            };
+            assert_eq!(
+                portal_status, portal_expected,
+                "{method} {template} with a portal session: {portal_problem}"
             );
 
             let own = call(&app, &method, &path, &fixture.owner.token, &body).await;

@@ -85,6 +85,24 @@ async fn the_purge_deletes_what_is_old_and_nothing_else() {
         .unwrap();
     }
 
+    for (id, expires) in [
+        (Uuid::now_v7(), now - Duration::minutes(1)),
+        (Uuid::now_v7(), now + Duration::minutes(5)),
+    ] {
+        sqlx::query(
+            "INSERT INTO portal_sessions (id, customer_id, token_hash, capabilities, expires_at, created_at)
+             VALUES (?, ?, ?, 15, ?, ?)",
+        )
+        .bind(id)
+        .bind(Uuid::nil())
+        .bind(&id.as_bytes().repeat(2)[..])
+        .bind(expires)
+        .bind(now - Duration::hours(1))
+        .execute(&app.db)
+        .await
+        .unwrap();
+    }
+
     let purged = retention::purge(&app.db, now, Duration::days(30))
         .await
         .unwrap();
@@ -94,9 +112,16 @@ async fn the_purge_deletes_what_is_old_and_nothing_else() {
         retention::Purged {
             deliveries: 2,
             attempts: 2,
-            idempotency_keys: 1
+            idempotency_keys: 1,
+            portal_sessions: 1,
         }
     );
+    let live: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM portal_sessions WHERE expires_at > ?")
+        .bind(now)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(live, 1, "a live session is kept");
     for gone in [old_succeeded, old_failed] {
         assert!(!exists(&app, "webhook_deliveries", "id", gone).await);
         assert!(!exists(&app, "webhook_attempts", "delivery_id", gone).await);
