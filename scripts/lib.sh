@@ -70,3 +70,18 @@ ensure_schemathesis() {
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/tools/requirements-schemathesis.txt"
     cp "$ROOT/tools/requirements-schemathesis.txt" "$stamp"
 }
+
+# Debian's chromium, for the portal's browser test (no browser downloads on
+# this kind of machine).
+ensure_chromium() {
+    if [ -x /usr/bin/chromium ]; then
+        return
+    fi
+    log "installing chromium (Debian)"
+    if [ "$(id -u)" -eq 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null ||
+            { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null; }
+    else
+        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null
+    fi
+}

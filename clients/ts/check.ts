@@ -52,9 +52,17 @@ export async function everyRoute(): Promise<void> {
   await api.GET("/v1/orders/{id}/events", { params: { path: { id } } });
   await api.GET("/v1/events", { params: { query: { limit: 100, wait: 30 } } });
 
+  await api.GET("/v1/orders/{id}/deliveries", { params: { path: { id }, query: { limit: 20 } } });
+
   const hook = await api.POST("/v1/webhooks", {
-    body: { url: "https://partner.example.com/hooks", event_types: ["order.status_changed"] },
+    body: {
+      url: "https://partner.example.com/hooks",
+      event_types: ["order.status_changed"],
+      rate_limit_per_second: 50,
+      headers: { "X-Partner-Id": "acme-42" },
+    },
   });
+  const limit: number | null | undefined = hook.data?.rate_limit_per_second;
   const secret: string | undefined = hook.data?.secret ?? undefined;
   const hooks = await api.GET("/v1/webhooks");
   const urls: string[] | undefined = hooks.data?.data.map((w) => w.url);
@@ -73,11 +81,25 @@ export async function everyRoute(): Promise<void> {
   await api.POST("/v1/webhooks/{id}/deliveries/{delivery_id}/retry", {
     params: { path: { id, delivery_id: id } },
   });
+  const recovered = await api.POST("/v1/webhooks/{id}/recover", {
+    params: { path: { id } },
+    body: { since: "2026-11-26T08:00:00Z" },
+  });
+  const count: number | undefined = recovered.data?.deliveries;
+  const types = await api.GET("/v1/event-types");
+  const names: string[] | undefined = types.data?.data.map((t) => t.type);
+
+  const session = await api.POST("/v1/customers/{id}/portal-sessions", {
+    params: { path: { id } },
+    body: { capabilities: ["endpoints:write"], expires_in: 3600 },
+  });
+  const link: string | undefined = session.data?.url;
+  await api.DELETE("/v1/customers/{id}/portal-sessions", { params: { path: { id } } });
 
   await api.GET("/v1/admin/outbox/parked");
   await api.POST("/v1/admin/outbox/parked/{event_id}/retry", {
     params: { path: { event_id: id } },
   });
 
-  void [customerName, token, version, secret, urls];
+  void [customerName, token, version, secret, urls, limit, count, names, link];
 }

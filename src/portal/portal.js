@@ -69,7 +69,7 @@ function statusPill(status) {
 }
 
 function show(title, ...content) {
-  main.replaceChildren(...content);
+  main.replaceChildren(...content.flat().filter(Boolean));
   document.title = `${title} · Webhooks · Mechanica`;
   const heading = main.querySelector("h1");
   if (heading) {
@@ -129,8 +129,8 @@ async function endpointsScreen() {
   // The catalog is fetched beside the list: the create form needs it next.
   const [page] = await Promise.all([api("GET", "/v1/webhooks?limit=100"), catalog()]);
   const rows = page.data.map((e) => {
-    const rate = h("td", { class: "hide-narrow" }, "…");
-    const last = h("td", {}, "…");
+    const rate = h("td", { "data-label": "Success, 24 h" }, "…");
+    const last = h("td", { "data-label": "Last delivery" }, "…");
     stats(e.id).then(
       (s) => {
         rate.textContent = s.rate;
@@ -161,7 +161,7 @@ async function endpointsScreen() {
         can("endpoints:write") ? h("a", { class: "button", href: "#/new" }, "Add your first endpoint") : null)
       : h("div", { class: "card" }, h("table", {},
         h("thead", {}, h("tr", {}, h("th", {}, "URL"), h("th", {}, "State"),
-          h("th", { class: "hide-narrow" }, "Success, 24 h"), h("th", {}, "Last delivery"))),
+          h("th", {}, "Success, 24 h"), h("th", {}, "Last delivery"))),
         h("tbody", {}, rows))),
   );
 }
@@ -215,10 +215,10 @@ async function formScreen(id) {
     status,
     field("url", "URL", url, "https, public; where each event is POSTed."),
     field("description", "Description (optional)", description),
-    h("fieldset", { class: "plain" }, h("legend", {}, h("b", {}, "Event types")),
+    h("fieldset", {}, h("legend", {}, h("b", {}, "Event types")),
       h("p", { class: "hint" }, "None chosen: every type, including ones added later."), typeBoxes, errors.event_types),
     field("rate_limit_per_second", "Rate limit (deliveries per second, optional)", rate, "1 to 10000; empty: as fast as possible."),
-    h("div", {}, h("b", {}, "Custom headers"), h("p", { class: "hint" }, "Sent with every delivery; up to 10."),
+    h("div", { class: "block" }, h("b", {}, "Custom headers"), h("p", { class: "hint" }, "Sent with every delivery; up to 10."),
       headerRows, errors.headers,
       h("button", { type: "button", class: "secondary", id: "add-header", onclick: () => addHeader() }, "Add header")),
     h("div", { class: "actions" },
@@ -427,7 +427,7 @@ function deliveryRows(endpointId, d, reload) {
         h("tbody", {}, page.data.map((a) => h("tr", {},
           h("td", {}, a.attempt), h("td", {}, when(a.started_at)), h("td", {}, `${a.duration_ms} ms`),
           h("td", {}, a.response_status ?? "—"),
-          h("td", { class: "url" }, a.error || (a.response_body ? a.response_body.slice(0, 300) : "(empty)")))))));
+          h("td", { class: "url" }, [a.response_body?.slice(0, 300), a.error].filter(Boolean).join(" · ") || "(empty body)"))))));
     }
   } }, "Attempts");
   const retry = can("deliveries:retry") ? h("button", { class: "secondary", onclick: async () => {
@@ -442,9 +442,10 @@ function deliveryRows(endpointId, d, reload) {
   const event = h("td", {}, h("b", {}, d.event_type),
     d.order_id ? h("div", { class: "muted small" }, `order ${d.order_id.slice(0, 8)}… · #${d.sequence}`) : null);
   return [
-    h("tr", { "data-delivery": d.id }, event, h("td", {}, statusPill(d.status)), h("td", {}, d.attempts),
+    h("tr", { "data-delivery": d.id }, event, h("td", {}, statusPill(d.status)),
+      h("td", { "data-label": "Attempts" }, d.attempts),
       h("td", { class: "hide-narrow" }, d.last_response_status ?? (d.last_error ? "error" : "—")),
-      h("td", {}, ago(d.updated_at)), h("td", {}, h("div", { class: "actions" }, toggle, retry))),
+      h("td", { "data-label": "Updated" }, ago(d.updated_at)), h("td", {}, h("div", { class: "actions" }, toggle, retry))),
     attemptsRow,
   ];
 }
