@@ -2,7 +2,8 @@
 //! operator. A token is shown once, at creation; only its hash is kept.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -11,6 +12,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::extract::{parse_id, Invalid, Params, PathText};
+use super::idempotent;
+use super::preconditions::idempotency_key;
 use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::app::AppState;
 use crate::auth::{self, Operator};
@@ -73,19 +76,30 @@ async fn existing_customer(state: &AppState, raw_id: &str) -> ApiResult<Uuid> {
 
 /// Create an API key for a customer (operator). The token is in this response only.
 #[utoipa::path(post, path = "/v1/customers/{id}/api-keys", operation_id = "createApiKey", tag = "api keys",
-    params(("id" = Uuid, Path, description = "Customer id")),
+    params(("id" = Uuid, Path, description = "Customer id"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
+            description = "1..255 printable ASCII characters; the same key within 24 h replays the first response (its token included; stored sealed with a key derived from this one, so use a random key)")),
     responses(
         (status = 201, description = "Created; `token` is shown only here", body = ApiKeyCreated),
         (status = 403, description = "Not the operator", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such customer", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A malformed or reused `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn create(
-    _: Operator,
+    operator: Operator,
     State(state): State<AppState>,
+    headers: HeaderMap,
     PathText(id): PathText<String>,
-) -> ApiResult<(StatusCode, axum::Json<ApiKeyCreated>)> {
+) -> ApiResult<Response> {
+    let key = idempotency_key(&headers)?;
     let customer_id = existing_customer(&state, &id).await?;
+    let owner = operator.owner_id();
+    let request = idempotent::request_hash(&[b"create api key", customer_id.as_bytes()]);
+    let mut tx = state.db.begin().await?;
+    if let Some(answer) = idempotent::claim_sealed(&mut tx, owner, key.as_deref(), request).await? {
+        return Ok(answer);
+    }
     let token = auth::generate_token(auth::API_KEY_PREFIX);
     let row = ApiKeyRow {
         id: Uuid::now_v7(),
@@ -93,16 +107,23 @@ pub async fn create(
         prefix: token[..auth::DISPLAY_PREFIX_LEN].to_string(),
         created_at: time::now(),
     };
-    db::api_keys::insert(&state.db, &row, &auth::hash_token(&token)).await?;
-    Ok((
+    db::api_keys::insert(&mut *tx, &row, &auth::hash_token(&token)).await?;
+    let created = ApiKeyCreated {
+        id: row.id,
+        token,
+        prefix: row.prefix,
+        created_at: row.created_at,
+    };
+    idempotent::complete_sealed(
+        &mut tx,
+        owner,
+        key.as_deref(),
         StatusCode::CREATED,
-        axum::Json(ApiKeyCreated {
-            id: row.id,
-            token,
-            prefix: row.prefix,
-            created_at: row.created_at,
-        }),
-    ))
+        &created,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
 /// List a customer's API keys, newest first, without tokens (operator).

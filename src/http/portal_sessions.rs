@@ -3,7 +3,8 @@
 //! is kept.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use chrono::{DateTime, Duration, Utc};
@@ -12,6 +13,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::extract::{parse_id, OptionalJson, PathText};
+use super::idempotent;
+use super::preconditions::idempotency_key;
 use crate::app::AppState;
 use crate::auth::{self, Operator};
 use crate::db;
@@ -63,20 +66,24 @@ pub struct PortalSessionCreated {
 /// Mint a portal session for a customer (operator). The token is in this response only.
 #[utoipa::path(post, path = "/v1/customers/{id}/portal-sessions", operation_id = "createPortalSession", tag = "portal",
     request_body(content = Option<PortalSessionIn>, description = "Optional: capabilities and lifetime"),
-    params(("id" = Uuid, Path, description = "Customer id")),
+    params(("id" = Uuid, Path, description = "Customer id"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
+            description = "1..255 printable ASCII characters; the same key within 24 h replays the first response (its token included; stored sealed with a key derived from this one, so use a random key)")),
     responses(
         (status = 201, description = "Created; `token` is shown only here", body = PortalSessionCreated),
         (status = 403, description = "Not the operator", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such customer", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "An unknown capability, or `expires_in` out of range", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An unknown capability, `expires_in` out of range, or a malformed or reused `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn create(
-    _: Operator,
+    operator: Operator,
     State(state): State<AppState>,
+    headers: HeaderMap,
     PathText(id): PathText<String>,
     OptionalJson(body): OptionalJson<PortalSessionIn>,
-) -> ApiResult<(StatusCode, axum::Json<PortalSessionCreated>)> {
+) -> ApiResult<Response> {
+    let key = idempotency_key(&headers)?;
     let body = body.unwrap_or_default();
     let customer_id = parse_id(&id, "customer")?;
     let mut checks = Checks::default();
@@ -92,6 +99,17 @@ pub async fn create(
     if db::customers::find(&state.db, customer_id).await?.is_none() {
         return Err(ApiError::NotFound("customer"));
     }
+    let owner = operator.owner_id();
+    let request = idempotent::request_hash(&[
+        b"create portal session",
+        customer_id.as_bytes(),
+        &capabilities.0.to_be_bytes(),
+        &expires_in.to_be_bytes(),
+    ]);
+    let mut tx = state.db.begin().await?;
+    if let Some(answer) = idempotent::claim_sealed(&mut tx, owner, key.as_deref(), request).await? {
+        return Ok(answer);
+    }
     let token = auth::generate_token(auth::PORTAL_PREFIX);
     let now = time::now();
     let session = NewSession {
@@ -102,18 +120,25 @@ pub async fn create(
         expires_at: now + Duration::seconds(expires_in),
         created_at: now,
     };
-    db::portal_sessions::insert(&state.db, &session).await?;
-    Ok((
+    db::portal_sessions::insert(&mut *tx, &session).await?;
+    let created = PortalSessionCreated {
+        id: session.id,
+        url: format!("{}/portal#token={token}", state.public_base),
+        token,
+        customer_id,
+        capabilities: capabilities.names(),
+        expires_at: session.expires_at,
+    };
+    idempotent::complete_sealed(
+        &mut tx,
+        owner,
+        key.as_deref(),
         StatusCode::CREATED,
-        axum::Json(PortalSessionCreated {
-            id: session.id,
-            url: format!("{}/portal#token={token}", state.public_base),
-            token,
-            customer_id,
-            capabilities: capabilities.names(),
-            expires_at: session.expires_at,
-        }),
-    ))
+        &created,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
 /// End every portal session of a customer at once (operator).

@@ -1,7 +1,8 @@
 //! `/v1/webhooks`: a customer's webhook endpoints and their signing secrets.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use std::collections::BTreeMap;
@@ -12,6 +13,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::extract::{parse_id, Invalid, Json, OptionalJson, Params, PathText};
+use super::idempotent;
+use super::preconditions::idempotency_key;
 use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::app::AppState;
 use crate::auth::Principal;
@@ -39,7 +42,7 @@ pub fn router() -> Router<AppState> {
 pub const ROTATION_GRACE: Duration = Duration::hours(24);
 const MAX_DESCRIPTION_CHARS: usize = 500;
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"url": "https://partner.example.com/webhooks/mechanica", "description": "Order updates", "event_types": ["order.status_changed"]}))]
 pub struct WebhookIn {
@@ -105,7 +108,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateIn {
     /// Your own new secret; generated if absent.
@@ -235,17 +238,21 @@ fn open_secret(state: &AppState, stored: &str) -> ApiResult<SigningSecret> {
 /// Register a webhook endpoint. The response holds its signing secret.
 #[utoipa::path(post, path = "/v1/webhooks", operation_id = "createWebhook", tag = "webhooks",
     request_body = WebhookIn,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
+            description = "1..255 printable ASCII characters; the same key within 24 h replays the first response (its secret included; stored sealed with a key derived from this one, so use a random key)")),
     responses(
         (status = 201, description = "Created, with `secret`", body = WebhookCreated),
         (status = 409, description = "The customer already has 20 endpoints", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid field (e.g. a URL pointing to a private network)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field (e.g. a URL pointing to a private network), or a malformed or reused `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn create(
     principal: Principal,
     State(state): State<AppState>,
+    headers: HeaderMap,
     Json(body): Json<WebhookIn>,
-) -> ApiResult<(StatusCode, axum::Json<WebhookCreated>)> {
+) -> ApiResult<Response> {
+    let key = idempotency_key(&headers)?;
     let customer_id = principal.scope(body.customer_id)?.ok_or_else(|| {
         ApiError::invalid(
             "customer_id",
@@ -269,14 +276,23 @@ pub async fn create(
     let rate_limit = body
         .rate_limit_per_second
         .and_then(|limit| check_rate_limit(&mut checks, limit));
-    let headers = check_headers(&mut checks, body.headers.unwrap_or_default());
+    let headers = check_headers(&mut checks, body.headers.clone().unwrap_or_default());
     checks.finish().map_err(ApiError::Validation)?;
     let (Some(url), Some(filter), Some(secret), Some(headers)) = (url, filter, secret, headers)
     else {
         return Err(ApiError::Internal);
     };
 
+    let request = idempotent::request_hash(&[
+        b"create webhook",
+        customer_id.as_bytes(),
+        &serde_json::to_vec(&body).unwrap_or_default(),
+    ]);
+    let owner = principal.owner_id();
     let mut tx = state.db.begin().await?;
+    if let Some(answer) = idempotent::claim_sealed(&mut tx, owner, key.as_deref(), request).await? {
+        return Ok(answer);
+    }
     // Locking the customer serializes its creations, so the limit holds.
     if db::customers::find_for_update(&mut *tx, customer_id)
         .await?
@@ -311,14 +327,20 @@ pub async fn create(
         headers: headers.to_stored(),
     };
     db::webhook_endpoints::insert(&mut *tx, &row).await?;
-    tx.commit().await?;
-    Ok((
+    let created = WebhookCreated {
+        endpoint: (&row).into(),
+        secret: secret.expose().to_string(),
+    };
+    idempotent::complete_sealed(
+        &mut tx,
+        owner,
+        key.as_deref(),
         StatusCode::CREATED,
-        axum::Json(WebhookCreated {
-            endpoint: (&row).into(),
-            secret: secret.expose().to_string(),
-        }),
-    ))
+        &created,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
 /// List webhook endpoints, newest first (no secrets).
@@ -502,34 +524,49 @@ pub async fn remove(
 /// one for 24 hours; a second rotation within that time drops the oldest.
 #[utoipa::path(post, path = "/v1/webhooks/{id}/secret/rotate", operation_id = "rotateWebhookSecret", tag = "webhooks",
     request_body(content = Option<RotateIn>, description = "Optional: your own new secret"),
-    params(("id" = Uuid, Path, description = "Endpoint id")),
+    params(("id" = Uuid, Path, description = "Endpoint id"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
+            description = "1..255 printable ASCII characters; the same key within 24 h replays the first response (its secret included; stored sealed with a key derived from this one, so use a random key)")),
     responses(
         (status = 200, description = "The new secret", body = SecretOut),
         (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The supplied secret is malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The supplied secret is malformed, or a malformed or reused `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn rotate(
     principal: Principal,
     State(state): State<AppState>,
+    headers: HeaderMap,
     PathText(id): PathText<String>,
     OptionalJson(body): OptionalJson<RotateIn>,
-) -> ApiResult<axum::Json<SecretOut>> {
+) -> ApiResult<Response> {
+    let key = idempotency_key(&headers)?;
     let id = parse_id(&id, "webhook endpoint")?;
     let requested = body.and_then(|b| b.secret);
     let new = parse_secret(requested.as_deref()).map_err(|e| ApiError::Validation(vec![e]))?;
+    let request = idempotent::request_hash(&[
+        b"rotate secret",
+        id.as_bytes(),
+        requested.as_deref().unwrap_or_default().as_bytes(),
+    ]);
+    let owner = principal.owner_id();
     let mut tx = state.db.begin().await?;
     let mut row = match db::webhook_endpoints::find_for_update(&mut *tx, id).await? {
         Some(row) if principal.can_see(row.customer_id) => row,
         _ => return Err(ApiError::NotFound("webhook endpoint")),
     };
+    if let Some(answer) = idempotent::claim_sealed(&mut tx, owner, key.as_deref(), request).await? {
+        return Ok(answer);
+    }
     let now = time::now();
     row.previous_secret = Some(std::mem::replace(&mut row.secret, state.secrets.seal(&new)));
     row.previous_secret_expires_at = Some(now + ROTATION_GRACE);
     row.updated_at = now;
     db::webhook_endpoints::update(&mut *tx, &row).await?;
-    tx.commit().await?;
-    Ok(axum::Json(SecretOut {
+    let rotated = SecretOut {
         secret: new.expose().to_string(),
-    }))
+    };
+    idempotent::complete_sealed(&mut tx, owner, key.as_deref(), StatusCode::OK, &rotated).await?;
+    tx.commit().await?;
+    Ok(axum::Json(rotated).into_response())
 }

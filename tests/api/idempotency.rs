@@ -314,3 +314,93 @@ async fn other_posts_replay_their_first_response_and_do_nothing_twice() {
         "the parked event was retried twice"
     );
 }
+
+/// The routes whose answer holds a secret replay it too, yet the database
+/// holds neither the secret nor the key that opens it (SPEC §10, and API
+/// keys and portal tokens stored hashed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_bearing_posts_replay_their_secret_without_storing_it() {
+    let db_name = fresh_db_name();
+    let mut config = test_config(format!("{}/{db_name}", server_url()));
+    config.webhook_allow_private_networks = true;
+    let app = TestApp::spawn_with(config, db_name).await;
+    let tenant = app.tenant("Sealed").await;
+    let hook_body = json!({"url": "http://127.0.0.1:9/sealed"});
+    let endpoint: Value = app
+        .post("/v1/webhooks", &tenant.token, &hook_body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let endpoint = endpoint["id"].as_str().unwrap().to_string();
+    let routes = [
+        (
+            format!("/v1/customers/{}/api-keys", tenant.id),
+            ADMIN.to_string(),
+            json!({}),
+            "token",
+            "SELECT CAST(COUNT(*) AS CHAR) FROM api_keys",
+        ),
+        (
+            format!("/v1/customers/{}/portal-sessions", tenant.id),
+            ADMIN.to_string(),
+            json!({"capabilities": ["secrets:read"]}),
+            "token",
+            "SELECT CAST(COUNT(*) AS CHAR) FROM portal_sessions",
+        ),
+        (
+            "/v1/webhooks".to_string(),
+            tenant.token.clone(),
+            json!({"url": "http://127.0.0.1:9/once"}),
+            "secret",
+            "SELECT CAST(COUNT(*) AS CHAR) FROM webhook_endpoints",
+        ),
+        (
+            format!("/v1/webhooks/{endpoint}/secret/rotate"),
+            tenant.token.clone(),
+            json!({}),
+            "secret",
+            "SELECT CAST(COUNT(DISTINCT previous_secret) AS CHAR) FROM webhook_endpoints WHERE previous_secret IS NOT NULL",
+        ),
+    ];
+    for (n, (path, token, body, secret_field, count_sql)) in routes.iter().enumerate() {
+        let key = format!("2b7c9c1e-sealed-{n}");
+        let (status, first, replayed) = post_with_key(&app, path, token, &key, body).await;
+        assert!(status.is_success() && !replayed, "{path}: {status} {first}");
+        let count = scalar(&app, count_sql).await;
+        let (again_status, again, replayed) = post_with_key(&app, path, token, &key, body).await;
+        assert_eq!((again_status, replayed), (status, true), "{path}");
+        assert_eq!(
+            again, first,
+            "{path}: the replay is the first answer, secret included"
+        );
+        assert_eq!(scalar(&app, count_sql).await, count, "{path}: done twice");
+        let secret = first[*secret_field].as_str().unwrap();
+        let stored: Vec<(String, String)> = sqlx::query_as(
+            "SELECT CONVERT(idempotency_key USING utf8mb4), COALESCE(response_body, '') FROM idempotency_keys",
+        )
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+        for (stored_key, stored_body) in &stored {
+            assert_ne!(stored_key, &key, "{path}: the key is stored in clear");
+            assert!(
+                !stored_body.contains(secret),
+                "{path}: the secret is stored"
+            );
+            assert!(
+                !stored_body.contains(&secret[6..]),
+                "{path}: the secret is stored"
+            );
+        }
+        if path.contains("portal") {
+            let changed = json!({"capabilities": ["secrets:rotate"]});
+            let (status, _, _) = post_with_key(&app, path, token, &key, &changed).await;
+            assert_eq!(
+                status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{path}: another request, same key"
+            );
+        }
+    }
+}

@@ -112,3 +112,24 @@ fn every_operation_id_is_unique_and_reads_as_a_method_name() {
         }
     }
 }
+
+/// SPEC §10: `Idempotency-Key` on every POST, and documented on each.
+#[test]
+fn every_post_documents_idempotency_key() {
+    let doc: Value =
+        serde_json::from_str(include_str!("../../openapi/openapi.json")).expect("openapi.json");
+    let mut posts = 0;
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        let Some(post) = operations.get("post") else {
+            continue;
+        };
+        posts += 1;
+        let documented = post["parameters"].as_array().is_some_and(|params| {
+            params
+                .iter()
+                .any(|p| p["in"] == "header" && p["name"] == "Idempotency-Key")
+        });
+        assert!(documented, "POST {path} does not document Idempotency-Key");
+    }
+    assert!(posts >= 11, "only {posts} POST routes");
+}
