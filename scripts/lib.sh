@@ -85,3 +85,32 @@ ensure_chromium() {
         sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null
     fi
 }
+
+# cargo-lambda (PyPI, pinned in tools/requirements-lambda.txt; the wheel
+# carries its binary) in its own virtualenv: its Lambda Runtime API emulator
+# is what the Lambda mode's tests invoke through.
+ensure_cargo_lambda() {
+    local venv="$ROOT/tools/.venv-lambda"
+    local stamp="$venv/.requirements"
+    if ! { [ -x "$venv/bin/cargo-lambda" ] && cmp -s "$stamp" "$ROOT/tools/requirements-lambda.txt"; }; then
+        log "installing cargo-lambda (PyPI) into tools/.venv-lambda"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/tools/requirements-lambda.txt"
+        cp "$ROOT/tools/requirements-lambda.txt" "$stamp"
+    fi
+    export CARGO_LAMBDA="$venv/bin/cargo-lambda"
+}
+
+# moto_server (a local AWS: SQS, IAM, Lambda, EventBridge) and boto3 (PyPI,
+# pinned in tools/requirements-deploy.txt), for deploy/terraform's test.
+ensure_moto() {
+    local venv="$ROOT/tools/.venv-deploy"
+    local stamp="$venv/.requirements"
+    if ! { [ -x "$venv/bin/moto_server" ] && cmp -s "$stamp" "$ROOT/tools/requirements-deploy.txt"; }; then
+        log "installing moto_server and boto3 (PyPI) into tools/.venv-deploy"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/tools/requirements-deploy.txt"
+        cp "$ROOT/tools/requirements-deploy.txt" "$stamp"
+    fi
+    export MOTO_VENV="$venv"
+}

@@ -1,5 +1,7 @@
 //! `mechanica-delivery`: consumes events from SQS and delivers them to the
-//! subscribed webhook endpoints (see `mechanica::delivery`).
+//! subscribed webhook endpoints (see `mechanica::delivery`). `lambda` as the
+//! first argument, or `AWS_LAMBDA_RUNTIME_API` in the environment, runs the
+//! same core as an AWS Lambda function instead (`delivery::lambda`).
 
 use std::process::ExitCode;
 
@@ -8,9 +10,16 @@ use mechanica::config::DeliveryConfig;
 use mechanica::delivery::worker::Worker;
 use mechanica::telemetry;
 
+/// A Lambda container's pool when `DATABASE_MAX_CONNECTIONS` is unset: one
+/// invocation at a time needs few, and concurrency × this must stay within
+/// the database's connection budget.
+const LAMBDA_CONNECTIONS: u32 = 2;
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match DeliveryConfig::from_env() {
+    let lambda = std::env::args().nth(1).as_deref() == Some("lambda")
+        || std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
+    let mut config = match DeliveryConfig::from_env() {
         Ok(config) => config,
         Err(errors) => {
             for error in errors {
@@ -20,6 +29,12 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
+    if lambda {
+        if std::env::var_os("DATABASE_MAX_CONNECTIONS").is_none() {
+            config.database_max_connections = LAMBDA_CONNECTIONS;
+        }
+        return run_lambda(config).await;
+    }
     let worker = match Worker::build(config.clone()).await {
         Ok(worker) => worker,
         Err(e) => {
@@ -34,4 +49,21 @@ async fn main() -> ExitCode {
     );
     worker.run_until_stopped(shutdown_signal()).await;
     ExitCode::SUCCESS
+}
+
+#[cfg(feature = "lambda")]
+async fn run_lambda(config: DeliveryConfig) -> ExitCode {
+    match mechanica::delivery::lambda::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mechanica-delivery lambda: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(feature = "lambda"))]
+async fn run_lambda(_: DeliveryConfig) -> ExitCode {
+    eprintln!("mechanica-delivery was built without the `lambda` feature");
+    ExitCode::from(2)
 }

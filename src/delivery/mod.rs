@@ -4,6 +4,8 @@
 
 pub mod client;
 pub mod fan_out;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod metrics;
 pub mod outcome;
 pub mod schedule;

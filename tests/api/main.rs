@@ -12,6 +12,8 @@ mod feed;
 mod idempotency;
 mod indexes;
 mod isolation;
+#[cfg(feature = "lambda")]
+mod lambda;
 mod limits;
 mod openapi;
 mod operations;

@@ -1,0 +1,375 @@
+//! `mechanica-delivery lambda` against a real Lambda Runtime API: the
+//! emulator of `cargo-lambda` (PyPI, installed by `scripts/lib.sh`), the
+//! built binary polling it as a function, and invocations sent to it as AWS
+//! sends them: SQS event JSON made from messages the relay really published,
+//! and EventBridge scheduled events (SPEC §12).
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+use crate::helpers::*;
+
+/// The Runtime API emulator and the function polling it.
+struct Function {
+    invoke: String,
+    client: reqwest::Client,
+    _emulator: Child,
+    _function: Child,
+}
+
+fn cargo_lambda() -> String {
+    std::env::var("CARGO_LAMBDA").expect(
+        "CARGO_LAMBDA is not set: run the tests with scripts/test, which installs cargo-lambda",
+    )
+}
+
+async fn free_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+impl Function {
+    async fn start(database_url: &str, queue_url: &str) -> Function {
+        let port = free_port().await;
+        let emulator = Command::new(cargo_lambda())
+            .args([
+                "lambda",
+                "watch",
+                "--only-lambda-apis",
+                "-A",
+                "127.0.0.1",
+                "-P",
+            ])
+            .arg(port.to_string())
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("cargo-lambda starts");
+        for _ in 0..300 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let function = Command::new(env!("CARGO_BIN_EXE_mechanica-delivery"))
+            .arg("lambda")
+            .env(
+                "AWS_LAMBDA_RUNTIME_API",
+                format!("http://127.0.0.1:{port}/.rt"),
+            )
+            .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+            .env("DATABASE_URL", database_url)
+            .env("SQS_QUEUE_URL", queue_url)
+            .env("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
+            .env("WEBHOOK_RETRY_SCHEDULE", "300ms,300ms")
+            .env("WEBHOOK_TIMEOUT", "2s")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the function starts");
+        Function {
+            invoke: format!("http://127.0.0.1:{port}/2015-03-31/functions/_/invocations"),
+            client: reqwest::Client::new(),
+            _emulator: emulator,
+            _function: function,
+        }
+    }
+
+    async fn invoke(&self, event: &Value) -> Value {
+        let response = self
+            .client
+            .post(&self.invoke)
+            .json(event)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .expect("the emulator answers");
+        assert_eq!(response.status(), StatusCode::OK, "the invocation failed");
+        response.json().await.unwrap()
+    }
+}
+
+/// An SQS event as Lambda's event source mapping delivers it.
+fn sqs_event(arn: &str, bodies: &[(String, String)]) -> Value {
+    let records: Vec<Value> = bodies
+        .iter()
+        .map(|(id, body)| {
+            json!({
+                "messageId": id,
+                "receiptHandle": format!("handle-{id}"),
+                "body": body,
+                "attributes": {
+                    "ApproximateReceiveCount": "1",
+                    "SentTimestamp": "1764230400000",
+                    "SenderId": "AIDAEXAMPLE",
+                    "ApproximateFirstReceiveTimestamp": "1764230400001"
+                },
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": arn,
+                "awsRegion": "us-east-1"
+            })
+        })
+        .collect();
+    json!({ "Records": records })
+}
+
+fn scheduled_event() -> Value {
+    json!({
+        "version": "0",
+        "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": "2026-11-27T12:00:00Z",
+        "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/mechanica-due"],
+        "detail": {}
+    })
+}
+
+/// The messages the relay published, as (message id, body) pairs.
+async fn published(system: &System, count: usize) -> Vec<(String, String)> {
+    let received = system.queue.receive(count, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), count, "the relay published every event");
+    received
+        .iter()
+        .enumerate()
+        .map(|(n, m)| (format!("message-{n}"), m.body.to_string()))
+        .collect()
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&app.db).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_delivered_and_only_the_record_that_cannot_be_recorded_fails() {
+    let system = System::without_worker().await;
+    let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
+    let tenant = system.app.tenant("Serverless").await;
+    let (_, secret) = system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    let mut orders = vec![];
+    for _ in 0..4 {
+        orders.push(system.app.new_order(&tenant).await);
+    }
+    let mut records = published(&system, 4).await;
+    // The database refuses every delivery of one event: its record alone
+    // cannot be recorded.
+    let refused: Value = serde_json::from_str(&records[2].1).unwrap();
+    let refused_id = refused["id"].as_str().unwrap().to_string();
+    sqlx::raw_sql(&format!(
+        "CREATE TRIGGER refuse_one BEFORE INSERT ON webhook_deliveries FOR EACH ROW
+         IF NEW.event_id = UNHEX(REPLACE('{refused_id}', '-', '')) THEN
+             SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by the test';
+         END IF"
+    ))
+    .execute(&system.app.db)
+    .await
+    .unwrap();
+    // A duplicate record (SQS delivers at least once) and one naming an
+    // event that never committed.
+    records.push(("message-dup".into(), records[0].1.clone()));
+    records.push((
+        "message-forged".into(),
+        json!({"id": uuid::Uuid::now_v7(), "type": "order.created"}).to_string(),
+    ));
+    let arn = system.queue.arn().await;
+    let function = Function::start(
+        &format!("{}/{}", server_url(), system.db_name),
+        &system.queue.url,
+    )
+    .await;
+
+    let answer = function.invoke(&sqs_event(&arn, &records)).await;
+    assert_eq!(
+        answer,
+        json!({"batchItemFailures": [{"itemIdentifier": "message-2"}]}),
+        "only the record that could not be recorded comes back"
+    );
+    // The others were delivered within the invocation, once each, signed.
+    let hits = receiver.hits_on("/hooks");
+    assert_eq!(
+        hits.len(),
+        3,
+        "{:?}",
+        hits.iter()
+            .map(|h| h.json()["id"].clone())
+            .collect::<Vec<_>>()
+    );
+    assert!(hits.iter().all(|h| h.verifies_with(&secret)));
+    assert!(hits.iter().all(|h| h.json()["id"] != refused_id.as_str()));
+    assert_eq!(
+        count(
+            &system.app,
+            "SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'succeeded'"
+        )
+        .await,
+        3
+    );
+
+    // Redelivered once the database accepts it: that record only.
+    sqlx::raw_sql("DROP TRIGGER refuse_one")
+        .execute(&system.app.db)
+        .await
+        .unwrap();
+    let again = function
+        .invoke(&sqs_event(&arn, &[records[2].clone(), records[0].clone()]))
+        .await;
+    assert_eq!(again, json!({"batchItemFailures": []}));
+    let hits = receiver.hits_on("/hooks");
+    assert_eq!(
+        hits.len(),
+        4,
+        "the redelivered duplicate was not sent again"
+    );
+    assert!(hits.iter().any(|h| h.json()["id"] == refused_id.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_pass_makes_the_retry_that_fell_due() {
+    let system = System::without_worker().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let receiver = Receiver::start(move |_, _, _| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            (503, Duration::ZERO)
+        } else {
+            (200, Duration::ZERO)
+        }
+    })
+    .await;
+    let tenant = system.app.tenant("Scheduled").await;
+    system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    system.app.new_order(&tenant).await;
+    let records = published(&system, 1).await;
+    let function = Function::start(
+        &format!("{}/{}", server_url(), system.db_name),
+        &system.queue.url,
+    )
+    .await;
+    let arn = system.queue.arn().await;
+    let answer = function.invoke(&sqs_event(&arn, &records)).await;
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+    assert_eq!(
+        receiver.hits_on("/hooks").len(),
+        1,
+        "the first attempt, refused"
+    );
+    let pending =
+        count(&system.app, "SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at IS NOT NULL").await;
+    assert_eq!(pending, 1, "a retry is scheduled");
+
+    // Nothing runs between invocations: the retry waits for the schedule.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(receiver.hits_on("/hooks").len(), 1);
+    let answer = function.invoke(&scheduled_event()).await;
+    assert_eq!(answer, json!({"attempted": 1}));
+    let hits = receiver.hits_on("/hooks");
+    assert_eq!(hits.len(), 2);
+    assert_eq!(hits[1].status, 200);
+    assert_eq!(hits[0].json()["id"], hits[1].json()["id"]);
+    assert_eq!(
+        count(
+            &system.app,
+            "SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'succeeded' AND attempts = 2"
+        )
+        .await,
+        1
+    );
+    // A scheduled pass with nothing due does nothing.
+    assert_eq!(
+        function.invoke(&scheduled_event()).await,
+        json!({"attempted": 0})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_with_the_database_away_fails_the_records_then_recovers() {
+    let system = System::without_worker().await;
+    let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
+    let tenant = system.app.tenant("Cold").await;
+    system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    system.app.new_order(&tenant).await;
+    system.app.new_order(&tenant).await;
+    let records = published(&system, 2).await;
+    let arn = system.queue.arn().await;
+
+    // The function starts while its database is unreachable.
+    let mut tunnel = Tunnel::open(0, "127.0.0.1:3306").await;
+    let port = tunnel.port;
+    tunnel.cut();
+    let function = Function::start(
+        &format!("mysql://root@127.0.0.1:{port}/{}", system.db_name),
+        &system.queue.url,
+    )
+    .await;
+    let answer = function.invoke(&sqs_event(&arn, &records)).await;
+    assert_eq!(
+        answer,
+        json!({"batchItemFailures": [{"itemIdentifier": "message-0"}, {"itemIdentifier": "message-1"}]}),
+        "nothing could be recorded: every record comes back for SQS to redeliver"
+    );
+    assert!(receiver.hits_on("/hooks").is_empty());
+
+    // The database is back: the same container carries on, no restart.
+    let _tunnel = Tunnel::open(port, "127.0.0.1:3306").await;
+    let answer = function.invoke(&sqs_event(&arn, &records)).await;
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+    assert_eq!(receiver.hits_on("/hooks").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orders_events_in_one_batch_arrive_in_order_within_the_invocation() {
+    let system = System::without_worker().await;
+    let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
+    let tenant = system.app.tenant("Ordered").await;
+    system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    let order = system.app.new_order(&tenant).await;
+    let id = order["id"].as_str().unwrap();
+    system
+        .app
+        .drive(id, &["confirmed", "picked_up", "in_transit"])
+        .await;
+    let mut records = published(&system, 4).await;
+    records.reverse();
+    let function = Function::start(
+        &format!("{}/{}", server_url(), system.db_name),
+        &system.queue.url,
+    )
+    .await;
+    let arn = system.queue.arn().await;
+    let answer = function.invoke(&sqs_event(&arn, &records)).await;
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+    // Each later event waited for the one before it, and went within the
+    // same invocation, not at the next scheduled pass.
+    let sequences: Vec<u64> = receiver
+        .hits_on("/hooks")
+        .iter()
+        .map(|h| h.json()["data"]["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sequences, [1, 2, 3, 4]);
+}
