@@ -24,7 +24,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 
-use common::{env, spawn, LIFE};
+use common::{env, percentile, spawn, LIFE};
 
 const ADMIN: &str = "bench-admin-token-0123456789";
 const API_PORT: u16 = 18090;
@@ -83,11 +83,6 @@ async fn api_ready(client: &reqwest::Client) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the API did not become ready");
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1000.0
 }
 
 async fn json_post(client: &reqwest::Client, path: &str, token: &str, body: Value) -> Value {

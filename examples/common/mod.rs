@@ -83,3 +83,9 @@ pub async fn post_json(
     assert!(r.status().is_success(), "{url}: {}", r.status());
     r.json().await.unwrap()
 }
+
+/// The `p` quantile (0..=1) of sorted durations, in milliseconds.
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}

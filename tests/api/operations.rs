@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use serde_json::Value;
 
 use crate::helpers::*;
 
@@ -96,4 +97,52 @@ async fn metrics_can_require_a_token() {
     assert_problem(anonymous, StatusCode::UNAUTHORIZED).await;
     let scraped = app.get("/metrics", "metrics-token-0123456789").await;
     assert_eq!(scraped.status(), StatusCode::OK);
+}
+
+/// SPEC §10: `DELIVERY_METRICS_ADDR` with port 0 picks a free port, which
+/// the worker reports in its start-up log line, and serves `/healthz` there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_binary_takes_port_zero_for_its_metrics() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let system = System::without_worker().await;
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_mechanica-delivery"))
+        .env(
+            "DATABASE_URL",
+            format!("{}/{}", server_url(), system.db_name),
+        )
+        .env("SQS_QUEUE_URL", &system.queue.url)
+        .env("DELIVERY_METRICS_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the worker starts");
+    let mut lines = BufReader::new(worker.stderr.take().unwrap()).lines();
+    let port = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if let Some(port) = entry["metrics_port"].as_u64() {
+                return port;
+            }
+        }
+        panic!("the worker never said where its metrics are");
+    })
+    .await
+    .expect("the start-up line within 20 s");
+    assert_ne!(port, 0);
+    let health = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("webhook_attempts_total"), "{metrics}");
+    let _ = worker.kill().await;
 }
