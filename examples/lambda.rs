@@ -1,25 +1,28 @@
-//! The Lambda mode's benchmark, all on this machine: API → MariaDB → relay →
-//! SQS emulator → an event source mapping played by this program (long
-//! polls, batches of 10, partial batch failures honoured) → cargo-lambda's
-//! Runtime API emulator → FUNCTIONS `mechanica-delivery lambda` processes →
-//! a local receiver that verifies every signature. Run it through
-//! `scripts/bench-lambda`.
+//! Delivery on Lambda beside the long-running worker, all on this machine,
+//! with the webhook benchmark's receiver (`../shared/bench/webhook_receiver.py`,
+//! signatures verified, keyed on `webhook-id`, at RECEIVER). API → MariaDB →
+//! relay → SQS emulator → then, by MODE:
+//!
+//! - `lambda`: an event source mapping played by this program (long polls,
+//!   batches of 10, partial batch failures honoured) → cargo-lambda's Runtime
+//!   API emulator → FUNCTIONS `mechanica-delivery lambda` processes;
+//! - `worker`: one long-running `mechanica-delivery`.
 //!
 //! 1. latency: status changes at a steady RATE/s for SECONDS; time from the
 //!    change's response to the webhook's arrival (the first attempt);
-//! 2. drain: DRAIN events queued with the mapping stopped, then started;
+//! 2. drain: DRAIN events queued with delivery stopped, then started;
 //!    deliveries/s.
+//!
+//! Run it through `scripts/bench-lambda`, which starts the receiver and runs
+//! both modes.
 
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 
 use common::{env, percentile, spawn, LIFE};
@@ -32,31 +35,63 @@ fn url(path: &str) -> String {
     format!("http://127.0.0.1:{API_PORT}{path}")
 }
 
-#[derive(Default)]
-struct Inbox {
-    arrived: Mutex<HashMap<String, Instant>>,
-    bad: AtomicUsize,
-    secret: Mutex<Option<standardwebhooks::Webhook>>,
+/// The benchmark's receiver, through its control API.
+struct Receiver {
+    base: String,
+    http: reqwest::Client,
 }
 
-async fn receive(State(inbox): State<Arc<Inbox>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let now = Instant::now();
-    let verified = inbox
-        .secret
-        .lock()
-        .unwrap()
-        .as_ref()
-        .is_some_and(|wh| wh.verify(&body, &headers).is_ok());
-    if !verified {
-        inbox.bad.fetch_add(1, Ordering::Relaxed);
-        return StatusCode::UNAUTHORIZED;
+impl Receiver {
+    async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("the receiver answers")
+            .json()
+            .await
+            .unwrap()
     }
-    let id = headers["webhook-id"]
-        .to_str()
-        .unwrap_or_default()
-        .to_string();
-    inbox.arrived.lock().unwrap().entry(id).or_insert(now);
-    StatusCode::NO_CONTENT
+
+    async fn reset(&self, secret: &str) {
+        self.http
+            .post(format!("{}/_reset", self.base))
+            .json(&json!({ "secret": secret, "key": "header:webhook-id" }))
+            .send()
+            .await
+            .expect("the receiver answers");
+    }
+
+    async fn unique(&self) -> usize {
+        self.get("/_stats").await["unique"].as_u64().unwrap_or(0) as usize
+    }
+
+    /// Waits until `count` distinct webhooks arrived.
+    async fn wait_for(&self, what: &str, count: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.unique().await < count {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// First arrival of each webhook id, in nanoseconds since the epoch.
+    async fn arrivals(&self) -> HashMap<String, u128> {
+        let all = self.get("/_arrivals").await;
+        all["arrivals"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_u64().unwrap() as u128))
+            .collect()
+    }
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
@@ -180,17 +215,68 @@ async fn mapping(
     while set.join_next().await.is_some() {}
 }
 
+/// Delivery, started in the chosen mode; dropping it stops it.
+enum Delivery {
+    Lambda {
+        on: Arc<AtomicBool>,
+        mapping: tokio::task::JoinHandle<()>,
+    },
+    Worker(common::Proc),
+}
+
+impl Delivery {
+    fn start(
+        mode: &str,
+        worker: &dyn Fn() -> common::Proc,
+        queue: &aws_sdk_sqs::Client,
+        queue_url: &str,
+        functions: usize,
+    ) -> Delivery {
+        if mode == "worker" {
+            return Delivery::Worker(worker());
+        }
+        let on = Arc::new(AtomicBool::new(true));
+        let mapping = tokio::spawn(mapping(
+            queue.clone(),
+            queue_url.to_string(),
+            functions,
+            on.clone(),
+        ));
+        Delivery::Lambda { on, mapping }
+    }
+
+    async fn stop(self) {
+        match self {
+            Delivery::Lambda { on, mapping } => {
+                on.store(false, Ordering::Relaxed);
+                let _ = mapping.await;
+            }
+            Delivery::Worker(process) => {
+                drop(process);
+                // A long poll the stopped worker left open would be handed
+                // the first messages and hide them: let it run out.
+                tokio::time::sleep(Duration::from_secs(21)).await;
+            }
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let target = env("CARGO_TARGET_DIR", "target");
     let api_bin = format!("{target}/release/mechanica-api");
-    let function_bin = format!("{target}/release/mechanica-delivery");
+    let delivery_bin = format!("{target}/release/mechanica-delivery");
+    let mode = env("MODE", "lambda");
     let rate: u64 = env("RATE", "200").parse().unwrap();
     let seconds: u64 = env("SECONDS", "10").parse().unwrap();
     let drain: usize = env("DRAIN", "3000").parse().unwrap();
     let functions: usize = env("FUNCTIONS", "4").parse().unwrap();
     let queue_url = env("LAMBDA_QUEUE_URL", "");
     let cargo_lambda = env("CARGO_LAMBDA", "cargo-lambda");
+    let receiver = Receiver {
+        base: env("RECEIVER", "http://127.0.0.1:9911"),
+        http: reqwest::Client::new(),
+    };
     let database = "mysql://root@127.0.0.1:3306/mechanica_bench_lambda".to_string();
     {
         use sqlx::Connection;
@@ -202,18 +288,6 @@ async fn main() {
             .await
             .unwrap();
     }
-
-    let inbox = Arc::new(Inbox::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let receiver_url = format!(
-        "http://127.0.0.1:{}/hook",
-        listener.local_addr().unwrap().port()
-    );
-    let app = axum::Router::new()
-        .fallback(receive)
-        .with_state(inbox.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
     let vars = |extra: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
         let mut vars = vec![
             ("DATABASE_URL", database.clone()),
@@ -236,24 +310,36 @@ async fn main() {
         .build()
         .unwrap();
     wait_until_ready(&client).await;
-    let _emulator = spawn(
-        &cargo_lambda,
-        &[
-            "lambda",
-            "watch",
-            "--only-lambda-apis",
-            "-A",
-            "127.0.0.1",
-            "-P",
-            &RUNTIME_PORT.to_string(),
-        ],
-        &[],
-    );
-    let runtime = format!("http://127.0.0.1:{RUNTIME_PORT}/.rt");
-    let _functions: Vec<_> = (0..functions)
-        .map(|_| {
-            spawn(
-                &function_bin,
+
+    // The Lambda mode's Runtime API emulator and functions.
+    let mut lambda_processes = vec![];
+    if mode == "lambda" {
+        lambda_processes.push(spawn(
+            &cargo_lambda,
+            &[
+                "lambda",
+                "watch",
+                "--only-lambda-apis",
+                "-A",
+                "127.0.0.1",
+                "-P",
+                &RUNTIME_PORT.to_string(),
+            ],
+            &[],
+        ));
+        for _ in 0..300 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", RUNTIME_PORT))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let runtime = format!("http://127.0.0.1:{RUNTIME_PORT}/.rt");
+        for _ in 0..functions {
+            lambda_processes.push(spawn(
+                &delivery_bin,
                 &["lambda"],
                 &vars(&[
                     ("AWS_LAMBDA_RUNTIME_API", runtime.clone()),
@@ -261,11 +347,23 @@ async fn main() {
                     ("AWS_LAMBDA_FUNCTION_VERSION", "1".into()),
                     ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024".into()),
                 ]),
-            )
-        })
-        .collect();
+            ));
+        }
+    }
+    let worker = || {
+        spawn(
+            &delivery_bin,
+            &[],
+            &vars(&[("DELIVERY_METRICS_ADDR", "127.0.0.1:0".into())]),
+        )
+    };
+    let label = if mode == "lambda" {
+        format!("lambda ({functions} functions, batches of 10)")
+    } else {
+        "worker".to_string()
+    };
 
-    let customer = post(&client, "/v1/customers", ADMIN, json!({ "name": "Lambda" })).await;
+    let customer = post(&client, "/v1/customers", ADMIN, json!({ "name": "Modes" })).await;
     let customer_id = customer["id"].as_str().unwrap().to_string();
     let key = post(
         &client,
@@ -279,34 +377,26 @@ async fn main() {
         &client,
         "/v1/webhooks",
         &token,
-        json!({ "url": receiver_url }),
+        json!({ "url": format!("{}/hook", receiver.base) }),
     )
     .await;
-    *inbox.secret.lock().unwrap() =
-        Some(standardwebhooks::Webhook::new(endpoint["secret"].as_str().unwrap()).unwrap());
+    receiver.reset(endpoint["secret"].as_str().unwrap()).await;
 
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(env("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"))
         .load()
         .await;
     let queue = aws_sdk_sqs::Client::new(&aws);
-    let on = Arc::new(AtomicBool::new(true));
-    let mut running = Some(tokio::spawn(mapping(
-        queue.clone(),
-        queue_url.clone(),
-        functions,
-        on.clone(),
-    )));
+    let delivery = Delivery::start(&mode, &worker, &queue, &queue_url, functions);
 
     // 1. First-attempt latency at a steady rate.
     let n = (rate * seconds) as usize;
     let paced = make_orders(&client, &token, n.div_ceil(LIFE.len())).await;
-    wait_until("the creations", Duration::from_secs(120), || {
-        inbox.arrived.lock().unwrap().len() >= paced.len()
-    })
-    .await;
-    let before = inbox.arrived.lock().unwrap().len();
-    let responded: Arc<Mutex<HashMap<(String, u64), Instant>>> = Default::default();
+    receiver
+        .wait_for("the creations", paced.len(), Duration::from_secs(120))
+        .await;
+    let before = receiver.unique().await;
+    let responded: Arc<Mutex<HashMap<(String, u64), u128>>> = Default::default();
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
@@ -326,14 +416,13 @@ async fn main() {
             responded
                 .lock()
                 .unwrap()
-                .insert((order, o["version"].as_u64().unwrap()), Instant::now());
+                .insert((order, o["version"].as_u64().unwrap()), now_ns());
         });
     }
     while set.join_next().await.is_some() {}
-    wait_until("the paced deliveries", Duration::from_secs(120), || {
-        inbox.arrived.lock().unwrap().len() >= before + n
-    })
-    .await;
+    receiver
+        .wait_for("the paced deliveries", before + n, Duration::from_secs(120))
+        .await;
     let mut by_key: HashMap<(String, u64), String> = HashMap::new();
     for order in &paced {
         let h: Value = client
@@ -352,27 +441,24 @@ async fn main() {
             );
         }
     }
-    let arrived = inbox.arrived.lock().unwrap().clone();
+    let arrived = receiver.arrivals().await;
     let mut latencies: Vec<Duration> = responded
         .lock()
         .unwrap()
         .iter()
-        .map(|(key, at)| arrived[&by_key[key]].saturating_duration_since(*at))
+        .map(|(key, at)| Duration::from_nanos(arrived[&by_key[key]].saturating_sub(*at) as u64))
         .collect();
     latencies.sort();
     println!(
-        "lambda latency at {rate} changes/s ({n} changes, {functions} functions): response to webhook arrival p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        "{label}: latency at {rate} changes/s ({n} changes): response to webhook arrival p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         percentile(&latencies, 1.0)
     );
 
-    // 2. Drain: the mapping stopped, DRAIN events queued, then started.
-    on.store(false, Ordering::Relaxed);
-    if let Some(running) = running.take() {
-        let _ = running.await;
-    }
-    let before = inbox.arrived.lock().unwrap().len();
+    // 2. Drain: delivery stopped, DRAIN events queued, then started again.
+    delivery.stop().await;
+    let before = receiver.unique().await;
     let queued = make_orders(&client, &token, drain).await;
     wait_until("the outbox to empty", Duration::from_secs(120), || {
         std::process::Command::new("curl")
@@ -381,23 +467,26 @@ async fn main() {
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\noutbox_backlog 0\n"))
     })
     .await;
-    on.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    let running = tokio::spawn(mapping(queue, queue_url, functions, on.clone()));
-    wait_until("the drain", Duration::from_secs(300), || {
-        inbox.arrived.lock().unwrap().len() >= before + queued.len()
-    })
-    .await;
+    let delivery = Delivery::start(&mode, &worker, &queue, &queue_url, functions);
+    receiver
+        .wait_for("the drain", before + queued.len(), Duration::from_secs(300))
+        .await;
     let took = started.elapsed();
+    let stats = receiver.get("/_stats").await;
     println!(
-        "lambda drain: {} queued events delivered in {:.2} s = {:.0} deliveries/s ({functions} functions, batches of 10); bad signatures: {}",
+        "{label}: drain: {} queued events delivered in {:.2} s = {:.0} deliveries/s; duplicates {}, signatures bad {} of {}",
         queued.len(),
         took.as_secs_f64(),
         queued.len() as f64 / took.as_secs_f64(),
-        inbox.bad.load(Ordering::Relaxed)
+        stats["duplicates"],
+        stats["sig_bad"],
+        stats["received"]
     );
-    on.store(false, Ordering::Relaxed);
-    let _ = running.await;
+    if let Delivery::Lambda { .. } = delivery {
+        delivery.stop().await;
+    }
+    drop(lambda_processes);
 }
 
 async fn wait_until_ready(client: &reqwest::Client) {

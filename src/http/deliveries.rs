@@ -377,11 +377,13 @@ pub async fn recover(
     let now = time::now();
     let (since, until) = recovery_window(&body, now).map_err(ApiError::Validation)?;
     let mut tx = state.db.begin().await?;
+    // The body as sent: an absent `until` means "now" at the first request,
+    // and a replay must match it, not a later "now".
     let request = idempotent::request_hash(&[
         b"recover",
         endpoint.id.as_bytes(),
-        &since.timestamp_millis().to_be_bytes(),
-        &until.timestamp_millis().to_be_bytes(),
+        body.since.as_bytes(),
+        body.until.as_deref().unwrap_or_default().as_bytes(),
     ]);
     let owner = principal.owner_id();
     if let Some(answer) = idempotent::claim(&mut tx, owner, key.as_deref(), request).await? {

@@ -204,16 +204,13 @@ async fn scalar(app: &TestApp, sql: &str) -> String {
     sqlx::query_scalar(sql).fetch_one(&app.db).await.unwrap()
 }
 
-/// SPEC §10: the other POST routes whose answer holds no secret replay their
-/// first response and do nothing twice (a test event sent once, a retry
-/// asked once, a parked event retried once, one customer).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn other_posts_replay_their_first_response_and_do_nothing_twice() {
+/// An app that allows private webhook URLs, a tenant, and an endpoint of it.
+async fn app_with_endpoint(name: &str) -> (TestApp, Tenant, String) {
     let db_name = fresh_db_name();
     let mut config = test_config(format!("{}/{db_name}", server_url()));
     config.webhook_allow_private_networks = true;
     let app = TestApp::spawn_with(config, db_name).await;
-    let tenant = app.tenant("Once").await;
+    let tenant = app.tenant(name).await;
     let hook: Value = app
         .post(
             "/v1/webhooks",
@@ -224,7 +221,17 @@ async fn other_posts_replay_their_first_response_and_do_nothing_twice() {
         .json()
         .await
         .unwrap();
-    let endpoint = hook["id"].as_str().unwrap();
+    let endpoint = hook["id"].as_str().unwrap().to_string();
+    (app, tenant, endpoint)
+}
+
+/// SPEC §10: the other POST routes whose answer holds no secret replay their
+/// first response and do nothing twice (a test event sent once, a retry
+/// asked once, a parked event retried once, one customer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_posts_replay_their_first_response_and_do_nothing_twice() {
+    let (app, tenant, endpoint) = app_with_endpoint("Once").await;
+    let endpoint = endpoint.as_str();
 
     // A customer.
     let customer = json!({"name": "Only once"});
@@ -320,19 +327,7 @@ async fn other_posts_replay_their_first_response_and_do_nothing_twice() {
 /// keys and portal tokens stored hashed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_bearing_posts_replay_their_secret_without_storing_it() {
-    let db_name = fresh_db_name();
-    let mut config = test_config(format!("{}/{db_name}", server_url()));
-    config.webhook_allow_private_networks = true;
-    let app = TestApp::spawn_with(config, db_name).await;
-    let tenant = app.tenant("Sealed").await;
-    let hook_body = json!({"url": "http://127.0.0.1:9/sealed"});
-    let endpoint: Value = app
-        .post("/v1/webhooks", &tenant.token, &hook_body)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let endpoint = endpoint["id"].as_str().unwrap().to_string();
+    let (app, tenant, endpoint) = app_with_endpoint("Sealed").await;
     let routes = [
         (
             format!("/v1/customers/{}/api-keys", tenant.id),
@@ -403,4 +398,41 @@ async fn secret_bearing_posts_replay_their_secret_without_storing_it() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_replays_its_first_answer_and_asks_nothing_twice() {
+    let (app, tenant, endpoint) = app_with_endpoint("Recover once").await;
+    let endpoint = endpoint.as_str();
+    let test = app
+        .post(
+            &format!("/v1/webhooks/{endpoint}/test"),
+            &tenant.token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(test.status(), StatusCode::ACCEPTED);
+    sqlx::query("UPDATE webhook_deliveries SET status = 'failed', next_attempt_at = NULL, manual_requested_at = NULL")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let path = format!("/v1/webhooks/{endpoint}/recover");
+    let body = json!({"since": (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339()});
+    let (status, first, replayed) =
+        post_with_key(&app, &path, &tenant.token, "recover-once", &body).await;
+    assert_eq!((status, replayed), (StatusCode::ACCEPTED, false));
+    assert_eq!(first, json!({"deliveries": 1}));
+    let asked = || {
+        scalar(
+            &app,
+            "SELECT CAST(manual_requested_at AS CHAR) FROM webhook_deliveries",
+        )
+    };
+    let at_first = asked().await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let (status, again, replayed) =
+        post_with_key(&app, &path, &tenant.token, "recover-once", &body).await;
+    assert_eq!((status, replayed), (StatusCode::ACCEPTED, true));
+    assert_eq!(again, first);
+    assert_eq!(asked().await, at_first, "the recovery was asked for twice");
 }
