@@ -586,15 +586,26 @@ struct Lane {
 struct Pace(std::sync::Mutex<Option<tokio::time::Instant>>);
 
 impl Pace {
-    /// When the next attempt may start; reserves that moment.
-    fn reserve(&self, per_second: u32) -> tokio::time::Instant {
+    /// When the next attempt may start, if that is no later than `latest`:
+    /// that moment is then reserved. A moment past `latest` is not reserved,
+    /// so a delivery that gives its lease back takes no one's place (else
+    /// the pace would drift ever further ahead of the clock and nothing
+    /// would be sent).
+    fn reserve(
+        &self,
+        per_second: u32,
+        latest: tokio::time::Instant,
+    ) -> Option<tokio::time::Instant> {
         let interval = Duration::from_secs_f64(1.0 / f64::from(per_second.max(1)));
         let interval = interval + (interval / 50).min(Duration::from_millis(5));
         let now = tokio::time::Instant::now();
         let mut next = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let at = next.map_or(now, |n| n.max(now));
+        if at > latest {
+            return None;
+        }
         *next = Some(at + interval);
-        at
+        Some(at)
     }
 }
 
@@ -653,16 +664,19 @@ async fn run_held(
     leased_at: Option<DateTime<Utc>>,
 ) {
     let rate_limit = endpoint.as_ref().and_then(|e| e.rate_limit_per_second);
-    let slots = tokio::time::timeout(HOLD_WAIT, async {
+    let deadline = tokio::time::Instant::now() + HOLD_WAIT;
+    let slots = tokio::time::timeout_at(deadline, async {
         let endpoint = held.lane.in_flight.clone().acquire_owned().await;
         if let Some(per_second) = rate_limit {
-            tokio::time::sleep_until(held.lane.pace.reserve(per_second)).await;
+            // Its turn under the endpoint's rate limit, if it comes in time.
+            let turn = held.lane.pace.reserve(per_second, deadline)?;
+            tokio::time::sleep_until(turn).await;
         }
         let worker = shared.in_flight.clone().acquire_owned().await;
-        (endpoint, worker)
+        Some((endpoint, worker))
     })
     .await;
-    let Ok((Ok(_endpoint_slot), Ok(_worker_slot))) = slots else {
+    let Ok(Some((Ok(_endpoint_slot), Ok(_worker_slot)))) = slots else {
         let ids = [row.id];
         if let Err(e) = with_retries(|| db::deliveries::release(&shared.pool, &ids)).await {
             tracing::warn!(error = %e, "giving a lease back failed; it runs out by itself");
@@ -1286,4 +1300,31 @@ pub fn live_secrets(
         }
     }
     Ok(live)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pace_spaces_attempts_and_reserves_only_turns_that_come_in_time() {
+        let pace = Pace::default();
+        let start = tokio::time::Instant::now();
+        let latest = start + Duration::from_millis(2500);
+        let turns: Vec<_> = (0..3).map(|_| pace.reserve(1, latest).unwrap()).collect();
+        let interval = Duration::from_millis(1005);
+        assert_eq!(turns[1] - turns[0], interval);
+        assert_eq!(turns[2] - turns[1], interval);
+        // Too late for this delivery: nothing reserved, so the next one
+        // still gets the turn right after the last.
+        assert_eq!(pace.reserve(1, latest), None);
+        assert_eq!(pace.reserve(1, latest), None);
+        let later = pace.reserve(1, start + Duration::from_secs(60)).unwrap();
+        assert_eq!(later - turns[2], interval);
+        // 2 % more than 1/limit, at most 5 ms more (1 s + 5 ms above).
+        let fast = Pace::default();
+        let a = fast.reserve(100, latest).unwrap();
+        let b = fast.reserve(100, latest).unwrap();
+        assert_eq!(b - a, Duration::from_micros(10_200));
+    }
 }
