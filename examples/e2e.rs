@@ -24,7 +24,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 
-use common::{env, percentile, spawn, LIFE};
+use common::{env, percentile, spawn, wait_until, LIFE};
 
 const ADMIN: &str = "bench-admin-token-0123456789";
 const API_PORT: u16 = 18090;
@@ -62,56 +62,8 @@ async fn receive(State(inbox): State<Arc<Inbox>>, headers: HeaderMap, body: Byte
     StatusCode::NO_CONTENT
 }
 
-async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-async fn api_ready(client: &reqwest::Client) {
-    for _ in 0..200 {
-        if client
-            .get(url("/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the API did not become ready");
-}
-
 async fn json_post(client: &reqwest::Client, path: &str, token: &str, body: Value) -> Value {
     common::post_json(client, url(path), token, body).await
-}
-
-async fn make_orders(client: &reqwest::Client, token: &str, count: usize) -> Vec<String> {
-    let body = json!({
-        "pickup": { "name": "A", "line1": "1 Road", "city": "Rotterdam", "postal_code": "3011", "country": "NL" },
-        "delivery": { "name": "B", "line1": "2 Road", "city": "Berlin", "postal_code": "10115", "country": "DE" },
-        "parcels": [{ "weight_grams": 100, "length_mm": 10, "width_mm": 10, "height_mm": 10 }]
-    });
-    let mut set = tokio::task::JoinSet::new();
-    for chunk in 0..32 {
-        let (client, token, body) = (client.clone(), token.to_string(), body.clone());
-        set.spawn(async move {
-            let mut ids = vec![];
-            for _ in (chunk..count).step_by(32) {
-                let o = json_post(&client, "/v1/orders", &token, body.clone()).await;
-                ids.push(o["id"].as_str().unwrap().to_string());
-            }
-            ids
-        });
-    }
-    let mut ids = vec![];
-    while let Some(r) = set.join_next().await {
-        ids.extend(r.unwrap());
-    }
-    ids
 }
 
 /// Moves every order through `steps` statuses at concurrency 32.
@@ -197,7 +149,7 @@ async fn main() {
         .pool_max_idle_per_host(64)
         .build()
         .unwrap();
-    api_ready(&client).await;
+    common::api_ready(&client, &url("")).await;
     let worker_vars = common(&[("DELIVERY_METRICS_ADDR", format!("127.0.0.1:{METRICS_PORT}"))]);
     let mut worker = Some(spawn(&worker_bin, &[], &worker_vars));
 
@@ -223,7 +175,7 @@ async fn main() {
 
     // 1. Sustained: orders created first (their events delivered too), then
     //    COUNT status changes; throughput over the changes' events.
-    let orders = make_orders(&client, &token, count / LIFE.len()).await;
+    let orders = common::make_orders(&client, &url(""), &token, count / LIFE.len()).await;
     let created = orders.len();
     wait_until("creation events", Duration::from_secs(120), || {
         inbox.arrived.lock().unwrap().len() >= created
@@ -247,7 +199,7 @@ async fn main() {
     // 2. Latency at a steady rate.
     let n = (rate * seconds) as usize;
     let before = inbox.arrived.lock().unwrap().len();
-    let paced = make_orders(&client, &token, n.div_ceil(LIFE.len())).await;
+    let paced = common::make_orders(&client, &url(""), &token, n.div_ceil(LIFE.len())).await;
     wait_until("paced creations", Duration::from_secs(120), || {
         inbox.arrived.lock().unwrap().len() >= before + paced.len()
     })
@@ -323,7 +275,7 @@ async fn main() {
     // messages and hide them for the visibility timeout: let it run out.
     tokio::time::sleep(Duration::from_secs(21)).await;
     let before = inbox.arrived.lock().unwrap().len();
-    let queued = make_orders(&client, &token, drain).await;
+    let queued = common::make_orders(&client, &url(""), &token, drain).await;
     wait_until("the outbox to empty", Duration::from_secs(120), || {
         std::process::Command::new("curl")
             .args(["-fsS", &url("/metrics")])

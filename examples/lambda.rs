@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{env, percentile, spawn, LIFE};
+use common::{env, percentile, spawn, wait_until, LIFE};
 
 const ADMIN: &str = "bench-admin-token-0123456789";
 const API_PORT: u16 = 18190;
@@ -94,41 +94,8 @@ fn now_ns() -> u128 {
         .as_nanos()
 }
 
-async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 async fn post(client: &reqwest::Client, path: &str, token: &str, body: Value) -> Value {
     common::post_json(client, url(path), token, body).await
-}
-
-async fn make_orders(client: &reqwest::Client, token: &str, count: usize) -> Vec<String> {
-    let body = json!({
-        "pickup": { "name": "A", "line1": "1 Road", "city": "Rotterdam", "postal_code": "3011", "country": "NL" },
-        "delivery": { "name": "B", "line1": "2 Road", "city": "Berlin", "postal_code": "10115", "country": "DE" },
-        "parcels": [{ "weight_grams": 100, "length_mm": 10, "width_mm": 10, "height_mm": 10 }]
-    });
-    let mut set = tokio::task::JoinSet::new();
-    for chunk in 0..32 {
-        let (client, token, body) = (client.clone(), token.to_string(), body.clone());
-        set.spawn(async move {
-            let mut ids = vec![];
-            for _ in (chunk..count).step_by(32) {
-                let o = post(&client, "/v1/orders", &token, body.clone()).await;
-                ids.push(o["id"].as_str().unwrap().to_string());
-            }
-            ids
-        });
-    }
-    let mut ids = vec![];
-    while let Some(r) = set.join_next().await {
-        ids.extend(r.unwrap());
-    }
-    ids
 }
 
 /// The event source mapping: `pollers` long polls, each batch invoked
@@ -309,7 +276,7 @@ async fn main() {
         .pool_max_idle_per_host(64)
         .build()
         .unwrap();
-    wait_until_ready(&client).await;
+    common::api_ready(&client, &url("")).await;
 
     // The Lambda mode's Runtime API emulator and functions.
     let mut lambda_processes = vec![];
@@ -391,7 +358,7 @@ async fn main() {
 
     // 1. First-attempt latency at a steady rate.
     let n = (rate * seconds) as usize;
-    let paced = make_orders(&client, &token, n.div_ceil(LIFE.len())).await;
+    let paced = common::make_orders(&client, &url(""), &token, n.div_ceil(LIFE.len())).await;
     receiver
         .wait_for("the creations", paced.len(), Duration::from_secs(120))
         .await;
@@ -459,7 +426,7 @@ async fn main() {
     // 2. Drain: delivery stopped, DRAIN events queued, then started again.
     delivery.stop().await;
     let before = receiver.unique().await;
-    let queued = make_orders(&client, &token, drain).await;
+    let queued = common::make_orders(&client, &url(""), &token, drain).await;
     wait_until("the outbox to empty", Duration::from_secs(120), || {
         std::process::Command::new("curl")
             .args(["-fsS", &url("/metrics")])
@@ -487,19 +454,4 @@ async fn main() {
         delivery.stop().await;
     }
     drop(lambda_processes);
-}
-
-async fn wait_until_ready(client: &reqwest::Client) {
-    for _ in 0..200 {
-        if client
-            .get(url("/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the API did not become ready");
 }

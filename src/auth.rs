@@ -74,7 +74,7 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if token_in_query(parts) {
+        if token_in_query(parts.uri.query()) {
             return Err(ApiError::BadRequest(
                 "send the token in the `Authorization` header, never in a URL (URLs are logged)"
                     .into(),
@@ -145,8 +145,8 @@ fn portal_reach(parts: &Parts, capabilities: Capabilities) -> Result<(), ApiErro
 
 /// A token sent in the query string would be logged by every proxy on the
 /// way: refused, even beside a good `Authorization` header.
-fn token_in_query(parts: &Parts) -> bool {
-    parts.uri.query().is_some_and(|query| {
+pub fn token_in_query(query: Option<&str>) -> bool {
+    query.is_some_and(|query| {
         query.split('&').any(|pair| {
             let name = pair.split('=').next().unwrap_or_default();
             ["token", "access_token", "api_key"].contains(&name.to_ascii_lowercase().as_str())
@@ -171,6 +171,15 @@ impl PortalSlot {
 /// Middleware: answers to a portal session carry `Portal-Capabilities`
 /// and `Portal-Expires-At`.
 pub async fn portal_headers(mut request: Request, next: Next) -> Response {
+    let portal = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .is_some_and(|token| token.starts_with(PORTAL_PREFIX));
+    if !portal {
+        return next.run(request).await;
+    }
     let slot = PortalSlot::default();
     request.extensions_mut().insert(slot.clone());
     let mut response = next.run(request).await;
@@ -193,7 +202,11 @@ const PORTAL_CAPABILITIES: HeaderName = HeaderName::from_static("portal-capabili
 const PORTAL_EXPIRES_AT: HeaderName = HeaderName::from_static("portal-expires-at");
 
 fn bearer_token(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    bearer(parts.headers.get(AUTHORIZATION)?.to_str().ok()?)
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)

@@ -89,3 +89,68 @@ pub fn percentile(sorted: &[std::time::Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i].as_secs_f64() * 1000.0
 }
+
+/// Waits until `done()`, polling every 2 ms; panics after `within`.
+pub async fn wait_until(what: &str, within: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+/// Waits until the API at `base` answers `/readyz` with a 2xx.
+pub async fn api_ready(client: &reqwest::Client, base: &str) {
+    for _ in 0..200 {
+        if client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the API did not become ready");
+}
+
+/// Creates `count` orders at concurrency 32 through the API at `base`;
+/// their ids.
+pub async fn make_orders(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    count: usize,
+) -> Vec<String> {
+    let body = serde_json::json!({
+        "pickup": { "name": "A", "line1": "1 Road", "city": "Rotterdam", "postal_code": "3011", "country": "NL" },
+        "delivery": { "name": "B", "line1": "2 Road", "city": "Berlin", "postal_code": "10115", "country": "DE" },
+        "parcels": [{ "weight_grams": 100, "length_mm": 10, "width_mm": 10, "height_mm": 10 }]
+    });
+    let mut set = tokio::task::JoinSet::new();
+    for chunk in 0..32 {
+        let (client, url, token, body) = (
+            client.clone(),
+            format!("{base}/v1/orders"),
+            token.to_string(),
+            body.clone(),
+        );
+        set.spawn(async move {
+            let mut ids = vec![];
+            for _ in (chunk..count).step_by(32) {
+                let o = post_json(&client, url.clone(), &token, body.clone()).await;
+                ids.push(o["id"].as_str().unwrap().to_string());
+            }
+            ids
+        });
+    }
+    let mut ids = vec![];
+    while let Some(r) = set.join_next().await {
+        ids.extend(r.unwrap());
+    }
+    ids
+}

@@ -63,7 +63,7 @@ fn asset(state: &AppState, content_type: &'static str, body: &'static str) -> Re
 /// The page. A token belongs in the fragment (`#token=…`), which browsers
 /// never send: one in the query string is refused.
 pub async fn index(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
-    if query.is_some_and(|q| q.contains("token")) {
+    if crate::auth::token_in_query(query.as_deref()) {
         return ApiError::BadRequest(
             "the portal token belongs in the URL fragment (/portal#token=…), which is never sent to a server"
                 .into(),
