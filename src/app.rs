@@ -22,12 +22,13 @@ use tracing::Level;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::auth::hash_token;
+use crate::auth::{self, hash_token, KeyLookups};
 use crate::config::Config;
 use crate::db;
 use crate::error::ApiError;
 use crate::http;
 use crate::metrics::Metrics;
+use crate::order_writer::OrderWriter;
 use crate::outbox::{self, Relay};
 use crate::queue::Queue;
 use crate::rate_limit::RateLimiter;
@@ -56,6 +57,10 @@ pub struct AppState {
     pub secrets: Arc<SecretBox>,
     pub allow_private_networks: bool,
     pub rate_limiter: Arc<RateLimiter>,
+    /// Writes new orders, several to a transaction.
+    pub orders: OrderWriter,
+    /// Looks up API keys, several to a query.
+    pub api_keys: KeyLookups,
     /// The base of links handed out (`PUBLIC_URL`).
     pub public_base: Arc<str>,
     /// Origins that may frame the portal (`PORTAL_FRAME_ANCESTORS`).
@@ -141,6 +146,8 @@ impl App {
             ),
             allow_private_networks: config.webhook_allow_private_networks,
             rate_limiter: Arc::new(RateLimiter::new(config.rate_limit)),
+            orders: OrderWriter::start(pool.clone(), signals.clone()),
+            api_keys: auth::key_lookups(pool.clone()),
             public_base: config
                 .public_base(listener.local_addr().unwrap_or(config.bind_addr))
                 .into(),

@@ -11,10 +11,12 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
+use sqlx::MySqlPool;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::app::AppState;
+use crate::batch::Batcher;
 use crate::db;
 use crate::domain::portal::{self, Access, Capabilities};
 use crate::domain::time;
@@ -90,8 +92,8 @@ impl FromRequestParts<AppState> for Principal {
         }
         // Looked up by its hash, so timing reveals nothing about the token.
         let principal = if token.starts_with(API_KEY_PREFIX) {
-            let customer_id = db::api_keys::customer_for_hash(&state.db, &hash)
-                .await?
+            let customer_id = (state.api_keys.call(hash).await)
+                .unwrap_or(Err(sqlx::Error::PoolClosed))?
                 .ok_or(ApiError::Unauthorized)?;
             Principal::Customer(customer_id)
         } else if token.starts_with(PORTAL_PREFIX) {
@@ -120,6 +122,41 @@ impl FromRequestParts<AppState> for Principal {
             })?;
         Ok(principal)
     }
+}
+
+/// API-key lookups, grouped (`batch`): while one query is in the database,
+/// the keys of the requests arriving meanwhile wait to share the next. Each
+/// lookup is made after its request arrived, so a deleted key is refused on
+/// the next request, as before.
+pub type KeyLookups = Batcher<[u8; 32], sqlx::Result<Option<Uuid>>>;
+
+/// Keys looked up per query at most.
+const MAX_KEY_LOOKUPS: usize = 64;
+
+pub fn key_lookups(db: MySqlPool) -> KeyLookups {
+    Batcher::start(MAX_KEY_LOOKUPS, move |hashes| {
+        let db = db.clone();
+        async move { look_up_keys(&db, hashes).await }
+    })
+}
+
+/// One query for the group; if it fails, one each, so that each request
+/// gets its own error.
+async fn look_up_keys(db: &MySqlPool, hashes: Vec<[u8; 32]>) -> Vec<sqlx::Result<Option<Uuid>>> {
+    if hashes.len() > 1 {
+        if let Ok(found) = db::api_keys::customers_for_hashes(db, &hashes).await {
+            let customer = |hash: &[u8; 32]| {
+                let found = found.iter().find(|(h, _)| h[..] == hash[..]);
+                Ok(found.map(|(_, customer)| *customer))
+            };
+            return hashes.iter().map(customer).collect();
+        }
+    }
+    let mut customers = Vec::with_capacity(hashes.len());
+    for hash in &hashes {
+        customers.push(db::api_keys::customer_for_hash(db, hash).await);
+    }
+    customers
 }
 
 /// Refuses (403) a portal session on a route outside its reach or its

@@ -4,6 +4,8 @@
 pub mod app;
 /// Bearer tokens: operator and customer API keys; the `Principal` extractor.
 pub mod auth;
+/// Group work: concurrent requests share one round trip.
+pub mod batch;
 /// Every setting, read from the environment and validated once.
 pub mod config;
 /// Pool, migrations, and the SQL of each table.
@@ -18,6 +20,8 @@ pub mod error;
 pub mod http;
 /// Request counts and latencies in Prometheus text.
 pub mod metrics;
+/// Group commit for new orders: concurrent creations share one transaction.
+pub mod order_writer;
 /// The relay from the outbox to SQS: a lease, a high-water mark, parking.
 pub mod outbox;
 /// The SQS client wrapper.

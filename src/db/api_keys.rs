@@ -42,6 +42,22 @@ pub async fn customer_for_hash(
         .await
 }
 
+/// The customers several tokens belong to, by the tokens' hashes; unknown
+/// hashes are missing from the answer.
+pub async fn customers_for_hashes(
+    db: impl MySqlExecutor<'_>,
+    token_hashes: &[[u8; 32]],
+) -> sqlx::Result<Vec<(Vec<u8>, Uuid)>> {
+    let mut sql =
+        QueryBuilder::new("SELECT token_hash, customer_id FROM api_keys WHERE token_hash IN (");
+    let mut list = sql.separated(", ");
+    for hash in token_hashes {
+        list.push_bind(&hash[..]);
+    }
+    sql.push(")");
+    sql.build_query_as().fetch_all(db).await
+}
+
 /// A customer's keys, newest first, after the cursor's id.
 pub async fn list(
     db: impl MySqlExecutor<'_>,

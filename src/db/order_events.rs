@@ -7,20 +7,29 @@ use crate::domain::Event;
 
 /// Records an event; call it in the transaction of the change it records.
 pub async fn insert(db: impl MySqlExecutor<'_>, event: &Event) -> sqlx::Result<()> {
-    let payload = serde_json::to_string(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query(
-        "INSERT INTO order_events (id, order_id, customer_id, sequence, event_type, payload, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(event.id)
-    .bind(event.data.order_id)
-    .bind(event.data.customer_id)
-    .bind(event.data.sequence)
-    .bind(event.event_type.as_str())
-    .bind(payload)
-    .bind(event.timestamp)
-    .execute(db)
-    .await?;
+    insert_many(db, &[event]).await
+}
+
+/// Records several events in one statement, positioned in slice order;
+/// call it in the transaction of the changes they record.
+pub async fn insert_many(db: impl MySqlExecutor<'_>, events: &[&Event]) -> sqlx::Result<()> {
+    let mut sql = QueryBuilder::new(
+        "INSERT INTO order_events (id, order_id, customer_id, sequence, event_type, payload, created_at) ",
+    );
+    let mut payloads = Vec::with_capacity(events.len());
+    for event in events {
+        payloads.push(serde_json::to_string(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+    }
+    sql.push_values(events.iter().zip(payloads), |mut row, (event, payload)| {
+        row.push_bind(event.id)
+            .push_bind(event.data.order_id)
+            .push_bind(event.data.customer_id)
+            .push_bind(event.data.sequence)
+            .push_bind(event.event_type.as_str())
+            .push_bind(payload)
+            .push_bind(event.timestamp);
+    });
+    sql.build().execute(db).await?;
     Ok(())
 }
 

@@ -55,32 +55,40 @@ pub enum InsertError {
     Db(sqlx::Error),
 }
 
-pub async fn insert(db: impl MySqlExecutor<'_>, order: &Order) -> Result<(), InsertError> {
-    sqlx::query(
-        "INSERT INTO orders (id, customer_id, reference, status, pickup, delivery, parcels, notes,
-                             version, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(order.id)
-    .bind(order.customer_id)
-    .bind(&order.reference)
-    .bind(order.status.as_str())
-    .bind(json(&order.pickup))
-    .bind(json(&order.delivery))
-    .bind(json(&order.parcels))
-    .bind(&order.notes)
-    .bind(order.version)
-    .bind(order.created_at)
-    .bind(order.updated_at)
-    .execute(db)
-    .await
-    .map_err(|e| {
+impl From<sqlx::Error> for InsertError {
+    fn from(e: sqlx::Error) -> InsertError {
         if is_duplicate_key(&e) {
             InsertError::DuplicateReference
         } else {
             InsertError::Db(e)
         }
-    })?;
+    }
+}
+
+pub async fn insert(db: impl MySqlExecutor<'_>, order: &Order) -> Result<(), InsertError> {
+    insert_many(db, &[order]).await
+}
+
+/// Inserts several orders in one statement; all or none.
+pub async fn insert_many(db: impl MySqlExecutor<'_>, orders: &[&Order]) -> Result<(), InsertError> {
+    let mut sql = QueryBuilder::new(
+        "INSERT INTO orders (id, customer_id, reference, status, pickup, delivery, parcels, notes,
+                             version, created_at, updated_at) ",
+    );
+    sql.push_values(orders, |mut row, order| {
+        row.push_bind(order.id)
+            .push_bind(order.customer_id)
+            .push_bind(&order.reference)
+            .push_bind(order.status.as_str())
+            .push_bind(json(&order.pickup))
+            .push_bind(json(&order.delivery))
+            .push_bind(json(&order.parcels))
+            .push_bind(&order.notes)
+            .push_bind(order.version)
+            .push_bind(order.created_at)
+            .push_bind(order.updated_at);
+    });
+    sql.build().execute(db).await.map_err(InsertError::from)?;
     Ok(())
 }
 

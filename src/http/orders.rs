@@ -25,6 +25,7 @@ use crate::domain::cursor::{self, CursorKind};
 use crate::domain::text::Checks;
 use crate::domain::{time, Address, Event, Order, OrderContents, OrderStatus, Parcel};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
+use crate::order_writer;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -107,18 +108,37 @@ pub async fn create(
     )
     .map_err(ApiError::Validation)?;
 
-    let mut tx = state.db.begin().await?;
-    if let Some(request) = request {
-        if let Some(answer) =
-            idempotent::claim(&mut tx, principal.owner_id(), key.as_deref(), request).await?
-        {
-            return Ok(answer);
-        }
+    if principal == Principal::Operator
+        && db::customers::find(&state.db, customer_id).await?.is_none()
+    {
+        return Err(ApiError::invalid("customer_id", "no such customer"));
     }
-    // On any error the transaction rolls back, the key's claim with it.
-    let order = insert_order(&mut tx, principal, customer_id, contents, key.as_deref()).await?;
-    tx.commit().await?;
-    state.signals.events_committed();
+    let order = new_order(customer_id, contents);
+    let order = match (key, request) {
+        (Some(key), Some(request)) => {
+            // The key's claim, the order and the stored answer commit
+            // together; on any error the transaction rolls back, the claim
+            // with it.
+            let mut tx = state.db.begin().await?;
+            if let Some(answer) =
+                idempotent::claim(&mut tx, principal.owner_id(), Some(&key), request).await?
+            {
+                return Ok(answer);
+            }
+            order_writer::insert_one(&mut tx, &order)
+                .await
+                .map_err(|e| insert_error(e, order.reference.as_deref()))?;
+            let owner = principal.owner_id();
+            idempotent::complete(&mut tx, owner, Some(&key), StatusCode::CREATED, &order).await?;
+            tx.commit().await?;
+            state.signals.events_committed();
+            order
+        }
+        _ => {
+            let reference = order.reference.clone();
+            (state.orders.create(order).await).map_err(|e| insert_error(e, reference.as_deref()))?
+        }
+    };
     let location = format!("/v1/orders/{}", order.id);
     Ok((
         StatusCode::CREATED,
@@ -128,21 +148,10 @@ pub async fn create(
         .into_response())
 }
 
-/// Inserts the order, its first event and (with a key) the stored response.
-async fn insert_order(
-    tx: &mut sqlx::MySqlConnection,
-    principal: Principal,
-    customer_id: Uuid,
-    contents: OrderContents,
-    key: Option<&str>,
-) -> ApiResult<Order> {
-    if principal == Principal::Operator
-        && db::customers::find(&mut *tx, customer_id).await?.is_none()
-    {
-        return Err(ApiError::invalid("customer_id", "no such customer"));
-    }
+/// A new order, pending, at version 1.
+fn new_order(customer_id: Uuid, contents: OrderContents) -> Order {
     let now = time::now();
-    let order = Order {
+    Order {
         id: Uuid::now_v7(),
         customer_id,
         reference: contents.reference,
@@ -154,22 +163,20 @@ async fn insert_order(
         version: 1,
         created_at: now,
         updated_at: now,
-    };
-    db::orders::insert(&mut *tx, &order)
-        .await
-        .map_err(|e| match e {
-            InsertError::DuplicateReference => ApiError::conflict(
-                "duplicate-reference",
-                format!(
-                    "an order with reference {:?} already exists",
-                    order.reference.as_deref().unwrap_or_default()
-                ),
+    }
+}
+
+fn insert_error(e: InsertError, reference: Option<&str>) -> ApiError {
+    match e {
+        InsertError::DuplicateReference => ApiError::conflict(
+            "duplicate-reference",
+            format!(
+                "an order with reference {:?} already exists",
+                reference.unwrap_or_default()
             ),
-            InsertError::Db(e) => e.into(),
-        })?;
-    db::order_events::insert(&mut *tx, &Event::created(&order)).await?;
-    idempotent::complete(tx, principal.owner_id(), key, StatusCode::CREATED, &order).await?;
-    Ok(order)
+        ),
+        InsertError::Db(e) => e.into(),
+    }
 }
 
 /// What makes two creations "the same": the customer and the parsed body.

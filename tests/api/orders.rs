@@ -212,6 +212,69 @@ async fn references_are_unique_per_customer() {
     assert_eq!(page["data"].as_array().unwrap().len(), 1);
 }
 
+/// Orders created at the same moment share a transaction (`order_writer`):
+/// a duplicate reference among them is refused alone, every other order and
+/// its first event are written, and every key is checked (one deleted key
+/// among many is refused while the others are served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_created_together_succeed_or_fail_alone() {
+    let app = TestApp::spawn().await;
+    let a = app.tenant("A").await;
+    let b = app.tenant("B").await;
+    let gone = app.tenant("Gone").await;
+    let key_id: Vec<u8> = sqlx::query_scalar("SELECT id FROM api_keys WHERE customer_id = ?")
+        .bind(gone.id.parse::<uuid::Uuid>().unwrap())
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let key_id = uuid::Uuid::from_slice(&key_id).unwrap();
+    let deleted = app
+        .delete(
+            &format!("/v1/customers/{}/api-keys/{key_id}", gone.id),
+            ADMIN,
+        )
+        .await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+
+    let requests = (0..60).map(|n| {
+        let (token, reference) = match n {
+            // Two of A's orders share a reference; B's may reuse it.
+            0..=2 => (a.token.as_str(), "SAME".to_string()),
+            3 => (b.token.as_str(), "SAME".to_string()),
+            4 => (gone.token.as_str(), "GONE".to_string()),
+            n if n % 2 == 0 => (a.token.as_str(), format!("A-{n}")),
+            n => (b.token.as_str(), format!("B-{n}")),
+        };
+        let mut body = order_body();
+        body["reference"] = json!(reference);
+        let app = &app;
+        async move { (n, app.create_order(token, &body).await.status()) }
+    });
+    let statuses = futures::future::join_all(requests).await;
+    let count = |status| statuses.iter().filter(|(_, s)| *s == status).count();
+    assert_eq!(count(StatusCode::CREATED), 57, "{statuses:?}");
+    assert_eq!(count(StatusCode::CONFLICT), 2, "{statuses:?}");
+    assert_eq!(statuses[4].1, StatusCode::UNAUTHORIZED);
+
+    let orders: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let created_events: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM order_events e JOIN orders o ON o.id = e.order_id
+         WHERE e.sequence = 1 AND e.event_type = 'order.created'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((orders, created_events), (57, 57));
+    let same: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE reference = 'SAME'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(same, 2, "one for A, one for B");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_creates_orders_for_a_named_customer() {
     let app = TestApp::spawn().await;
