@@ -370,33 +370,77 @@ async fn a_settle_from_a_stale_lease_changes_nothing() {
     );
 }
 
-/// Many attempts in flight, two connections: every webhook goes out once.
-/// Attempts no longer take a connection each to record their outcome, so a
-/// pool timeout after a 2xx cannot leave a delivery to be sent again.
+/// Many attempts in flight, two connections, and the database slow to take
+/// their outcomes: every 2xx is recorded and no webhook goes out twice.
+/// Each attempt used to take a connection of its own to record its
+/// outcome; while the delivery rows were locked (a long transaction, a
+/// migration) the two connections stalled, the other attempts waited more
+/// than the pool's 5 s, recorded nothing after their 2xx, and their
+/// deliveries stayed leased, to be sent again when the lease ran out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_webhook_is_sent_twice_under_pool_pressure() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const WEBHOOKS: usize = 40;
     let mut system = System::without_worker().await;
     let mut config = worker_config(&system.db_name, &system.queue.url);
     config.database_max_connections = 2;
     config.max_in_flight = 128;
     config.max_in_flight_per_endpoint = 128;
     system.worker = Some(TestWorker::start(config).await);
-    let receiver = Receiver::start(|_, _, _| (200, Duration::from_millis(20))).await;
+    let arrived = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = arrived.clone();
+    let receiver = Receiver::start(move |_, _, _| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        (200, Duration::from_millis(1500))
+    })
+    .await;
     let tenant = system.app.tenant("Crowded").await;
     system
         .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
         .await;
-    let orders = futures::future::join_all((0..150).map(|_| system.app.new_order(&tenant))).await;
-    assert_eq!(orders.len(), 150);
-    receiver
-        .wait_for_successes("/hooks", 150, Duration::from_secs(30))
-        .await;
+    for _ in 0..WEBHOOKS {
+        system.app.new_order(&tenant).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while arrived.load(Ordering::SeqCst) < WEBHOOKS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the webhooks never went out"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every attempt is in flight; their outcomes now meet locked rows.
+    let mut lock = system.app.db.begin().await.unwrap();
+    sqlx::query("SELECT id FROM webhook_deliveries FOR UPDATE")
+        .fetch_all(&mut *lock)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    lock.rollback().await.unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let succeeded: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'succeeded'",
+        )
+        .fetch_one(&system.app.db)
+        .await
+        .unwrap();
+        if succeeded == WEBHOOKS as i64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{succeeded} of {WEBHOOKS} recorded as succeeded 10 s after the rows were free"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut per_event: HashMap<String, usize> = HashMap::new();
     for hit in receiver.hits() {
         *per_event.entry(hit.header("webhook-id")).or_default() += 1;
     }
-    assert_eq!(per_event.len(), 150);
+    assert_eq!(per_event.len(), WEBHOOKS);
     assert!(
         per_event.values().all(|n| *n == 1),
         "sent twice: {:?}",
