@@ -1,20 +1,31 @@
-//! Group commit for new orders. Orders created at the same moment are
+//! Group commit for order writes. Orders created at the same moment are
 //! written together (`batch`): one transaction, one multi-row `INSERT` into
 //! `orders` and one into `order_events`, one commit, instead of a
-//! transaction each.
+//! transaction each. Status changes arriving together likewise: one locking
+//! read of all their orders, each change decided in arrival order (two
+//! changes to one order apply one after the other), one `UPDATE`, one
+//! `INSERT` of their events, one commit. A refused change (a stale
+//! `If-Match`, a transition the status machine forbids) is answered alone
+//! and writes nothing.
 //!
 //! If a group fails (a duplicate reference, a deadlock, a lost connection)
-//! it is written again one order at a time, each in its own transaction, so
-//! each request gets its own answer and one bad order never fails another.
+//! it is written again one request at a time, each in its own transaction,
+//! so each request gets its own answer and one bad request never fails
+//! another.
 
 use std::sync::Arc;
 
-use sqlx::{MySqlConnection, MySqlPool};
+use std::collections::HashMap;
 
+use sqlx::{MySqlConnection, MySqlPool};
+use uuid::Uuid;
+
+use crate::auth::Principal;
 use crate::batch::Batcher;
 use crate::db;
 use crate::db::orders::InsertError;
-use crate::domain::{Event, Order};
+use crate::domain::{time, Event, Order, OrderStatus};
+use crate::error::{ApiError, ApiResult};
 use crate::signals::Signals;
 
 /// At most this many orders per transaction. A valid order is at most
@@ -22,31 +33,178 @@ use crate::signals::Signals;
 /// group stays far below any server's packet limit.
 const MAX_GROUP: usize = 32;
 
-/// Hands new orders to the group writer; cheap to clone.
+/// Hands order writes to the group writers; cheap to clone.
 #[derive(Clone)]
 pub struct OrderWriter {
-    batcher: Batcher<Order, Result<Order, InsertError>>,
+    creates: Batcher<Order, Result<Order, InsertError>>,
+    changes: Batcher<StatusChange, ApiResult<Order>>,
+}
+
+/// A requested status change, checked for form but not yet against the order.
+#[derive(Debug, Clone)]
+pub struct StatusChange {
+    pub order_id: Uuid,
+    pub principal: Principal,
+    pub target: OrderStatus,
+    /// `If-Match`: the versions the caller accepts.
+    pub expected: Option<Vec<u32>>,
+    pub note: Option<String>,
+    pub location: Option<String>,
 }
 
 impl OrderWriter {
-    /// Starts the writer (within a Tokio runtime).
+    /// Starts the writers (within a Tokio runtime).
     pub fn start(db: MySqlPool, signals: Arc<Signals>) -> OrderWriter {
-        let batcher = Batcher::start(MAX_GROUP, move |orders| {
-            let (db, signals) = (db.clone(), signals.clone());
+        let (pool, woken) = (db.clone(), signals.clone());
+        let creates = Batcher::start(MAX_GROUP, move |orders| {
+            let (db, signals) = (pool.clone(), woken.clone());
             async move {
                 let written = write(&db, orders).await;
                 signals.events_committed();
                 written
             }
         });
-        OrderWriter { batcher }
+        let changes = Batcher::start(MAX_GROUP, move |changes| {
+            let (db, signals) = (db.clone(), signals.clone());
+            async move {
+                let written = write_changes(&db, changes).await;
+                signals.events_committed();
+                written
+            }
+        });
+        OrderWriter { creates, changes }
     }
 
     /// Writes the order and its `order.created` event; returns the order
     /// once both are committed.
     pub async fn create(&self, order: Order) -> Result<Order, InsertError> {
-        (self.batcher.call(order).await).unwrap_or(Err(InsertError::Db(sqlx::Error::PoolClosed)))
+        (self.creates.call(order).await).unwrap_or(Err(InsertError::Db(sqlx::Error::PoolClosed)))
     }
+
+    /// Applies the change and writes its event; returns the order as it now
+    /// is, once committed.
+    pub async fn change_status(&self, change: StatusChange) -> ApiResult<Order> {
+        (self.changes.call(change).await).unwrap_or(Err(sqlx::Error::PoolClosed.into()))
+    }
+}
+
+/// Checks `change` against `order` (as the caller may see it) and applies
+/// it: the status machine, `If-Match`, who may ask for what. Returns the
+/// event to record; on error the order is untouched.
+pub fn apply(order: &mut Order, change: &StatusChange) -> ApiResult<Event> {
+    if !change.principal.can_see(order.customer_id) {
+        return Err(ApiError::NotFound("order"));
+    }
+    if let Some(versions) = &change.expected {
+        if !versions.contains(&order.version) {
+            return Err(ApiError::PreconditionFailed(format!(
+                "the order is at version {}, not the one in If-Match",
+                order.version
+            )));
+        }
+    }
+    if matches!(change.principal, Principal::Customer(_)) && change.target != OrderStatus::Cancelled
+    {
+        return Err(ApiError::Forbidden(
+            "customers may only move their orders to `cancelled`".into(),
+        ));
+    }
+    let (previous, target) = (order.status, change.target);
+    if target == previous {
+        return Err(ApiError::conflict(
+            "invalid-transition",
+            format!("the order is already `{previous}`"),
+        ));
+    }
+    if !previous.can_move_to(target) {
+        return Err(ApiError::conflict(
+            "invalid-transition",
+            format!("cannot move an order from `{previous}` to `{target}`"),
+        ));
+    }
+    order.status = target;
+    order.version += 1;
+    order.updated_at = time::now().max(order.updated_at);
+    Ok(Event::status_changed(
+        order,
+        previous,
+        change.note.clone(),
+        change.location.clone(),
+    ))
+}
+
+/// Locks the order, applies the change and writes it and its event, in the
+/// caller's transaction: the path of a change that shares its transaction
+/// (an idempotency key's claim), and of each change of a failed group.
+pub async fn change_one(tx: &mut MySqlConnection, change: &StatusChange) -> ApiResult<Order> {
+    let mut order = db::orders::find_for_update(&mut *tx, change.order_id)
+        .await?
+        .ok_or(ApiError::NotFound("order"))?;
+    let event = apply(&mut order, change)?;
+    db::orders::update_status(&mut *tx, &order).await?;
+    db::order_events::insert(&mut *tx, &event).await?;
+    Ok(order)
+}
+
+async fn write_changes(db: &MySqlPool, changes: Vec<StatusChange>) -> Vec<ApiResult<Order>> {
+    if changes.len() > 1 {
+        if let Ok(answers) = change_group(db, &changes).await {
+            return answers;
+        }
+    }
+    let mut answers = Vec::with_capacity(changes.len());
+    for change in &changes {
+        answers.push(change_alone(db, change).await);
+    }
+    answers
+}
+
+/// One transaction for the group; refused changes are answered in the
+/// result and write nothing. Any database error fails the whole group.
+async fn change_group(
+    db: &MySqlPool,
+    changes: &[StatusChange],
+) -> sqlx::Result<Vec<ApiResult<Order>>> {
+    let mut ids: Vec<Uuid> = changes.iter().map(|c| c.order_id).collect();
+    ids.sort();
+    ids.dedup();
+    let mut tx = db.begin().await?;
+    let mut orders: HashMap<Uuid, Order> = db::orders::find_many_for_update(&mut *tx, &ids)
+        .await?
+        .into_iter()
+        .map(|o| (o.id, o))
+        .collect();
+    let mut events = vec![];
+    let answers: Vec<ApiResult<Order>> = changes
+        .iter()
+        .map(|change| {
+            let order = orders
+                .get_mut(&change.order_id)
+                .ok_or(ApiError::NotFound("order"))?;
+            let mut changed = order.clone();
+            events.push(apply(&mut changed, change)?);
+            *order = changed.clone();
+            Ok(changed)
+        })
+        .collect();
+    let changed: Vec<&Order> = ids
+        .iter()
+        .filter_map(|id| orders.get(id))
+        .filter(|o| events.iter().any(|e| e.data.order_id == o.id))
+        .collect();
+    if !changed.is_empty() {
+        db::orders::update_statuses(&mut *tx, &changed).await?;
+        db::order_events::insert_many(&mut *tx, &events.iter().collect::<Vec<_>>()).await?;
+    }
+    tx.commit().await?;
+    Ok(answers)
+}
+
+async fn change_alone(db: &MySqlPool, change: &StatusChange) -> ApiResult<Order> {
+    let mut tx = db.begin().await?;
+    let order = change_one(&mut tx, change).await?;
+    tx.commit().await?;
+    Ok(order)
 }
 
 /// Writes an order and its first event in the caller's transaction: the

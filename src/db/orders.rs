@@ -105,16 +105,54 @@ pub async fn find_for_update(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Resu
     row.map(Order::try_from).transpose()
 }
 
+/// Reads several orders and locks them until the transaction ends; missing
+/// ids are missing from the answer. Pass the ids sorted, so that two
+/// groups lock shared orders in the same order.
+pub async fn find_many_for_update(
+    db: impl MySqlExecutor<'_>,
+    ids: &[Uuid],
+) -> sqlx::Result<Vec<Order>> {
+    let mut sql = QueryBuilder::new(format!("SELECT {COLUMNS} FROM orders WHERE id IN ("));
+    let mut list = sql.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    sql.push(") ORDER BY id FOR UPDATE");
+    let rows: Vec<OrderRow> = sql.build_query_as().fetch_all(db).await?;
+    rows.into_iter().map(Order::try_from).collect()
+}
+
+/// Writes the new status, version and update time of several orders in one
+/// statement.
+pub async fn update_statuses(db: impl MySqlExecutor<'_>, orders: &[&Order]) -> sqlx::Result<()> {
+    let mut sql = QueryBuilder::new("UPDATE orders SET status = CASE id");
+    for order in orders {
+        sql.push(" WHEN ").push_bind(order.id);
+        sql.push(" THEN ").push_bind(order.status.as_str());
+    }
+    sql.push(" END, version = CASE id");
+    for order in orders {
+        sql.push(" WHEN ").push_bind(order.id);
+        sql.push(" THEN ").push_bind(order.version);
+    }
+    sql.push(" END, updated_at = CASE id");
+    for order in orders {
+        sql.push(" WHEN ").push_bind(order.id);
+        sql.push(" THEN ").push_bind(order.updated_at);
+    }
+    sql.push(" END WHERE id IN (");
+    let mut list = sql.separated(", ");
+    for order in orders {
+        list.push_bind(order.id);
+    }
+    sql.push(")");
+    sql.build().execute(db).await?;
+    Ok(())
+}
+
 /// Writes a new status, version and update time.
 pub async fn update_status(db: impl MySqlExecutor<'_>, order: &Order) -> sqlx::Result<()> {
-    sqlx::query("UPDATE orders SET status = ?, version = ?, updated_at = ? WHERE id = ?")
-        .bind(order.status.as_str())
-        .bind(order.version)
-        .bind(order.updated_at)
-        .bind(order.id)
-        .execute(db)
-        .await?;
-    Ok(())
+    update_statuses(db, &[order]).await
 }
 
 pub struct ListFilter {

@@ -25,7 +25,7 @@ use crate::domain::cursor::{self, CursorKind};
 use crate::domain::text::Checks;
 use crate::domain::{time, Address, Event, Order, OrderContents, OrderStatus, Parcel};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
-use crate::order_writer;
+use crate::order_writer::{self, StatusChange};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -320,60 +320,32 @@ pub async fn change_status(
     }
     checks.finish().map_err(ApiError::Validation)?;
     let target = target.ok_or(ApiError::Internal)?;
-
-    let mut tx = state.db.begin().await?;
-    let request = status_request_hash(id, &body);
-    if let Some(answer) =
-        idempotent::claim(&mut tx, principal.owner_id(), key.as_deref(), request).await?
-    {
-        return Ok(answer);
-    }
-    let mut order = match db::orders::find_for_update(&mut *tx, id).await? {
-        Some(order) if principal.can_see(order.customer_id) => order,
-        _ => return Err(ApiError::NotFound("order")),
+    let change = StatusChange {
+        order_id: id,
+        principal,
+        target,
+        expected,
+        note: body.note.clone(),
+        location: body.location.clone(),
     };
-    if let Some(versions) = expected {
-        if !versions.contains(&order.version) {
-            return Err(ApiError::PreconditionFailed(format!(
-                "the order is at version {}, not the one in If-Match",
-                order.version
-            )));
+    let order = match key {
+        Some(key) => {
+            // The key's claim, the change and the stored answer commit
+            // together.
+            let mut tx = state.db.begin().await?;
+            let request = status_request_hash(id, &body);
+            let owner = principal.owner_id();
+            if let Some(answer) = idempotent::claim(&mut tx, owner, Some(&key), request).await? {
+                return Ok(answer);
+            }
+            let order = order_writer::change_one(&mut tx, &change).await?;
+            idempotent::complete(&mut tx, owner, Some(&key), StatusCode::OK, &order).await?;
+            tx.commit().await?;
+            state.signals.events_committed();
+            order
         }
-    }
-    if matches!(principal, Principal::Customer(_)) && target != OrderStatus::Cancelled {
-        return Err(ApiError::Forbidden(
-            "customers may only move their orders to `cancelled`".into(),
-        ));
-    }
-    let previous = order.status;
-    if target == previous {
-        return Err(ApiError::conflict(
-            "invalid-transition",
-            format!("the order is already `{previous}`"),
-        ));
-    }
-    if !previous.can_move_to(target) {
-        return Err(ApiError::conflict(
-            "invalid-transition",
-            format!("cannot move an order from `{previous}` to `{target}`"),
-        ));
-    }
-    order.status = target;
-    order.version += 1;
-    order.updated_at = time::now().max(order.updated_at);
-    db::orders::update_status(&mut *tx, &order).await?;
-    let event = Event::status_changed(&order, previous, body.note, body.location);
-    db::order_events::insert(&mut *tx, &event).await?;
-    idempotent::complete(
-        &mut tx,
-        principal.owner_id(),
-        key.as_deref(),
-        StatusCode::OK,
-        &order,
-    )
-    .await?;
-    tx.commit().await?;
-    state.signals.events_committed();
+        None => state.orders.change_status(change).await?,
+    };
     Ok(([(ETAG, etag(&order))], axum::Json(order)).into_response())
 }
 

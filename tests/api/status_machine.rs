@@ -181,3 +181,92 @@ async fn if_match_guards_against_stale_writes() {
     let response = send("*", "in_transit").await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// Changes arriving together share a transaction (`order_writer`): two
+/// changes to one order apply one after the other (one wins, the other is
+/// refused by the status machine), a stale `If-Match` and another
+/// customer's order are refused alone, and every accepted change has its
+/// event, numbered after the order's previous one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_together_succeed_or_fail_alone() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Together").await;
+    let other = app.tenant("Other").await;
+    let mut orders = vec![];
+    for _ in 0..20 {
+        orders.push(
+            app.new_order(&tenant).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let foreign = app.new_order(&other).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let send = |order: String, status: &'static str, if_match: Option<&'static str>| {
+        let app = &app;
+        async move {
+            let mut request = app
+                .client
+                .post(app.url(&format!("/v1/orders/{order}/status")))
+                .bearer_auth(ADMIN)
+                .json(&serde_json::json!({ "status": status }));
+            if let Some(version) = if_match {
+                request = request.header("if-match", version);
+            }
+            request.send().await.unwrap().status()
+        }
+    };
+    let mut requests = vec![];
+    for order in &orders {
+        // Twice the same move: one applies, the other finds it done.
+        requests.push(send(order.clone(), "confirmed", None));
+        requests.push(send(order.clone(), "confirmed", None));
+    }
+    requests.push(send(orders[0].clone(), "cancelled", Some("\"7\"")));
+    let statuses = join_all(requests).await;
+    let customer_moves = join_all(
+        [&orders[1], &foreign].map(|order| app.change_status(&tenant.token, order, "cancelled")),
+    )
+    .await;
+
+    for pair in statuses[..40].chunks(2) {
+        let mut pair = pair.to_vec();
+        pair.sort();
+        assert_eq!(pair, [StatusCode::OK, StatusCode::CONFLICT]);
+    }
+    assert_eq!(statuses[40], StatusCode::PRECONDITION_FAILED);
+    assert_eq!(customer_moves[0].status(), StatusCode::OK);
+    assert_eq!(customer_moves[1].status(), StatusCode::NOT_FOUND);
+    for (n, order) in orders.iter().enumerate() {
+        let history: Value = app
+            .get(&format!("/v1/orders/{order}/events"), &tenant.token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let events: Vec<(u64, String)> = history["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let status = e["data"]["status"].as_str().unwrap().to_string();
+                (e["data"]["sequence"].as_u64().unwrap(), status)
+            })
+            .collect();
+        let mut expected = vec![(1, "pending".to_string()), (2, "confirmed".to_string())];
+        if n == 1 {
+            expected.push((3, "cancelled".to_string()));
+        }
+        assert_eq!(events, expected, "order {n}");
+    }
+    let foreign_events: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM order_events WHERE order_id = ?")
+            .bind(foreign.parse::<uuid::Uuid>().unwrap())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(foreign_events, 1);
+}
