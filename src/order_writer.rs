@@ -148,8 +148,13 @@ pub async fn change_one(tx: &mut MySqlConnection, change: &StatusChange) -> ApiR
 
 async fn write_changes(db: &MySqlPool, changes: Vec<StatusChange>) -> Vec<ApiResult<Order>> {
     if changes.len() > 1 {
-        if let Ok(answers) = change_group(db, &changes).await {
-            return answers;
+        match change_group(db, &changes).await {
+            Ok(answers) => return answers,
+            Err(GroupFailed::AtCommit) => {
+                let unknown = || Err(ApiError::Unavailable(OUTCOME_UNKNOWN));
+                return changes.iter().map(|_| unknown()).collect();
+            }
+            Err(GroupFailed::BeforeCommit) => {}
         }
     }
     let mut answers = Vec::with_capacity(changes.len());
@@ -164,7 +169,7 @@ async fn write_changes(db: &MySqlPool, changes: Vec<StatusChange>) -> Vec<ApiRes
 async fn change_group(
     db: &MySqlPool,
     changes: &[StatusChange],
-) -> sqlx::Result<Vec<ApiResult<Order>>> {
+) -> Result<Vec<ApiResult<Order>>, GroupFailed> {
     let mut ids: Vec<Uuid> = changes.iter().map(|c| c.order_id).collect();
     ids.sort();
     ids.dedup();
@@ -196,7 +201,7 @@ async fn change_group(
         db::orders::update_statuses(&mut *tx, &changed).await?;
         db::order_events::insert_many(&mut *tx, &events.iter().collect::<Vec<_>>()).await?;
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(|_| GroupFailed::AtCommit)?;
     Ok(answers)
 }
 
@@ -218,8 +223,15 @@ pub async fn insert_one(tx: &mut MySqlConnection, order: &Order) -> Result<(), I
 }
 
 async fn write(db: &MySqlPool, orders: Vec<Order>) -> Vec<Result<Order, InsertError>> {
-    if orders.len() > 1 && write_group(db, &orders).await.is_ok() {
-        return orders.into_iter().map(Ok).collect();
+    if orders.len() > 1 {
+        match write_group(db, &orders).await {
+            Ok(()) => return orders.into_iter().map(Ok).collect(),
+            Err(GroupFailed::AtCommit) => {
+                let unknown = || InsertError::Db(sqlx::Error::Protocol(OUTCOME_UNKNOWN.into()));
+                return orders.iter().map(|_| Err(unknown())).collect();
+            }
+            Err(GroupFailed::BeforeCommit) => {}
+        }
     }
     let mut written = Vec::with_capacity(orders.len());
     for order in orders {
@@ -228,18 +240,136 @@ async fn write(db: &MySqlPool, orders: Vec<Order>) -> Vec<Result<Order, InsertEr
     written
 }
 
-async fn write_group(db: &MySqlPool, orders: &[Order]) -> Result<(), InsertError> {
+async fn write_group(db: &MySqlPool, orders: &[Order]) -> Result<(), GroupFailed> {
     let events: Vec<Event> = orders.iter().map(Event::created).collect();
     let mut tx = db.begin().await?;
     db::orders::insert_many(&mut *tx, &orders.iter().collect::<Vec<_>>()).await?;
     db::order_events::insert_many(&mut *tx, &events.iter().collect::<Vec<_>>()).await?;
-    tx.commit().await?;
-    Ok(())
+    tx.commit().await.map_err(|_| GroupFailed::AtCommit)
 }
+
+/// Why a group was not written.
+enum GroupFailed {
+    /// Nothing was written: each request may be written alone.
+    BeforeCommit,
+    /// The commit failed, so the group may or may not be written: writing
+    /// it again could answer "duplicate" for an order that was created, so
+    /// every request is told to retry (with its `Idempotency-Key`).
+    AtCommit,
+}
+
+impl From<sqlx::Error> for GroupFailed {
+    fn from(_: sqlx::Error) -> GroupFailed {
+        GroupFailed::BeforeCommit
+    }
+}
+
+impl From<InsertError> for GroupFailed {
+    fn from(_: InsertError) -> GroupFailed {
+        GroupFailed::BeforeCommit
+    }
+}
+
+const OUTCOME_UNKNOWN: &str = "the connection failed during the commit; its outcome is unknown";
 
 async fn write_one(db: &MySqlPool, order: &Order) -> Result<(), InsertError> {
     let mut tx = db.begin().await?;
     insert_one(&mut tx, order).await?;
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Address;
+
+    fn order(customer: Uuid, status: OrderStatus, version: u32) -> Order {
+        let address = Address {
+            name: "A".into(),
+            line1: "1 Road".into(),
+            line2: None,
+            city: "Rotterdam".into(),
+            postal_code: "3011".into(),
+            country: "NL".into(),
+        };
+        let now = time::now();
+        Order {
+            id: Uuid::now_v7(),
+            customer_id: customer,
+            reference: None,
+            status,
+            pickup: address.clone(),
+            delivery: address,
+            parcels: vec![],
+            notes: None,
+            version,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Who asks, the order's customer, from, to, `If-Match`, and the
+    /// refusal's status (`None`: applied).
+    type Case = (
+        Principal,
+        Uuid,
+        OrderStatus,
+        OrderStatus,
+        Option<Vec<u32>>,
+        Option<u16>,
+    );
+
+    #[test]
+    fn a_change_applies_only_when_every_check_passes() {
+        use OrderStatus::*;
+        let (own, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let customer = Principal::Customer(own);
+        let operator = Principal::Operator;
+        let cases: [Case; 9] = [
+            (operator, own, Pending, Confirmed, None, None),
+            (operator, own, Pending, Confirmed, Some(vec![3]), None),
+            (operator, own, Pending, Confirmed, Some(vec![2]), Some(412)),
+            (operator, own, Pending, Pending, None, Some(409)),
+            (operator, own, Delivered, Pending, None, Some(409)),
+            (customer, own, Pending, Cancelled, None, None),
+            (customer, own, Pending, Confirmed, None, Some(403)),
+            (customer, other, Pending, Cancelled, None, Some(404)),
+            // Not seeing the order comes before every other check.
+            (
+                customer,
+                other,
+                Pending,
+                Confirmed,
+                Some(vec![9]),
+                Some(404),
+            ),
+        ];
+        for (n, (principal, owner, from, to, expected, refused)) in cases.into_iter().enumerate() {
+            let before = order(owner, from, 3);
+            let mut after = before.clone();
+            let change = StatusChange {
+                order_id: before.id,
+                principal,
+                target: to,
+                expected,
+                note: None,
+                location: None,
+            };
+            match (apply(&mut after, &change), refused) {
+                (Ok(event), None) => {
+                    assert_eq!((after.status, after.version), (to, 4), "case {n}");
+                    assert_eq!(event.data.sequence, 4, "case {n}");
+                }
+                (Err(e), Some(status)) => {
+                    assert_eq!(e.status().as_u16(), status, "case {n}: {e}");
+                    assert_eq!(
+                        after, before,
+                        "case {n}: a refused change altered the order"
+                    );
+                }
+                (answer, expected) => panic!("case {n}: {answer:?}, expected {expected:?}"),
+            }
+        }
+    }
 }
