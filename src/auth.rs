@@ -93,7 +93,7 @@ impl FromRequestParts<AppState> for Principal {
         // Looked up by its hash, so timing reveals nothing about the token.
         let principal = if token.starts_with(API_KEY_PREFIX) {
             let customer_id = (state.api_keys.call(hash).await)
-                .unwrap_or(Err(sqlx::Error::PoolClosed))?
+                .unwrap_or_else(|| Err(sqlx::Error::PoolClosed))?
                 .ok_or(ApiError::Unauthorized)?;
             Principal::Customer(customer_id)
         } else if token.starts_with(PORTAL_PREFIX) {

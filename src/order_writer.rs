@@ -78,13 +78,15 @@ impl OrderWriter {
     /// Writes the order and its `order.created` event; returns the order
     /// once both are committed.
     pub async fn create(&self, order: Order) -> Result<Order, InsertError> {
-        (self.creates.call(order).await).unwrap_or(Err(InsertError::Db(sqlx::Error::PoolClosed)))
+        (self.creates.call(order).await)
+            .unwrap_or_else(|| Err(InsertError::Db(sqlx::Error::PoolClosed)))
     }
 
     /// Applies the change and writes its event; returns the order as it now
     /// is, once committed.
     pub async fn change_status(&self, change: StatusChange) -> ApiResult<Order> {
-        (self.changes.call(change).await).unwrap_or(Err(sqlx::Error::PoolClosed.into()))
+        // Built only when needed: turning it into an `ApiError` logs it.
+        (self.changes.call(change).await).unwrap_or_else(|| Err(sqlx::Error::PoolClosed.into()))
     }
 }
 
