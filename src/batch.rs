@@ -47,8 +47,8 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         Batcher { queue }
     }
 
-    /// Hands in `item` and waits for its answer; `None` only if the tasks
-    /// are gone (the runtime is shutting down).
+    /// Hands in `item` and waits for its answer; `None` if its group's work
+    /// panicked or the tasks are gone (the runtime is shutting down).
     pub async fn call(&self, item: T) -> Option<R> {
         let (answer, answered) = oneshot::channel();
         self.queue.send((item, answer)).await.ok()?;
@@ -56,21 +56,27 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     }
 }
 
-async fn run<T, R, F, Fut>(
+async fn run<T: Send + 'static, R: Send + 'static, F, Fut>(
     max: usize,
     received: Arc<Mutex<mpsc::Receiver<Waiting<T, R>>>>,
     handle: Arc<F>,
 ) where
     F: Fn(Vec<T>) -> Fut,
-    Fut: Future<Output = Vec<R>>,
+    Fut: Future<Output = Vec<R>> + Send + 'static,
 {
     while let Some(group) = next_group(max, &received).await {
         let (items, answers): (Vec<T>, Vec<oneshot::Sender<R>>) = group.into_iter().unzip();
-        let results = handle(items).await;
-        debug_assert_eq!(results.len(), answers.len());
-        for (answer, result) in answers.into_iter().zip(results) {
-            // The caller may have gone (its client hung up); nothing to do.
-            let _ = answer.send(result);
+        // In a task of its own, so that a panic fails this group's callers
+        // (they get `None`) and not every later one.
+        match tokio::spawn(handle(items)).await {
+            Ok(results) => {
+                debug_assert_eq!(results.len(), answers.len());
+                for (answer, result) in answers.into_iter().zip(results) {
+                    // The caller may have gone (its client hung up); nothing to do.
+                    let _ = answer.send(result);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, count = answers.len(), "a group's work failed"),
         }
     }
 }
@@ -118,5 +124,21 @@ mod tests {
         let calls = calls.load(Ordering::SeqCst);
         // 40 items, at most 8 to a call: at least 5 calls, far fewer than 40.
         assert!((5..=12).contains(&calls), "{calls} calls for 40 items");
+    }
+
+    #[tokio::test]
+    async fn a_panic_fails_its_group_only() {
+        let picky = Batcher::start(8, |items: Vec<u32>| async move {
+            assert!(!items.contains(&13), "unlucky");
+            items
+        });
+        assert_eq!(picky.call(13).await, None);
+        for n in 20..40 {
+            assert_eq!(
+                picky.call(n).await,
+                Some(n),
+                "the batcher died with the panic"
+            );
+        }
     }
 }
