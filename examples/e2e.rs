@@ -128,19 +128,12 @@ async fn main() {
         .with_state(inbox.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let common = |extra: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
-        let mut vars = vec![
-            ("DATABASE_URL", database.clone()),
-            ("SQS_QUEUE_URL", queue_url.clone()),
-            ("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true".to_string()),
-        ];
-        vars.extend(extra.iter().cloned());
-        vars
-    };
+    let vars =
+        |extra: &[(&'static str, String)]| common::pipeline_vars(&database, &queue_url, extra);
     let api = spawn(
         &api_bin,
         &["serve"],
-        &common(&[
+        &vars(&[
             ("ADMIN_TOKEN", ADMIN.into()),
             ("BIND_ADDR", format!("127.0.0.1:{API_PORT}")),
         ]),
@@ -150,7 +143,7 @@ async fn main() {
         .build()
         .unwrap();
     common::api_ready(&client, &url("")).await;
-    let worker_vars = common(&[("DELIVERY_METRICS_ADDR", format!("127.0.0.1:{METRICS_PORT}"))]);
+    let worker_vars = vars(&[("DELIVERY_METRICS_ADDR", format!("127.0.0.1:{METRICS_PORT}"))]);
     let mut worker = Some(spawn(&worker_bin, &[], &worker_vars));
 
     let customer = json_post(&client, "/v1/customers", ADMIN, json!({ "name": "E2E" })).await;

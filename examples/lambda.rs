@@ -255,15 +255,8 @@ async fn main() {
             .await
             .unwrap();
     }
-    let vars = |extra: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
-        let mut vars = vec![
-            ("DATABASE_URL", database.clone()),
-            ("SQS_QUEUE_URL", queue_url.clone()),
-            ("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true".to_string()),
-        ];
-        vars.extend(extra.iter().cloned());
-        vars
-    };
+    let vars =
+        |extra: &[(&'static str, String)]| common::pipeline_vars(&database, &queue_url, extra);
     let _api = spawn(
         &api_bin,
         &["serve"],

@@ -57,6 +57,22 @@ impl Drop for Proc {
 }
 
 /// Starts `bin` with `args` and these variables on top of the environment.
+/// What the API and the worker of a benchmark share (its database and
+/// queue, loopback receivers allowed), then `extra`.
+pub fn pipeline_vars(
+    database: &str,
+    queue_url: &str,
+    extra: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    let mut vars = vec![
+        ("DATABASE_URL", database.to_string()),
+        ("SQS_QUEUE_URL", queue_url.to_string()),
+        ("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true".to_string()),
+    ];
+    vars.extend(extra.iter().cloned());
+    vars
+}
+
 pub fn spawn(bin: &str, args: &[&str], vars: &[(&str, String)]) -> Proc {
     let mut command = Command::new(bin);
     command.args(args).env("RUST_LOG", "warn");
