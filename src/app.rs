@@ -22,7 +22,7 @@ use tracing::Level;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::auth::{self, hash_token, KeyLookups};
+use crate::auth::{hash_token, KeyLookups};
 use crate::config::Config;
 use crate::db;
 use crate::error::ApiError;
@@ -59,7 +59,7 @@ pub struct AppState {
     pub rate_limiter: Arc<RateLimiter>,
     /// Writes new orders, several to a transaction.
     pub orders: OrderWriter,
-    /// Looks up API keys, several to a query.
+    /// Looks up API keys, several to a query, and remembers them briefly.
     pub api_keys: KeyLookups,
     /// The base of links handed out (`PUBLIC_URL`).
     pub public_base: Arc<str>,
@@ -147,7 +147,7 @@ impl App {
             allow_private_networks: config.webhook_allow_private_networks,
             rate_limiter: Arc::new(RateLimiter::new(config.rate_limit)),
             orders: OrderWriter::start(pool.clone(), signals.clone()),
-            api_keys: auth::key_lookups(pool.clone()),
+            api_keys: KeyLookups::start(pool.clone()),
             public_base: config
                 .public_base(listener.local_addr().unwrap_or(config.bind_addr))
                 .into(),

@@ -3,6 +3,10 @@
 //! every protected handler takes; a portal session is refused here on any
 //! route outside its reach (`domain::portal::access`).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
 use axum::extract::Request;
 use axum::extract::{FromRequestParts, MatchedPath};
 use axum::http::header::AUTHORIZATION;
@@ -92,9 +96,8 @@ impl FromRequestParts<AppState> for Principal {
         }
         // Looked up by its hash, so timing reveals nothing about the token.
         let principal = if token.starts_with(API_KEY_PREFIX) {
-            let customer_id = (state.api_keys.call(hash).await)
-                .unwrap_or_else(|| Err(sqlx::Error::PoolClosed))?
-                .ok_or(ApiError::Unauthorized)?;
+            let customer_id =
+                (state.api_keys.customer(hash).await?).ok_or(ApiError::Unauthorized)?;
             Principal::Customer(customer_id)
         } else if token.starts_with(PORTAL_PREFIX) {
             let (customer, capabilities, expires_at) =
@@ -124,20 +127,80 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
-/// API-key lookups, grouped (`batch`): while one query is in the database,
-/// the keys of the requests arriving meanwhile wait to share the next. Each
-/// lookup is made after its request arrived, so a deleted key is refused on
-/// the next request, as before.
-pub type KeyLookups = Batcher<[u8; 32], sqlx::Result<Option<Uuid>>>;
+/// API-key lookups. A key found is trusted for `KEY_MEMORY` from the moment
+/// its lookup began, so a busy client's requests do not each wait for the
+/// database; revoking a key waits that long before it answers
+/// (`http::api_keys::revoke`), so once the operator has the 204 no instance
+/// takes the key. Keys not yet known are looked up in groups (`batch`): while
+/// one query is in the database, the keys of the requests arriving meanwhile
+/// wait to share the next. Unknown keys are never remembered.
+#[derive(Clone)]
+pub struct KeyLookups {
+    grouped: Batcher<[u8; 32], sqlx::Result<Option<Uuid>>>,
+    found: Arc<Mutex<HashMap<[u8; 32], Found>>>,
+}
+
+#[derive(Clone, Copy)]
+struct Found {
+    customer: Uuid,
+    asked: Instant,
+}
+
+/// How long a key found is trusted without asking the database again.
+pub const KEY_MEMORY: Duration = Duration::from_millis(500);
+
+/// Keys remembered at most (a few hundred bytes of memory each at most).
+const MAX_KEYS_REMEMBERED: usize = 10_000;
 
 /// Keys looked up per query at most.
 const MAX_KEY_LOOKUPS: usize = 64;
 
-pub fn key_lookups(db: MySqlPool) -> KeyLookups {
-    Batcher::start(MAX_KEY_LOOKUPS, move |hashes| {
-        let db = db.clone();
-        async move { look_up_keys(&db, hashes).await }
-    })
+impl KeyLookups {
+    pub fn start(db: MySqlPool) -> KeyLookups {
+        let grouped = Batcher::start(MAX_KEY_LOOKUPS, move |hashes| {
+            let db = db.clone();
+            async move { look_up_keys(&db, hashes).await }
+        });
+        KeyLookups {
+            grouped,
+            found: Arc::default(),
+        }
+    }
+
+    /// The customer whose key has this hash, if any.
+    pub async fn customer(&self, hash: [u8; 32]) -> sqlx::Result<Option<Uuid>> {
+        let asked = Instant::now();
+        if let Some(found) = self.remembered(&hash, asked) {
+            return Ok(Some(found));
+        }
+        let customer = (self.grouped.call(hash).await).unwrap_or(Err(sqlx::Error::PoolClosed))?;
+        if let Some(customer) = customer {
+            self.remember(hash, Found { customer, asked });
+        }
+        Ok(customer)
+    }
+
+    fn remembered(&self, hash: &[u8; 32], now: Instant) -> Option<Uuid> {
+        let found = self.lock().get(hash).copied()?;
+        (now.duration_since(found.asked) < KEY_MEMORY).then_some(found.customer)
+    }
+
+    fn remember(&self, hash: [u8; 32], found: Found) {
+        let mut keys = self.lock();
+        if keys.len() >= MAX_KEYS_REMEMBERED {
+            keys.retain(|_, kept| kept.asked.elapsed() < KEY_MEMORY);
+        }
+        if keys.len() < MAX_KEYS_REMEMBERED {
+            keys.insert(hash, found);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<[u8; 32], Found>> {
+        // Nothing panics while holding it; a poisoned map is still a map.
+        self.found
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// One query for the group; if it fails, one each, so that each request

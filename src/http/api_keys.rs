@@ -160,7 +160,8 @@ pub async fn list(
     )))
 }
 
-/// Revoke an API key (operator). It stops working at once.
+/// Revoke an API key (operator). It has stopped working, in every
+/// instance, when the answer comes (about half a second).
 #[utoipa::path(delete, path = "/v1/customers/{id}/api-keys/{key_id}", operation_id = "revokeApiKey", tag = "api keys",
     params(
         ("id" = Uuid, Path, description = "Customer id"),
@@ -180,6 +181,9 @@ pub async fn revoke(
     let customer_id = parse_id(&id, "API key")?;
     let key_id = parse_id(&key_id, "API key")?;
     if db::api_keys::delete(&state.db, customer_id, key_id).await? {
+        // Every instance may trust a key it found for `KEY_MEMORY`; once
+        // that has passed since the delete, none does.
+        tokio::time::sleep(auth::KEY_MEMORY).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("API key"))

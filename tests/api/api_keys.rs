@@ -139,3 +139,43 @@ async fn customers_are_created_listed_and_fetched() {
         .await;
     assert_problem(no_keys_for_ghost, StatusCode::NOT_FOUND).await;
 }
+
+/// Instances remember keys they found for a moment; a revoke answers only
+/// once no instance can still be trusting the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_refused_by_every_instance_once_the_revoke_has_answered() {
+    let first = TestApp::spawn().await;
+    let second = TestApp::spawn_with(
+        test_config(format!("{}/{}", server_url(), first.db_name)),
+        first.db_name.clone(),
+    )
+    .await;
+    let tenant = first.tenant("Two instances").await;
+    let key_id: String = sqlx::query_scalar("SELECT id FROM api_keys")
+        .fetch_one(&first.db)
+        .await
+        .map(|id: uuid::Uuid| id.to_string())
+        .unwrap();
+
+    // Both instances have just found the key.
+    for app in [&first, &second] {
+        assert_eq!(
+            app.get("/v1/orders", &tenant.token).await.status(),
+            StatusCode::OK
+        );
+    }
+    let revoked = second
+        .delete(
+            &format!("/v1/customers/{}/api-keys/{key_id}", tenant.id),
+            ADMIN,
+        )
+        .await;
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    for app in [&first, &second] {
+        assert_problem(
+            app.get("/v1/orders", &tenant.token).await,
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
+    }
+}
