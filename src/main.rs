@@ -6,6 +6,11 @@ use mechanica::app::{shutdown_signal, App};
 use mechanica::config::Config;
 use mechanica::{db, http, telemetry};
 
+/// glibc's allocator was 14 % of the API's CPU creating orders; with
+/// mimalloc the API used about a tenth less (README, "Creating orders").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage: mechanica-api [serve | migrate | openapi]";
 
 #[tokio::main]
