@@ -92,6 +92,9 @@ struct Shared {
     settles: mpsc::UnboundedSender<Outcome>,
     /// A receiver found the database away: every receiver pauses.
     database_down: AtomicBool,
+    /// The dispatcher's last pass left deliveries for lack of room: the
+    /// next place freed wakes it (`room_freed`) rather than its idle poll.
+    short_of_room: AtomicBool,
 }
 
 pub struct Worker {
@@ -187,6 +190,7 @@ fn shared(
         held: Arc::new(Semaphore::new(config.max_in_flight * HELD_PER_SLOT)),
         lanes: Mutex::new(HashMap::new()),
         wake: Notify::new(),
+        short_of_room: AtomicBool::new(false),
         metrics: WorkerMetrics::default(),
         settles,
         database_down: AtomicBool::new(false),
@@ -681,12 +685,22 @@ async fn run_held(
         if let Err(e) = with_retries(|| db::deliveries::release(&shared.pool, &ids)).await {
             tracing::warn!(error = %e, "giving a lease back failed; it runs out by itself");
         }
+        drop(held);
+        room_freed(shared);
         return;
     };
     let leased_at = leased_at.unwrap_or_else(time::now);
     let outcome = attempt(shared, row, endpoint, leased_at).await;
     let _ = shared.settles.send(outcome);
     drop(held);
+    room_freed(shared);
+}
+
+/// Wakes the dispatcher if its last pass left deliveries for lack of room.
+fn room_freed(shared: &Shared) {
+    if shared.short_of_room.swap(false, Ordering::SeqCst) {
+        shared.wake.notify_one();
+    }
 }
 
 /// Due delivery rows → attempts, bounded overall and per endpoint.
@@ -726,11 +740,16 @@ async fn dispatch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 /// Claims what there is room for and starts its attempts: how many were
 /// started, and when the next scheduled delivery falls due.
 async fn claim_and_start(shared: &Arc<Shared>) -> sqlx::Result<(usize, Option<DateTime<Utc>>)> {
+    // Raised before room is looked at, so that a place freed from now on
+    // wakes the dispatcher; lowered below if room did not limit this pass.
+    shared.short_of_room.store(true, Ordering::SeqCst);
     let free = shared.held.available_permits();
     if free == 0 {
         return Ok((0, None));
     }
-    let (jobs, next_due) = claim(shared, free).await?;
+    let saturated = saturated(shared);
+    let (jobs, next_due) = claim(shared, free, &saturated).await?;
+    let claimed = jobs.len();
     let mut started = 0;
     let mut busy = vec![];
     for (row, endpoint, leased_at) in jobs {
@@ -744,6 +763,9 @@ async fn claim_and_start(shared: &Arc<Shared>) -> sqlx::Result<(usize, Option<Da
             run_held(&shared, held, row, endpoint, Some(leased_at)).await;
         });
     }
+    if saturated.is_empty() && busy.is_empty() && claimed < free {
+        shared.short_of_room.store(false, Ordering::SeqCst);
+    }
     if !busy.is_empty() {
         if let Err(e) = with_retries(|| db::deliveries::release(&shared.pool, &busy)).await {
             tracing::warn!(error = %e, "releasing leases failed; they run out by themselves");
@@ -756,10 +778,14 @@ type Job = (DeliveryRow, Option<EndpointRow>, DateTime<Utc>);
 
 /// Claims up to `limit` claimable deliveries, with their endpoints (`None`:
 /// deleted); also says when the next scheduled one falls due.
-async fn claim(shared: &Shared, limit: usize) -> sqlx::Result<(Vec<Job>, Option<DateTime<Utc>>)> {
+async fn claim(
+    shared: &Shared,
+    limit: usize,
+    saturated: &[Uuid],
+) -> sqlx::Result<(Vec<Job>, Option<DateTime<Utc>>)> {
     let now = time::now();
     let (ids, next_due) =
-        db::deliveries::candidates(&shared.pool, now, limit as i64, &saturated(shared)).await?;
+        db::deliveries::candidates(&shared.pool, now, limit as i64, saturated).await?;
     if ids.is_empty() {
         return Ok((vec![], next_due));
     }

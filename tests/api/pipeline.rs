@@ -568,3 +568,35 @@ async fn reconciliation_delivers_events_whose_messages_were_lost() {
     assert_eq!(sequences(&receiver.hits(), &id), [1, 2, 3]);
     assert!(metric(&metrics, "webhook_events_reconciled_total").await >= 3.0);
 }
+
+/// Deliveries fanned out while their endpoint had no room in the worker
+/// used to wait for the dispatcher's one-second idle poll once room freed
+/// up: a busy endpoint's webhooks went out in bursts with pauses between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_waiting_for_room_starts_when_room_frees_up() {
+    const WEBHOOKS: usize = 16;
+    let mut system = System::without_worker().await;
+    let mut config = worker_config(&system.db_name, &system.queue.url);
+    // One attempt at a time, four deliveries held in memory for the endpoint.
+    config.max_in_flight_per_endpoint = 1;
+    system.worker = Some(TestWorker::start(config).await);
+    let receiver = Receiver::start(|_, _, _| (200, Duration::from_millis(100))).await;
+    let tenant = system.app.tenant("Busy").await;
+    system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    for _ in 0..WEBHOOKS {
+        system.app.new_order(&tenant).await;
+    }
+    let hits = receiver
+        .wait_for_successes("/hooks", WEBHOOKS, Duration::from_secs(30))
+        .await;
+    let mut arrivals: Vec<std::time::Instant> = hits.iter().map(|h| h.at).collect();
+    arrivals.sort();
+    let longest = arrivals.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    // Each attempt takes 100 ms; an idle poll left gaps of 600 ms and more.
+    assert!(
+        longest < Duration::from_millis(400),
+        "{longest:?} between two webhooks to an endpoint with work waiting"
+    );
+}
