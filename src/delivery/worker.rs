@@ -1081,7 +1081,14 @@ async fn write_group(shared: &Shared, group: &[Outcome]) {
         match write_outcomes(&shared.pool, group).await {
             Ok(released) => break released,
             Err(e) if std::time::Instant::now() < give_up => {
-                tracing::warn!(error = %e, count = group.len(), retry_in = ?pause, "recording attempts failed; retrying");
+                // A deadlock with a concurrent fan-out is InnoDB's ordinary
+                // answer to contention, and the retry settles it: not worth
+                // a warning unless it keeps happening.
+                if crate::error::is_retryable(&e) && pause < Duration::from_millis(200) {
+                    tracing::info!(error = %e, count = group.len(), retry_in = ?pause, "recording attempts met a conflict; retrying");
+                } else {
+                    tracing::warn!(error = %e, count = group.len(), retry_in = ?pause, "recording attempts failed; retrying");
+                }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
             }
