@@ -1122,17 +1122,24 @@ async fn write_outcomes(pool: &MySqlPool, group: &[Outcome]) -> sqlx::Result<boo
         .filter(|o| o.settled.status != PENDING)
         .filter_map(|o| o.order_id.map(|order| (o.endpoint_id, order)))
         .collect();
+    let touched: HashSet<(Uuid, Uuid)> = group
+        .iter()
+        .filter_map(|o| o.order_id.map(|order| (o.endpoint_id, order)))
+        .collect();
     let mut tx = pool.begin().await?;
+    // Index records before rows, the order a fan-out takes them in: a
+    // settle that wrote a row first, then read its order's deliveries,
+    // deadlocked with a fan-out holding that order's index record.
+    if !touched.is_empty() {
+        let (endpoints, orders) = endpoints_and_orders(&touched);
+        db::deliveries::order_slots(&mut *tx, &endpoints, &orders).await?;
+    }
     db::deliveries::insert_attempts(&mut *tx, &attempts).await?;
     db::deliveries::settle(&mut *tx, &settled, now).await?;
     let mut release = vec![];
     if !pairs.is_empty() {
-        let mut endpoints: Vec<Uuid> = pairs.iter().map(|p| p.0).collect();
-        let mut orders: Vec<Uuid> = pairs.iter().map(|p| p.1).collect();
-        endpoints.sort();
-        endpoints.dedup();
-        orders.sort();
-        orders.dedup();
+        // As they are now (the rows are this transaction's already).
+        let (endpoints, orders) = endpoints_and_orders(&pairs);
         let slots = db::deliveries::order_slots(&mut *tx, &endpoints, &orders).await?;
         // Only the lowest pending delivery of a pair may go, and only if it
         // is the one waiting: a later one never overtakes an earlier one.
@@ -1157,6 +1164,17 @@ async fn write_outcomes(pool: &MySqlPool, group: &[Outcome]) -> sqlx::Result<boo
     }
     tx.commit().await?;
     Ok(!release.is_empty())
+}
+
+/// The endpoints and the orders of these pairs, sorted, once each.
+fn endpoints_and_orders(pairs: &HashSet<(Uuid, Uuid)>) -> (Vec<Uuid>, Vec<Uuid>) {
+    let mut endpoints: Vec<Uuid> = pairs.iter().map(|p| p.0).collect();
+    let mut orders: Vec<Uuid> = pairs.iter().map(|p| p.1).collect();
+    endpoints.sort();
+    endpoints.dedup();
+    orders.sort();
+    orders.dedup();
+    (endpoints, orders)
 }
 
 /// The endpoints' health, apart from the group's transaction.

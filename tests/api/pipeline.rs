@@ -600,3 +600,88 @@ async fn a_delivery_waiting_for_room_starts_when_room_frees_up() {
         "{longest:?} between two webhooks to an endpoint with work waiting"
     );
 }
+
+/// A settle wrote its deliveries (primary key) and only then read its
+/// orders' deliveries through the order index; a fan-out takes the index
+/// record first, then the row: the two deadlocked now and then (seen in
+/// `scripts/bench-slow-sqs`). A settle now holds the order's index record
+/// before it waits for any row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_holds_the_order_index_before_it_waits_for_a_row() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let system = System::start().await;
+    let arrived = std::sync::Arc::new(AtomicBool::new(false));
+    let seen = arrived.clone();
+    let receiver = Receiver::start(move |_, _, _| {
+        seen.store(true, Ordering::SeqCst);
+        (200, Duration::from_millis(1000))
+    })
+    .await;
+    let tenant = system.app.tenant("Lock order").await;
+    system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    system.app.new_order(&tenant).await;
+    wait_for("the attempt", Duration::from_secs(10), || async {
+        arrived.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+    let db = &system.app.db;
+    let (delivery, endpoint, order): (uuid::Uuid, uuid::Uuid, uuid::Uuid) =
+        sqlx::query_as("SELECT id, endpoint_id, order_id FROM webhook_deliveries")
+            .fetch_one(db)
+            .await
+            .unwrap();
+    // The row only, through the primary key, while the attempt is in flight.
+    let mut holder = db.begin().await.unwrap();
+    sqlx::query("SELECT id FROM webhook_deliveries WHERE id = ? FOR UPDATE")
+        .bind(delivery)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    // The answer comes; the settle waits for the row. (MariaDB's
+    // INNODB_TRX does not list it; its statement in the process list does.)
+    wait_for("the settle to wait", Duration::from_secs(15), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST
+             WHERE DB = ? AND COMMAND <> 'Sleep' AND TIME_MS > 300
+               AND (INFO LIKE '%webhook_deliveries%FOR UPDATE%'
+                    OR INFO LIKE 'UPDATE webhook_deliveries%')
+               AND INFO NOT LIKE '%PROCESSLIST%'",
+        )
+        .bind(&system.db_name)
+        .fetch_one(db)
+        .await
+        .unwrap();
+        (waiting > 0).then_some(())
+    })
+    .await;
+    let index_record = sqlx::query(
+        "SELECT id FROM webhook_deliveries FORCE INDEX (webhook_deliveries_order)
+         WHERE endpoint_id = ? AND order_id = ? FOR UPDATE NOWAIT",
+    )
+    .bind(endpoint)
+    .bind(order)
+    .execute(&mut *holder)
+    .await;
+    match index_record {
+        Ok(_) => panic!("the settle waits for the row without holding the order's index record"),
+        Err(e) => assert!(
+            e.to_string().contains("Lock wait timeout"),
+            "not a lock conflict: {e}"
+        ),
+    }
+    holder.rollback().await.unwrap();
+    wait_for(
+        "the delivery to succeed",
+        Duration::from_secs(15),
+        || async {
+            let status: String = sqlx::query_scalar("SELECT status FROM webhook_deliveries")
+                .fetch_one(db)
+                .await
+                .unwrap();
+            (status == "succeeded").then_some(())
+        },
+    )
+    .await;
+}
