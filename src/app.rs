@@ -57,7 +57,7 @@ pub struct AppState {
     pub secrets: Arc<SecretBox>,
     pub allow_private_networks: bool,
     pub rate_limiter: Arc<RateLimiter>,
-    /// Writes new orders, several to a transaction.
+    /// Writes new orders and status changes, several to a transaction.
     pub orders: OrderWriter,
     /// Looks up API keys, several to a query, and remembers them briefly.
     pub api_keys: KeyLookups,

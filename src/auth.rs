@@ -173,7 +173,8 @@ impl KeyLookups {
         if let Some(found) = self.remembered(&hash, asked) {
             return Ok(Some(found));
         }
-        let customer = (self.grouped.call(hash).await).unwrap_or(Err(sqlx::Error::PoolClosed))?;
+        let customer =
+            (self.grouped.call(hash).await).unwrap_or_else(|| Err(sqlx::Error::PoolClosed))?;
         if let Some(customer) = customer {
             self.remember(hash, Found { customer, asked });
         }

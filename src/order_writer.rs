@@ -13,9 +13,8 @@
 //! so each request gets its own answer and one bad request never fails
 //! another.
 
-use std::sync::Arc;
-
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sqlx::{MySqlConnection, MySqlPool};
 use uuid::Uuid;
@@ -188,10 +187,9 @@ async fn change_group(
             let order = orders
                 .get_mut(&change.order_id)
                 .ok_or(ApiError::NotFound("order"))?;
-            let mut changed = order.clone();
-            events.push(apply(&mut changed, change)?);
-            *order = changed.clone();
-            Ok(changed)
+            // A refused change leaves the order as it was.
+            events.push(apply(order, change)?);
+            Ok(order.clone())
         })
         .collect();
     let changed: Vec<&Order> = ids

@@ -56,7 +56,6 @@ impl Drop for Proc {
     }
 }
 
-/// Starts `bin` with `args` and these variables on top of the environment.
 /// What the API and the worker of a benchmark share (its database and
 /// queue, loopback receivers allowed), then `extra`.
 pub fn pipeline_vars(
@@ -73,6 +72,7 @@ pub fn pipeline_vars(
     vars
 }
 
+/// Starts `bin` with `args` and these variables on top of the environment.
 pub fn spawn(bin: &str, args: &[&str], vars: &[(&str, String)]) -> Proc {
     let mut command = Command::new(bin);
     command.args(args).env("RUST_LOG", "warn");
