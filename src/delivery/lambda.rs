@@ -19,7 +19,7 @@ use aws_lambda_events::sqs::SqsEvent;
 use lambda_runtime::{service_fn, Context, LambdaEvent};
 use serde_json::{json, Value};
 
-use super::worker::Runner;
+use super::runner::Runner;
 use crate::config::DeliveryConfig;
 
 /// Kept free before the function's deadline: room for the last attempt's

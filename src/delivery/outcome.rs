@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
-use crate::db::deliveries::{FAILED, PENDING, SUCCEEDED};
+use crate::db::deliveries::{AttemptRow, Settled, FAILED, PENDING, SUCCEEDED};
 
 /// Longest `Retry-After` honored.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -85,6 +86,22 @@ pub fn decide(
         PENDING,
         Some(now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1))),
     )
+}
+
+/// What an attempt (or the decision not to make one) leaves to write.
+pub struct Outcome {
+    pub settled: Settled,
+    pub attempt: Option<AttemptRow>,
+    pub endpoint_id: Uuid,
+    pub order_id: Option<Uuid>,
+    pub health: Health,
+}
+
+pub enum Health {
+    Unchanged,
+    Succeeded { was_failing: bool },
+    Failed,
+    Gone,
 }
 
 #[cfg(test)]

@@ -1,0 +1,288 @@
+//! Attempt: a leased delivery waits for its endpoint's slot, its turn under
+//! the endpoint's rate limit and a worker-wide slot; then it is signed and
+//! POSTed, and what came of it goes to the settle task as an `Outcome`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+
+use super::fan_out::Leased as LeasedDelivery;
+use super::outcome::{self, Before, Decision, Health, Outcome, Response};
+use super::pace::Lane;
+use super::shared::{with_retries, Shared, HELD_PER_SLOT};
+use super::signing;
+use crate::db;
+use crate::db::deliveries::{AttemptRow, DeliveryRow, Settled, FAILED, PENDING, SUCCEEDED};
+use crate::db::webhook_endpoints::EndpointRow;
+use crate::domain::time;
+use crate::domain::webhook::SigningSecret;
+use crate::domain::webhook_headers::CustomHeaders;
+use crate::secrets::SecretBox;
+
+/// Longest a held delivery waits for a slot before its lease is given back.
+const HOLD_WAIT: Duration = Duration::from_secs(20);
+
+/// A leased delivery's place in memory: its endpoint's and the worker's.
+pub(super) struct Held {
+    lane: Lane,
+    _endpoint: OwnedSemaphorePermit,
+    _worker: OwnedSemaphorePermit,
+}
+
+/// A place for one more leased delivery of this endpoint, if there is room.
+pub(super) fn hold(shared: &Shared, endpoint_id: Uuid) -> Option<Held> {
+    let per_endpoint = shared.config.max_in_flight_per_endpoint;
+    let lane = shared
+        .lanes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(endpoint_id)
+        .or_insert_with(|| Lane {
+            in_flight: Arc::new(Semaphore::new(per_endpoint)),
+            held: Arc::new(Semaphore::new(per_endpoint * HELD_PER_SLOT)),
+            pace: Arc::default(),
+        })
+        .clone();
+    let endpoint = lane.held.clone().try_acquire_owned().ok()?;
+    let worker = shared.held.clone().try_acquire_owned().ok()?;
+    Some(Held {
+        lane,
+        _endpoint: endpoint,
+        _worker: worker,
+    })
+}
+
+pub(super) fn spawn_attempt(shared: &Arc<Shared>, leased: LeasedDelivery<Held>) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        run_held(
+            &shared,
+            leased.permit,
+            leased.row,
+            Some(leased.endpoint),
+            None,
+        )
+        .await;
+    });
+}
+
+/// Waits for an attempt slot (its endpoint's, then the worker's), attempts
+/// and hands the outcome to the settle task; gives the lease back if no
+/// slot frees up in time.
+pub(super) async fn run_held(
+    shared: &Shared,
+    held: Held,
+    row: DeliveryRow,
+    endpoint: Option<EndpointRow>,
+    leased_at: Option<DateTime<Utc>>,
+) {
+    let rate_limit = endpoint.as_ref().and_then(|e| e.rate_limit_per_second);
+    let deadline = tokio::time::Instant::now() + HOLD_WAIT;
+    let slots = tokio::time::timeout_at(deadline, async {
+        let endpoint = held.lane.in_flight.clone().acquire_owned().await;
+        if let Some(per_second) = rate_limit {
+            // Its turn under the endpoint's rate limit, if it comes in time.
+            let turn = held.lane.pace.reserve(per_second, deadline)?;
+            tokio::time::sleep_until(turn).await;
+        }
+        let worker = shared.in_flight.clone().acquire_owned().await;
+        Some((endpoint, worker))
+    })
+    .await;
+    let Ok(Some((Ok(_endpoint_slot), Ok(_worker_slot)))) = slots else {
+        let ids = [row.id];
+        if let Err(e) = with_retries(|| db::deliveries::release(&shared.pool, &ids)).await {
+            tracing::warn!(error = %e, "giving a lease back failed; it runs out by itself");
+        }
+        drop(held);
+        room_freed(shared);
+        return;
+    };
+    let leased_at = leased_at.unwrap_or_else(time::now);
+    let outcome = attempt(shared, row, endpoint, leased_at).await;
+    let _ = shared.settles.send(outcome);
+    drop(held);
+    room_freed(shared);
+}
+
+/// Wakes the dispatcher if its last pass left deliveries for lack of room.
+fn room_freed(shared: &Shared) {
+    if shared.short_of_room.swap(false, Ordering::SeqCst) {
+        shared.wake.notify_one();
+    }
+}
+
+/// One attempt of one leased delivery.
+pub(super) async fn attempt(
+    shared: &Shared,
+    row: DeliveryRow,
+    endpoint: Option<EndpointRow>,
+    leased_at: DateTime<Utc>,
+) -> Outcome {
+    let manual = row.manual_requested_at.is_some();
+    let endpoint = match endpoint {
+        Some(endpoint) if endpoint.enabled || manual => endpoint,
+        other => {
+            let reason = if other.is_some() {
+                "the endpoint is disabled"
+            } else {
+                "the endpoint was deleted"
+            };
+            return unattempted(row, leased_at, reason.into());
+        }
+    };
+    let secrets = match live_secrets(&shared.secrets, &endpoint, time::now()) {
+        Ok(secrets) => secrets,
+        Err(e) => {
+            tracing::error!(error = %e, endpoint_id = %endpoint.id, "cannot open the endpoint's signing secret");
+            return unattempted(
+                row,
+                leased_at,
+                format!("the endpoint's signing secret cannot be opened: {e}"),
+            );
+        }
+    };
+    let started_at = time::now();
+    let timestamp = started_at.timestamp();
+    let id = row.event_id.to_string();
+    let signature = signing::signature_header(
+        &secrets.iter().collect::<Vec<_>>(),
+        &id,
+        timestamp,
+        row.payload.as_bytes(),
+    );
+    let mut headers = HeaderMap::new();
+    for (name, value) in CustomHeaders::from_stored(endpoint.headers.as_deref()).iter() {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    for (name, value) in [
+        ("webhook-id", id),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", signature),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    let result = shared
+        .client
+        .attempt(&endpoint.url, headers, row.payload.clone())
+        .await;
+    let succeeded = result.succeeded();
+    let now = time::now();
+    let since_commit = succeeded
+        .then(|| (now - row.event_created_at).to_std().ok())
+        .flatten();
+    shared
+        .metrics
+        .attempt(succeeded, result.duration, since_commit);
+    let before = Before {
+        status: status_name(&row.status),
+        attempts: row.attempts,
+        manual,
+        next_attempt_at: row.next_attempt_at,
+    };
+    let Decision {
+        status,
+        attempts,
+        next_attempt_at,
+    } = outcome::decide(
+        before,
+        Response {
+            status: result.response_status,
+            retry_after: result.retry_after,
+        },
+        shared.config.retry_schedule.after(row.attempts + 1),
+        now,
+    );
+    let health = if succeeded {
+        Health::Succeeded {
+            was_failing: endpoint.failing_since.is_some(),
+        }
+    } else if result.response_status == Some(410) {
+        Health::Gone
+    } else {
+        Health::Failed
+    };
+    Outcome {
+        settled: Settled {
+            id: row.id,
+            lease_id: row.lease_id.unwrap_or_default(),
+            leased_at,
+            status,
+            attempts,
+            last_response_status: result.response_status,
+            last_error: result.error.clone(),
+            next_attempt_at,
+        },
+        attempt: Some(AttemptRow {
+            id: Uuid::now_v7(),
+            delivery_id: row.id,
+            attempt: attempts,
+            started_at,
+            duration_ms: u32::try_from(result.duration.as_millis()).unwrap_or(u32::MAX),
+            response_status: result.response_status,
+            response_body: result.response_body,
+            error: result.error,
+        }),
+        endpoint_id: row.endpoint_id,
+        order_id: row.order_id,
+        health,
+    }
+}
+
+fn status_name(status: &str) -> &'static str {
+    match status {
+        SUCCEEDED => SUCCEEDED,
+        FAILED => FAILED,
+        _ => PENDING,
+    }
+}
+
+/// A delivery that cannot be attempted fails visibly, unattempted.
+fn unattempted(row: DeliveryRow, leased_at: DateTime<Utc>, reason: String) -> Outcome {
+    Outcome {
+        settled: Settled {
+            id: row.id,
+            lease_id: row.lease_id.unwrap_or_default(),
+            leased_at,
+            status: FAILED,
+            attempts: row.attempts,
+            last_response_status: None,
+            last_error: Some(reason),
+            next_attempt_at: None,
+        },
+        attempt: None,
+        endpoint_id: row.endpoint_id,
+        order_id: row.order_id,
+        health: Health::Unchanged,
+    }
+}
+
+/// The current secret, and the previous one during its grace period.
+pub fn live_secrets(
+    secrets: &SecretBox,
+    endpoint: &EndpointRow,
+    now: DateTime<Utc>,
+) -> Result<Vec<SigningSecret>, String> {
+    let mut live = vec![secrets.open(&endpoint.secret)?];
+    if let (Some(previous), Some(until)) = (
+        &endpoint.previous_secret,
+        endpoint.previous_secret_expires_at,
+    ) {
+        if until > now {
+            live.push(secrets.open(previous)?);
+        }
+    }
+    Ok(live)
+}

@@ -1,0 +1,195 @@
+//! Ingest: SQS messages → deliveries → attempts. A batch of messages is
+//! fanned out in one transaction (`fan_out`), the deliveries that can go now
+//! are created leased to this worker and attempted at once, and the batch is
+//! deleted. A message naming no committed event is deleted and counted.
+//! While the database is unreachable, ingest stops receiving, so no message
+//! climbs towards the dead-letter queue because of the outage.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sqlx::MySqlPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::attempt::{hold, spawn_attempt, Held};
+use super::fan_out::{fan_out, FanOut, Lease};
+use super::shared::{lease_until, with_retries, Shared};
+use crate::db;
+use crate::db::deliveries::Leased;
+use crate::domain::time;
+use crate::queue::{Queue, Received};
+
+/// The only part of a message that is read: the event's id.
+#[derive(Deserialize)]
+pub(super) struct Named {
+    pub(super) id: Uuid,
+}
+
+/// SQS → deliveries → attempts.
+pub(super) async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::Receiver<bool>) {
+    let mut failures = 0u32;
+    // A batch whose commit went unanswered: its leases, to give back.
+    let mut unanswered: Option<(Vec<Uuid>, Uuid)> = None;
+    loop {
+        if shared.database_down.load(Ordering::Relaxed) {
+            // Every receiver stops while the database is away, so an outage
+            // spends no receive counts on the way to the dead-letter queue.
+            wait_for_database(&shared.pool, &mut stop).await;
+            if *stop.borrow() {
+                return;
+            }
+            shared.database_down.store(false, Ordering::Relaxed);
+        }
+        if let Some((ids, lease_id)) = unanswered.take() {
+            give_back(&shared, &ids, lease_id).await;
+        }
+        let received = tokio::select! {
+            _ = stop.changed() => return,
+            received = queue.receive(Duration::from_secs(20)) => received,
+        };
+        let messages = match received {
+            Ok(messages) => {
+                failures = 0;
+                messages
+            }
+            Err(e) => {
+                failures += 1;
+                let pause = Duration::from_millis(200 * u64::from(failures.min(50)));
+                tracing::warn!(error = %e, retry_in = ?pause, "receiving from SQS failed");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(pause) => continue,
+                }
+            }
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        if shared.database_down.load(Ordering::Relaxed) {
+            // Received while another receiver found the database away: kept
+            // out of sight until it is back, not processed.
+            hide(&queue, &messages).await;
+            continue;
+        }
+        let ids = named_events(&shared, &messages);
+        let lease_id = Uuid::now_v7();
+        match with_retries(|| ingest_batch(&shared, &ids, lease_id)).await {
+            Ok(out) => {
+                if !out.unknown.is_empty() {
+                    shared.metrics.unknown_events(out.unknown.len());
+                    tracing::warn!(
+                        count = out.unknown.len(),
+                        "messages naming no committed event were dropped"
+                    );
+                }
+                if out.created > out.leased.len() {
+                    shared.wake.notify_one();
+                }
+                for leased in out.leased {
+                    spawn_attempt(&shared, leased);
+                }
+                let queue = queue.clone();
+                tokio::spawn(async move {
+                    let receipts: Vec<&str> = messages.iter().map(|m| m.receipt.as_str()).collect();
+                    if let Err(e) = queue.delete(&receipts).await {
+                        // Received again later: fan-out is idempotent.
+                        tracing::warn!(error = %e, "deleting SQS messages failed");
+                    }
+                });
+            }
+            Err(e) => {
+                // Not deleted: the messages come back once visible again.
+                tracing::warn!(error = %e, "recording deliveries failed; pausing receipt until the database answers");
+                shared.database_down.store(true, Ordering::Relaxed);
+                hide(&queue, &messages).await;
+                // The batch may have committed before its answer was lost:
+                // leases it took would hold those deliveries until they ran out.
+                unanswered = Some((ids, lease_id));
+            }
+        }
+    }
+}
+
+/// How long messages received during a database outage stay out of sight:
+/// long enough that another receiver does not take them again meanwhile.
+const HIDE: Duration = Duration::from_secs(10);
+
+async fn hide(queue: &Queue, messages: &[Received]) {
+    let receipts: Vec<&str> = messages.iter().map(|m| m.receipt.as_str()).collect();
+    if let Err(e) = queue.change_visibility(&receipts, HIDE).await {
+        tracing::warn!(error = %e, "hiding messages during a database outage failed");
+    }
+}
+
+/// Gives back the leases of a batch whose commit went unanswered.
+pub(super) async fn give_back(shared: &Shared, ids: &[Uuid], lease_id: Uuid) {
+    match with_retries(|| {
+        db::deliveries::release_lease(&shared.pool, Leased::Events(ids), lease_id)
+    })
+    .await
+    {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(
+                count = n,
+                "gave back the leases of a batch whose commit went unanswered"
+            );
+            shared.wake.notify_one();
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "giving back a batch's leases failed; they run out by themselves")
+        }
+    }
+}
+
+/// The event ids messages name; a message that names none is counted
+/// and deleted with its batch.
+fn named_events(shared: &Shared, messages: &[Received]) -> Vec<Uuid> {
+    let mut ids = vec![];
+    for message in messages {
+        match serde_json::from_str::<Named>(&message.body) {
+            Ok(named) => ids.push(named.id),
+            Err(_) => {
+                shared.metrics.unknown_events(1);
+                tracing::warn!(message_id = %message.message_id, "a message that names no event was dropped");
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+pub(super) async fn ingest_batch(
+    shared: &Shared,
+    ids: &[Uuid],
+    lease_id: Uuid,
+) -> sqlx::Result<FanOut<Held>> {
+    let now = time::now();
+    let lease = Lease {
+        until: lease_until(shared, now),
+        id: lease_id,
+    };
+    fan_out(&shared.pool, ids, now, &lease, |endpoint| {
+        hold(shared, endpoint.id)
+    })
+    .await
+}
+
+async fn wait_for_database(pool: &MySqlPool, stop: &mut watch::Receiver<bool>) {
+    let mut pause = Duration::from_millis(250);
+    loop {
+        if sqlx::query("SELECT 1").execute(pool).await.is_ok() {
+            tracing::info!("the database answers again; receiving");
+            return;
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}

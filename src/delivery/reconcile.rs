@@ -1,0 +1,97 @@
+//! Reconcile: gives every committed event its deliveries even if its SQS
+//! message was lost or dead-lettered.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::attempt::spawn_attempt;
+use super::ingest::ingest_batch;
+use super::shared::{with_retries, Shared};
+use crate::db;
+use crate::domain::time;
+
+/// Gives every committed event its deliveries, even if its SQS message was
+/// lost or dead-lettered: events older than `reconcile_after` are walked in
+/// feed order behind a mark, and any (event, subscribed endpoint) without a
+/// delivery is fanned out again.
+pub(super) async fn reconcile(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(shared.config.reconcile_every) => {}
+        }
+        loop {
+            match reconcile_once(&shared).await {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciling deliveries failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// One window; true if more may follow at once.
+pub(super) async fn reconcile_once(shared: &Arc<Shared>) -> sqlx::Result<bool> {
+    const WINDOW: i64 = 500;
+    let (mark, published) = db::feed_clock::reconcile_marks(&shared.pool).await?;
+    if published <= mark {
+        return Ok(false);
+    }
+    let old_enough =
+        time::now() - chrono::Duration::from_std(shared.config.reconcile_after).unwrap_or_default();
+    let window = db::order_events::settled_window(&shared.pool, mark, published, WINDOW).await?;
+    let full = window.len() as i64 == WINDOW;
+    let window: Vec<_> = window
+        .into_iter()
+        .take_while(|(_, _, _, _, created_at)| *created_at < old_enough)
+        .collect();
+    let Some(&(last, ..)) = window.last() else {
+        return Ok(false);
+    };
+    let mut customers: Vec<Uuid> = window.iter().map(|w| w.2).collect();
+    customers.sort();
+    customers.dedup();
+    let endpoints = db::webhook_endpoints::enabled_for(&shared.pool, &customers).await?;
+    let ids: Vec<Uuid> = window.iter().map(|w| w.1).collect();
+    let have: HashSet<(Uuid, Uuid)> = db::deliveries::pairs_for_events(&shared.pool, &ids)
+        .await?
+        .into_iter()
+        .collect();
+    let missing: Vec<Uuid> = window
+        .iter()
+        .filter(|(_, id, customer, kind, created_at)| {
+            let Some(kind) = crate::domain::EventType::parse(kind) else {
+                return false;
+            };
+            endpoints.iter().any(|e| {
+                e.customer_id == *customer
+                    && crate::domain::webhook::EventFilter(e.event_mask).includes(kind)
+                    && e.created_at <= *created_at
+                    && !have.contains(&(*id, e.id))
+            })
+        })
+        .map(|w| w.1)
+        .collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            count = missing.len(),
+            "events without their deliveries (message lost or dead-lettered); fanning out again"
+        );
+        shared.metrics.reconciled(missing.len());
+        for chunk in missing.chunks(50) {
+            let out = with_retries(|| ingest_batch(shared, chunk, Uuid::now_v7())).await?;
+            for leased in out.leased {
+                spawn_attempt(shared, leased);
+            }
+            shared.wake.notify_one();
+        }
+    }
+    db::feed_clock::mark_reconciled(&shared.pool, mark, last).await?;
+    Ok(full)
+}

@@ -1,0 +1,200 @@
+//! The delivery core run to completion, one call at a time: what a Lambda
+//! invocation does (`lambda` speaks the Runtime API around it).
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::attempt::spawn_attempt;
+use super::dispatch::{claim_and_start, sweep};
+use super::ingest::{give_back, ingest_batch, Named};
+use super::outcome::Outcome;
+use super::reconcile::reconcile_once;
+use super::settle::{write_group, SETTLE_GROUP};
+use super::shared::{self, unreachable, with_retries, Shared, WorkerStartError, HELD_PER_SLOT};
+use crate::config::DeliveryConfig;
+
+/// The same core run to completion, one call at a time: what a Lambda
+/// invocation does (see `delivery::lambda`). Each call fans out, attempts and
+/// writes every outcome before it returns, so nothing is left running when
+/// the function is frozen.
+pub struct Runner {
+    shared: Arc<Shared>,
+    outcomes: tokio::sync::Mutex<mpsc::UnboundedReceiver<Outcome>>,
+}
+
+/// What `Runner::deliver` did with a batch of messages.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// Indexes (into the batch) of messages whose deliveries could not be
+    /// recorded: to be received again.
+    pub failed: Vec<usize>,
+    /// Messages naming no committed event (dropped, like the worker does).
+    pub unknown: usize,
+    pub attempted: usize,
+}
+
+impl Runner {
+    pub fn build(config: DeliveryConfig) -> Result<Runner, WorkerStartError> {
+        let (shared, outcomes) = shared::build(config)?;
+        Ok(Runner {
+            shared,
+            outcomes: tokio::sync::Mutex::new(outcomes),
+        })
+    }
+
+    /// A batch of message bodies: each event's deliveries are recorded and
+    /// their first attempts made before this returns. If the batch cannot be
+    /// recorded as one, each message is tried alone, so one bad message
+    /// never fails the others.
+    pub async fn deliver(&self, bodies: &[&str], deadline: tokio::time::Instant) -> Delivered {
+        let shared = &self.shared;
+        let named: Vec<Option<Uuid>> = bodies
+            .iter()
+            .map(|body| serde_json::from_str::<Named>(body).ok().map(|n| n.id))
+            .collect();
+        let mut delivered = Delivered {
+            unknown: named.iter().filter(|n| n.is_none()).count(),
+            ..Delivered::default()
+        };
+        let mut ids: Vec<Uuid> = named.iter().flatten().copied().collect();
+        ids.sort();
+        ids.dedup();
+        match self.fan_out(&ids).await {
+            Ok((unknown, started)) => {
+                delivered.unknown += named
+                    .iter()
+                    .flatten()
+                    .filter(|id| unknown.contains(id))
+                    .count();
+                delivered.attempted += started;
+            }
+            Err(e) if unreachable(&e) => {
+                // Alone they would fail the same way, each after its own wait.
+                tracing::warn!(error = %e, "the database is unreachable; every message will be received again");
+                delivered.failed = (0..bodies.len()).collect();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "recording a batch failed; recording its messages one by one");
+                for id in &ids {
+                    match self.fan_out(std::slice::from_ref(id)).await {
+                        Ok((unknown, started)) => {
+                            delivered.unknown += usize::from(!unknown.is_empty());
+                            delivered.attempted += started;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, event_id = %id, "recording a message failed; it will be received again");
+                            delivered.failed.extend(
+                                named
+                                    .iter()
+                                    .enumerate()
+                                    .filter(|(_, n)| **n == Some(*id))
+                                    .map(|(i, _)| i),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if delivered.unknown > 0 {
+            shared.metrics.unknown_events(delivered.unknown);
+        }
+        // Deliveries this call could not hold, and those released by the
+        // ones it settled (the next event of an order), go now too.
+        delivered.attempted += self.drain(deadline).await;
+        delivered
+    }
+
+    /// Finishes what is in flight, then claims and runs what fell due
+    /// meanwhile, until nothing is left or `deadline`. How many it started.
+    async fn drain(&self, deadline: tokio::time::Instant) -> usize {
+        let mut started = 0;
+        loop {
+            self.finish().await;
+            if tokio::time::Instant::now() >= deadline {
+                return started;
+            }
+            match self.start_due(deadline).await {
+                0 => return started,
+                n => started += n,
+            }
+        }
+    }
+
+    /// Fans out and starts the attempts: the unknown ids, and how many
+    /// attempts started.
+    async fn fan_out(&self, ids: &[Uuid]) -> sqlx::Result<(Vec<Uuid>, usize)> {
+        let lease_id = Uuid::now_v7();
+        match with_retries(|| ingest_batch(&self.shared, ids, lease_id)).await {
+            Ok(out) => {
+                let started = out.leased.len();
+                for leased in out.leased {
+                    spawn_attempt(&self.shared, leased);
+                }
+                Ok((out.unknown, started))
+            }
+            Err(e) => {
+                if !matches!(e, sqlx::Error::PoolTimedOut) {
+                    // It may have committed before its answer was lost.
+                    give_back(&self.shared, ids, lease_id).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The scheduled pass: events whose messages were lost get their
+    /// deliveries, then due retries, manual retries and released deliveries
+    /// are attempted until none is left or `deadline` (leave room for one
+    /// attempt's timeout after it). Returns how many were attempted.
+    pub async fn run_due(&self, deadline: tokio::time::Instant) -> usize {
+        loop {
+            match reconcile_once(&self.shared).await {
+                Ok(true) if tokio::time::Instant::now() < deadline => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciling deliveries failed");
+                    break;
+                }
+            }
+        }
+        sweep(&self.shared).await;
+        self.drain(deadline).await
+    }
+
+    /// Claims and starts due deliveries until none is left or `deadline`.
+    async fn start_due(&self, deadline: tokio::time::Instant) -> usize {
+        let mut started = 0;
+        while tokio::time::Instant::now() < deadline {
+            match claim_and_start(&self.shared).await {
+                Ok((0, _)) => break,
+                Ok((n, _)) => started += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming deliveries failed");
+                    break;
+                }
+            }
+            if self.shared.held.available_permits() == 0 {
+                // Full: what is in flight finishes before more is claimed.
+                break;
+            }
+        }
+        started
+    }
+
+    /// Waits for every attempt started to finish, then writes their outcomes.
+    async fn finish(&self) {
+        let shared = &self.shared;
+        let all = (shared.config.max_in_flight * HELD_PER_SLOT) as u32;
+        drop(shared.held.acquire_many(all).await);
+        let mut outcomes = self.outcomes.lock().await;
+        let mut finished = vec![];
+        while let Ok(outcome) = outcomes.try_recv() {
+            finished.push(outcome);
+        }
+        for group in finished.chunks(SETTLE_GROUP) {
+            write_group(shared, group).await;
+        }
+    }
+}

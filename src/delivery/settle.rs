@@ -1,0 +1,210 @@
+//! Settle: one task writes the outcomes of finished attempts, whatever has
+//! finished meanwhile in one transaction (the attempts, the new states fenced
+//! by lease, the release of deliveries that waited behind a settled one),
+//! then the endpoints' health. Attempts never hold a connection, so no
+//! number of them in flight can starve the pool.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::MySqlPool;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use super::outcome::{Health, Outcome};
+use super::shared::{with_retries, Shared};
+use crate::db;
+use crate::db::deliveries::{AttemptRow, Settled, PENDING};
+use crate::domain::time;
+
+/// Outcomes written in one transaction at most.
+pub(super) const SETTLE_GROUP: usize = 256;
+
+/// Writes outcomes as they come, each group in one transaction.
+pub(super) async fn settle_loop(
+    shared: Arc<Shared>,
+    mut outcomes: mpsc::UnboundedReceiver<Outcome>,
+    mut finished: watch::Receiver<bool>,
+) {
+    loop {
+        let first = tokio::select! {
+            outcome = outcomes.recv() => match outcome {
+                Some(outcome) => outcome,
+                None => return,
+            },
+            _ = finished.changed() => {
+                let mut rest = vec![];
+                while let Ok(outcome) = outcomes.try_recv() {
+                    rest.push(outcome);
+                }
+                for group in rest.chunks(SETTLE_GROUP) {
+                    write_group(&shared, group).await;
+                }
+                return;
+            }
+        };
+        let mut group = vec![first];
+        while group.len() < SETTLE_GROUP {
+            match outcomes.try_recv() {
+                Ok(outcome) => group.push(outcome),
+                Err(_) => break,
+            }
+        }
+        write_group(&shared, &group).await;
+    }
+}
+
+/// Writes a group, retrying while the database is away for as long as the
+/// leases last (then the deliveries are attempted again: at least once).
+pub(super) async fn write_group(shared: &Shared, group: &[Outcome]) {
+    let give_up = std::time::Instant::now() + shared.config.timeout + Duration::from_secs(30);
+    let mut pause = Duration::from_millis(20);
+    let released = loop {
+        match write_outcomes(&shared.pool, group).await {
+            Ok(released) => break released,
+            Err(e) if std::time::Instant::now() < give_up => {
+                // A deadlock with a concurrent fan-out is InnoDB's ordinary
+                // answer to contention, and the retry settles it: not worth
+                // a warning unless it keeps happening.
+                if crate::error::is_retryable(&e) && pause < Duration::from_millis(200) {
+                    tracing::info!(error = %e, count = group.len(), retry_in = ?pause, "recording attempts met a conflict; retrying");
+                } else {
+                    tracing::warn!(error = %e, count = group.len(), retry_in = ?pause, "recording attempts failed; retrying");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, count = group.len(), "recording attempts failed; their leases will run out and they will be attempted again");
+                return;
+            }
+        }
+    };
+    let soon = time::now() + chrono::Duration::seconds(1);
+    if released
+        || group.iter().any(|o| {
+            o.settled.status == PENDING && o.settled.next_attempt_at.is_some_and(|t| t <= soon)
+        })
+    {
+        shared.wake.notify_one();
+    }
+    record_health(shared, group).await;
+}
+
+/// Attempts, new states and releases of one group, in one transaction;
+/// true if a waiting delivery was released.
+async fn write_outcomes(pool: &MySqlPool, group: &[Outcome]) -> sqlx::Result<bool> {
+    let now = time::now();
+    let attempts: Vec<AttemptRow> = group.iter().filter_map(|o| o.attempt.clone()).collect();
+    let settled: Vec<Settled> = group.iter().map(|o| o.settled.clone()).collect();
+    // The (endpoint, order) pairs where a delivery stopped being pending:
+    // the next one of each may now go.
+    let pairs: HashSet<(Uuid, Uuid)> = group
+        .iter()
+        .filter(|o| o.settled.status != PENDING)
+        .filter_map(|o| o.order_id.map(|order| (o.endpoint_id, order)))
+        .collect();
+    let touched: HashSet<(Uuid, Uuid)> = group
+        .iter()
+        .filter_map(|o| o.order_id.map(|order| (o.endpoint_id, order)))
+        .collect();
+    let mut tx = pool.begin().await?;
+    // Index records before rows, the order a fan-out takes them in: a
+    // settle that wrote a row first, then read its order's deliveries,
+    // deadlocked with a fan-out holding that order's index record.
+    if !touched.is_empty() {
+        let (endpoints, orders) = endpoints_and_orders(&touched);
+        db::deliveries::order_slots(&mut *tx, &endpoints, &orders).await?;
+    }
+    db::deliveries::insert_attempts(&mut *tx, &attempts).await?;
+    db::deliveries::settle(&mut *tx, &settled, now).await?;
+    let mut release = vec![];
+    if !pairs.is_empty() {
+        // As they are now (the rows are this transaction's already).
+        let (endpoints, orders) = endpoints_and_orders(&pairs);
+        let slots = db::deliveries::order_slots(&mut *tx, &endpoints, &orders).await?;
+        // Only the lowest pending delivery of a pair may go, and only if it
+        // is the one waiting: a later one never overtakes an earlier one.
+        let mut lowest: HashMap<(Uuid, Uuid), &db::deliveries::OrderSlot> = HashMap::new();
+        for slot in slots
+            .iter()
+            .filter(|s| s.status == PENDING && pairs.contains(&(s.endpoint_id, s.order_id)))
+        {
+            let entry = lowest
+                .entry((slot.endpoint_id, slot.order_id))
+                .or_insert(slot);
+            if slot.sequence < entry.sequence {
+                *entry = slot;
+            }
+        }
+        release = lowest
+            .values()
+            .filter(|s| s.waiting)
+            .map(|s| s.id)
+            .collect();
+        db::deliveries::release_waiting(&mut *tx, &release, now).await?;
+    }
+    tx.commit().await?;
+    Ok(!release.is_empty())
+}
+
+/// The endpoints and the orders of these pairs, sorted, once each.
+fn endpoints_and_orders(pairs: &HashSet<(Uuid, Uuid)>) -> (Vec<Uuid>, Vec<Uuid>) {
+    let mut endpoints: Vec<Uuid> = pairs.iter().map(|p| p.0).collect();
+    let mut orders: Vec<Uuid> = pairs.iter().map(|p| p.1).collect();
+    endpoints.sort();
+    endpoints.dedup();
+    orders.sort();
+    orders.dedup();
+    (endpoints, orders)
+}
+
+/// The endpoints' health, apart from the group's transaction.
+async fn record_health(shared: &Shared, group: &[Outcome]) {
+    let now = time::now();
+    let disable_after = chrono::Duration::from_std(shared.config.disable_after)
+        .unwrap_or(chrono::Duration::days(5));
+    let mut seen: HashMap<Uuid, &Health> = HashMap::new();
+    for outcome in group {
+        let entry = seen.entry(outcome.endpoint_id).or_insert(&outcome.health);
+        // Gone beats failed beats succeeded beats nothing.
+        let rank = |h: &Health| match h {
+            Health::Unchanged => 0,
+            Health::Succeeded { .. } => 1,
+            Health::Failed => 2,
+            Health::Gone => 3,
+        };
+        if rank(&outcome.health) > rank(entry) {
+            *entry = &outcome.health;
+        }
+    }
+    for (endpoint_id, health) in seen {
+        let result = with_retries(|| async {
+            match health {
+                Health::Unchanged | Health::Succeeded { was_failing: false } => Ok(()),
+                Health::Succeeded { was_failing: true } => {
+                    db::webhook_endpoints::mark_succeeding(&shared.pool, endpoint_id).await
+                }
+                Health::Gone => {
+                    db::webhook_endpoints::disable(
+                        &shared.pool,
+                        endpoint_id,
+                        "the endpoint answered 410 Gone",
+                        now,
+                    )
+                    .await
+                }
+                Health::Failed => {
+                    let mut conn = shared.pool.acquire().await?;
+                    db::webhook_endpoints::mark_failing(&mut conn, endpoint_id, now, disable_after)
+                        .await
+                }
+            }
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, %endpoint_id, "recording the endpoint's health failed");
+        }
+    }
+}
