@@ -22,11 +22,12 @@ use tracing::Level;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::auth::{hash_token, KeyLookups};
+use crate::auth::hash_token;
 use crate::config::Config;
 use crate::db;
 use crate::error::ApiError;
 use crate::http;
+use crate::key_lookups::KeyLookups;
 use crate::metrics::Metrics;
 use crate::order_writer::OrderWriter;
 use crate::outbox::{self, Relay};
@@ -34,38 +35,15 @@ use crate::queue::Queue;
 use crate::rate_limit::RateLimiter;
 use crate::secrets::SecretBox;
 use crate::signals::Signals;
+use crate::state::AppState;
+
+/// A client has this long to send a request body.
+pub use crate::http::extract::BODY_READ_TIMEOUT;
 
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// The relay's and the feed's numbering passes: short, one at a time.
 const PIPELINE_CONNECTIONS: u32 = 4;
-/// A client has this long to send a request body.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-#[derive(Clone)]
-pub struct AppState {
-    pub db: MySqlPool,
-    /// Sessions that read committed data: the feed's read-your-writes
-    /// numbering pass (see `sequencer`).
-    pub pipeline_db: MySqlPool,
-    pub admin_token_hash: [u8; 32],
-    pub metrics_token_hash: Option<[u8; 32]>,
-    pub metrics: Arc<Metrics>,
-    pub signals: Arc<Signals>,
-    /// Signs feed cursors; the same in every instance (kept in the database).
-    pub cursor_key: Arc<[u8]>,
-    pub secrets: Arc<SecretBox>,
-    pub allow_private_networks: bool,
-    pub rate_limiter: Arc<RateLimiter>,
-    /// Writes new orders and status changes, several to a transaction.
-    pub orders: OrderWriter,
-    /// Looks up API keys, several to a query, and remembers them briefly.
-    pub api_keys: KeyLookups,
-    /// The base of links handed out (`PUBLIC_URL`).
-    pub public_base: Arc<str>,
-    /// Origins that may frame the portal (`PORTAL_FRAME_ANCESTORS`).
-    pub portal_frame_ancestors: Arc<[String]>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {

@@ -3,10 +3,6 @@
 //! every protected handler takes; a portal session is refused here on any
 //! route outside its reach (`domain::portal::access`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
-
 use axum::extract::Request;
 use axum::extract::{FromRequestParts, MatchedPath};
 use axum::http::header::AUTHORIZATION;
@@ -15,66 +11,19 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use sqlx::MySqlPool;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::app::AppState;
-use crate::batch::Batcher;
 use crate::db;
 use crate::domain::portal::{self, Access, Capabilities};
 use crate::domain::time;
 use crate::error::ApiError;
+use crate::principal::Principal;
+use crate::state::AppState;
 pub use crate::tokens::{generate_token, hash_token, ADMIN_PREFIX, API_KEY_PREFIX, PORTAL_PREFIX};
 
 /// How much of a key is kept in clear to tell keys apart: `mk_` + 8 chars.
 pub const DISPLAY_PREFIX_LEN: usize = 11;
-
-/// Who is calling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Principal {
-    Operator,
-    Customer(Uuid),
-    /// A customer portal session: the customer's webhooks, within its capabilities.
-    Portal {
-        customer: Uuid,
-        capabilities: Capabilities,
-    },
-}
-
-impl Principal {
-    /// The customer this caller acts for: itself, or whom the operator names.
-    /// `None` for an operator that named nobody.
-    pub fn scope(self, requested: Option<Uuid>) -> Result<Option<Uuid>, ApiError> {
-        match (self.customer(), requested) {
-            (None, requested) => Ok(requested),
-            (Some(own), None) => Ok(Some(own)),
-            (Some(own), Some(other)) if other == own => Ok(Some(own)),
-            (Some(_), Some(_)) => Err(ApiError::invalid(
-                "customer_id",
-                "only the operator may name a customer",
-            )),
-        }
-    }
-
-    /// May this caller see a resource owned by `customer_id`?
-    pub fn can_see(self, customer_id: Uuid) -> bool {
-        self.customer().is_none_or(|own| own == customer_id)
-    }
-
-    /// The customer this caller is; `None` for the operator.
-    pub fn customer(self) -> Option<Uuid> {
-        match self {
-            Principal::Operator => None,
-            Principal::Customer(id) | Principal::Portal { customer: id, .. } => Some(id),
-        }
-    }
-
-    /// The key under which this caller's idempotency keys are kept.
-    pub fn owner_id(self) -> Uuid {
-        self.customer().unwrap_or(Uuid::nil())
-    }
-}
 
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
@@ -125,102 +74,6 @@ impl FromRequestParts<AppState> for Principal {
             })?;
         Ok(principal)
     }
-}
-
-/// API-key lookups. A key found is trusted for `KEY_MEMORY` from the moment
-/// its lookup began, so a busy client's requests do not each wait for the
-/// database; revoking a key waits that long before it answers
-/// (`http::api_keys::revoke`), so once the operator has the 204 no instance
-/// takes the key. Keys not yet known are looked up in groups (`batch`): while
-/// one query is in the database, the keys of the requests arriving meanwhile
-/// wait to share the next. Unknown keys are never remembered.
-#[derive(Clone)]
-pub struct KeyLookups {
-    grouped: Batcher<[u8; 32], sqlx::Result<Option<Uuid>>>,
-    found: Arc<Mutex<HashMap<[u8; 32], Found>>>,
-}
-
-#[derive(Clone, Copy)]
-struct Found {
-    customer: Uuid,
-    asked: Instant,
-}
-
-/// How long a key found is trusted without asking the database again.
-pub const KEY_MEMORY: Duration = Duration::from_millis(500);
-
-/// Keys remembered at most (a few hundred bytes of memory each at most).
-const MAX_KEYS_REMEMBERED: usize = 10_000;
-
-/// Keys looked up per query at most.
-const MAX_KEY_LOOKUPS: usize = 64;
-
-impl KeyLookups {
-    pub fn start(db: MySqlPool) -> KeyLookups {
-        let grouped = Batcher::start(MAX_KEY_LOOKUPS, move |hashes| {
-            let db = db.clone();
-            async move { look_up_keys(&db, hashes).await }
-        });
-        KeyLookups {
-            grouped,
-            found: Arc::default(),
-        }
-    }
-
-    /// The customer whose key has this hash, if any.
-    pub async fn customer(&self, hash: [u8; 32]) -> sqlx::Result<Option<Uuid>> {
-        let asked = Instant::now();
-        if let Some(found) = self.remembered(&hash, asked) {
-            return Ok(Some(found));
-        }
-        let customer =
-            (self.grouped.call(hash).await).unwrap_or_else(|| Err(sqlx::Error::PoolClosed))?;
-        if let Some(customer) = customer {
-            self.remember(hash, Found { customer, asked });
-        }
-        Ok(customer)
-    }
-
-    fn remembered(&self, hash: &[u8; 32], now: Instant) -> Option<Uuid> {
-        let found = self.lock().get(hash).copied()?;
-        (now.duration_since(found.asked) < KEY_MEMORY).then_some(found.customer)
-    }
-
-    fn remember(&self, hash: [u8; 32], found: Found) {
-        let mut keys = self.lock();
-        if keys.len() >= MAX_KEYS_REMEMBERED {
-            keys.retain(|_, kept| kept.asked.elapsed() < KEY_MEMORY);
-        }
-        if keys.len() < MAX_KEYS_REMEMBERED {
-            keys.insert(hash, found);
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<[u8; 32], Found>> {
-        // Nothing panics while holding it; a poisoned map is still a map.
-        self.found
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// One query for the group; if it fails, one each, so that each request
-/// gets its own error.
-async fn look_up_keys(db: &MySqlPool, hashes: Vec<[u8; 32]>) -> Vec<sqlx::Result<Option<Uuid>>> {
-    if hashes.len() > 1 {
-        if let Ok(found) = db::api_keys::customers_for_hashes(db, &hashes).await {
-            let customer = |hash: &[u8; 32]| {
-                let found = found.iter().find(|(h, _)| h[..] == hash[..]);
-                Ok(found.map(|(_, customer)| *customer))
-            };
-            return hashes.iter().map(customer).collect();
-        }
-    }
-    let mut customers = Vec::with_capacity(hashes.len());
-    for hash in &hashes {
-        customers.push(db::api_keys::customer_for_hash(db, hash).await);
-    }
-    customers
 }
 
 /// Refuses (403) a portal session on a route outside its reach or its
@@ -333,23 +186,5 @@ impl FromRequestParts<AppState> for Operator {
                 "this route is for the operator only".into(),
             )),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn customers_cannot_act_for_others() {
-        let own = Uuid::now_v7();
-        let other = Uuid::now_v7();
-        let customer = Principal::Customer(own);
-        assert_eq!(customer.scope(None).unwrap(), Some(own));
-        assert_eq!(customer.scope(Some(own)).unwrap(), Some(own));
-        assert!(customer.scope(Some(other)).is_err());
-        assert_eq!(Principal::Operator.scope(Some(other)).unwrap(), Some(other));
-        assert!(!customer.can_see(other));
-        assert!(Principal::Operator.can_see(other));
     }
 }

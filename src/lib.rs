@@ -1,8 +1,8 @@
 //! Mechanica shipping API. The code tour:
 
-/// `AppState`, `App::build` (shared by `main` and the tests), middleware, shutdown.
+/// `App::build` (shared by `main` and the tests), middleware, shutdown.
 pub mod app;
-/// Bearer tokens: operator and customer API keys; the `Principal` extractor.
+/// Bearer tokens: the operator's, API keys and portal sessions; the `Principal` extractor.
 pub mod auth;
 /// Group work: concurrent requests share one round trip.
 pub mod batch;
@@ -18,12 +18,16 @@ pub mod domain;
 pub mod error;
 /// Handlers, request/response types and routers, one module per resource.
 pub mod http;
+/// API-key lookups, grouped and briefly remembered.
+pub mod key_lookups;
 /// Request counts and latencies in Prometheus text.
 pub mod metrics;
 /// Group commit for new orders: concurrent creations share one transaction.
 pub mod order_writer;
 /// The relay from the outbox to SQS: a lease, a high-water mark, parking.
 pub mod outbox;
+/// Who is calling, and what each caller may see.
+pub mod principal;
 /// The SQS client wrapper.
 pub mod queue;
 /// Per-API-key token buckets.
@@ -36,6 +40,8 @@ pub mod sequencer;
 pub mod server;
 /// In-process wake-ups between commits, the sequencer, the relay and long polls.
 pub mod signals;
+/// `AppState`: what every handler shares (below `http/` and `auth`).
+pub mod state;
 /// Tracing set-up for both binaries.
 pub mod telemetry;
 /// Random bytes, random tokens and their hashes (a leaf: uses nothing else).

@@ -19,12 +19,12 @@ use std::sync::Arc;
 use sqlx::{MySqlConnection, MySqlPool};
 use uuid::Uuid;
 
-use crate::auth::Principal;
 use crate::batch::Batcher;
 use crate::db;
 use crate::db::orders::InsertError;
 use crate::domain::{time, Event, Order, OrderStatus};
 use crate::error::{ApiError, ApiResult};
+use crate::principal::Principal;
 use crate::signals::Signals;
 
 /// At most this many orders per transaction. A valid order is at most

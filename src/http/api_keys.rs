@@ -13,15 +13,15 @@ use uuid::Uuid;
 
 use super::extract::{parse_id, Invalid, Params, PathText};
 use super::idempotent;
+use super::page::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use super::preconditions::idempotency_key;
-use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
-use crate::app::AppState;
 use crate::auth::{self, Operator};
 use crate::db;
 use crate::db::api_keys::ApiKeyRow;
 use crate::domain::cursor::{self, CursorKind};
 use crate::domain::time;
 use crate::error::{ApiError, ApiResult, Problem};
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -183,7 +183,7 @@ pub async fn revoke(
     if db::api_keys::delete(&state.db, customer_id, key_id).await? {
         // Every instance may trust a key it found for `KEY_MEMORY`; once
         // that has passed since the delete, none does.
-        tokio::time::sleep(auth::KEY_MEMORY).await;
+        tokio::time::sleep(crate::key_lookups::KEY_MEMORY).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("API key"))

@@ -13,16 +13,16 @@ use uuid::Uuid;
 
 use super::extract::{parse_id, Invalid, Json, Params, PathText};
 use super::idempotent;
+use super::page::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use super::preconditions::idempotency_key;
 use super::webhooks::visible_endpoint;
-use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
-use crate::app::AppState;
-use crate::auth::Principal;
 use crate::db;
 use crate::db::deliveries::{AttemptRow, DeliveryRow, NewDelivery, FAILED, PENDING, SUCCEEDED};
 use crate::domain::cursor::{self, CursorKind};
 use crate::domain::{event_catalog, time, EventType};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
+use crate::principal::Principal;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -6,10 +6,10 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::app::AppState;
-use crate::auth::Principal;
 use crate::domain::event_catalog;
 use crate::error::ApiResult;
+use crate::principal::Principal;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/event-types", get(list))

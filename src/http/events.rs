@@ -13,12 +13,12 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::extract::{Invalid, Params};
-use crate::app::AppState;
-use crate::auth::Principal;
 use crate::db;
 use crate::domain::cursor;
 use crate::domain::Event;
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
+use crate::principal::Principal;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/events", get(feed))

@@ -2,6 +2,7 @@
 //! field named, query parameters, ids in paths.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
@@ -11,7 +12,6 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::app::BODY_READ_TIMEOUT;
 use crate::domain::cursor::{self, CursorKind};
 use crate::error::{ApiError, FieldError};
 
@@ -57,6 +57,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
         parse_json(&bytes).map(|v| OptionalJson(Some(v)))
     }
 }
+
+/// A client has this long to send a request body.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The whole body, within `BODY_READ_TIMEOUT`: a client trickling its body
 /// gets 408 instead of holding the request open.

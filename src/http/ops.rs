@@ -12,9 +12,9 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
-use crate::app::AppState;
 use crate::auth::hash_token;
 use crate::error::{ApiError, ApiResult, Problem};
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -15,10 +15,8 @@ use uuid::Uuid;
 
 use super::extract::{object, objects, parse_id, Invalid, Json, Params, PathText};
 use super::idempotent;
+use super::page::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use super::preconditions::{idempotency_key, if_match};
-use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
-use crate::app::AppState;
-use crate::auth::Principal;
 use crate::db;
 use crate::db::orders::InsertError;
 use crate::domain::cursor::{self, CursorKind};
@@ -26,6 +24,8 @@ use crate::domain::text::Checks;
 use crate::domain::{time, Address, Event, Order, OrderContents, OrderStatus, Parcel};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
 use crate::order_writer::{self, StatusChange};
+use crate::principal::Principal;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -14,15 +14,15 @@ use uuid::Uuid;
 
 use super::extract::{parse_id, Invalid, Params, PathText};
 use super::idempotent;
+use super::page::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use super::preconditions::idempotency_key;
-use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
-use crate::app::AppState;
 use crate::auth::Operator;
 use crate::db;
 use crate::db::outbox_parked::ParkedRow;
 use crate::domain::cursor::{self, CursorKind};
 use crate::domain::time;
 use crate::error::{ApiError, ApiResult, Problem};
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

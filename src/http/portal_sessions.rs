@@ -15,7 +15,6 @@ use uuid::Uuid;
 use super::extract::{parse_id, OptionalJson, PathText};
 use super::idempotent;
 use super::preconditions::idempotency_key;
-use crate::app::AppState;
 use crate::auth::{self, Operator};
 use crate::db;
 use crate::db::portal_sessions::NewSession;
@@ -23,6 +22,7 @@ use crate::domain::portal::{Capabilities, DEFAULT_EXPIRES_IN, MAX_EXPIRES_IN, MI
 use crate::domain::text::Checks;
 use crate::domain::time;
 use crate::error::{ApiError, ApiResult, Problem};
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new().route(

@@ -14,10 +14,8 @@ use uuid::Uuid;
 
 use super::extract::{parse_id, Invalid, Json, OptionalJson, Params, PathText};
 use super::idempotent;
+use super::page::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use super::preconditions::idempotency_key;
-use super::{Page, DEFAULT_LIMIT, MAX_LIMIT};
-use crate::app::AppState;
-use crate::auth::Principal;
 use crate::db;
 use crate::db::webhook_endpoints::EndpointRow;
 use crate::domain::cursor::{self, CursorKind};
@@ -29,6 +27,8 @@ use crate::domain::webhook::{
 use crate::domain::webhook_headers::CustomHeaders;
 use crate::domain::webhook_url::WebhookUrl;
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
+use crate::principal::Principal;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

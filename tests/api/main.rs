@@ -14,6 +14,7 @@ mod indexes;
 mod isolation;
 #[cfg(feature = "lambda")]
 mod lambda;
+mod layout;
 mod limits;
 mod openapi;
 mod operations;
