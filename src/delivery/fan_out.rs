@@ -61,8 +61,12 @@ pub fn plan(
         let Some(event_type) = EventType::parse(&event.event_type) else {
             continue;
         };
+        // An endpoint gets only events of its own time: a message delivered
+        // late must not bring it an event committed before it existed.
         for endpoint in endpoints.iter().filter(|e| {
-            e.customer_id == event.customer_id && EventFilter(e.event_mask).includes(event_type)
+            e.customer_id == event.customer_id
+                && EventFilter(e.event_mask).includes(event_type)
+                && event.created_at >= e.created_at
         }) {
             let want = wanted.entry((endpoint.id, event.order_id)).or_default();
             if !exists.contains(&(event.id, endpoint.id)) {
@@ -373,6 +377,20 @@ mod tests {
             got, want,
             "created is filtered out, and is older than `young`"
         );
+    }
+
+    #[test]
+    fn an_event_from_before_the_endpoint_existed_is_not_planned_whichever_message_names_it() {
+        let order = Uuid::now_v7();
+        let young = endpoint(u32::MAX, 10);
+        let events = vec![
+            event(order, 1, CREATED, 50, true),
+            event(order, 2, CHANGED, 40, true),
+        ];
+        for named in [vec![0], vec![1], vec![0, 1]] {
+            let planned = plan(&events, &named, std::slice::from_ref(&young), &[]);
+            assert!(planned.is_empty(), "named {named:?}: {planned:?}");
+        }
     }
 
     #[test]

@@ -204,6 +204,68 @@ async fn a_message_for_an_event_that_never_committed_delivers_nothing() {
     assert_eq!(sequences(&receiver.hits(), real_id), [1]);
 }
 
+/// Events committed before an endpoint existed never reach it, even when
+/// their messages are read only after it was created (a worker that was
+/// down, a delayed message). The old fan-out checked the endpoint's age for
+/// an order's earlier events but not for the event the message named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_gets_no_event_from_before_it_existed() {
+    let mut system = System::without_worker().await;
+    let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
+    let tenant = system.app.tenant("Late joiner").await;
+    let mut before = vec![];
+    for _ in 0..3 {
+        before.push(system.app.new_order(&tenant).await);
+    }
+    wait_for("the three published", Duration::from_secs(15), || async {
+        (system.queue.depth().await == 3).then_some(())
+    })
+    .await;
+    system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    // Its next event is of the endpoint's time; its first is not.
+    let old_order = before[0]["id"].as_str().unwrap();
+    let moved = system
+        .app
+        .change_status(&tenant.token, old_order, "cancelled")
+        .await;
+    assert_eq!(moved.status(), StatusCode::OK);
+    let after = system.app.new_order(&tenant).await;
+    system.worker =
+        Some(TestWorker::start(worker_config(&system.db_name, &system.queue.url)).await);
+
+    receiver
+        .wait_for_successes("/hooks", 2, Duration::from_secs(15))
+        .await;
+    wait_for("every message handled", Duration::from_secs(15), || async {
+        (system.queue.depth().await == 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hits = receiver.hits();
+    let mut got: Vec<(String, u64)> = hits
+        .iter()
+        .map(|h| {
+            let data = &h.json()["data"];
+            (
+                data["order_id"].as_str().unwrap().to_string(),
+                data["sequence"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want = vec![
+        (old_order.to_string(), 2),
+        (after["id"].as_str().unwrap().to_string(), 1),
+    ];
+    want.sort();
+    assert_eq!(
+        got, want,
+        "only events committed after the endpoint was created"
+    );
+}
+
 /// An order's first event fails for good, its second waits out a long
 /// `Retry-After`, its third waits behind the second. A manual retry of the
 /// first (which fails again) must not release the third ahead of the
