@@ -161,7 +161,8 @@ pub async fn list(
 }
 
 /// Revoke an API key (operator). It has stopped working, in every
-/// instance, when the answer comes (about half a second).
+/// instance, when the answer comes (about half a second), a repeated
+/// revoke's 404 included.
 #[utoipa::path(delete, path = "/v1/customers/{id}/api-keys/{key_id}", operation_id = "revokeApiKey", tag = "api keys",
     params(
         ("id" = Uuid, Path, description = "Customer id"),
@@ -180,10 +181,12 @@ pub async fn revoke(
 ) -> ApiResult<StatusCode> {
     let customer_id = parse_id(&id, "API key")?;
     let key_id = parse_id(&key_id, "API key")?;
-    if db::api_keys::delete(&state.db, customer_id, key_id).await? {
-        // Every instance may trust a key it found for `KEY_MEMORY`; once
-        // that has passed since the delete, none does.
-        tokio::time::sleep(crate::key_lookups::KEY_MEMORY).await;
+    let deleted = db::api_keys::delete(&state.db, customer_id, key_id).await?;
+    // Every instance may trust a key it found for `KEY_MEMORY`; once that
+    // has passed since the delete, none does. A repeated revoke (404) may
+    // come while the first is still waiting, so it waits as well.
+    tokio::time::sleep(crate::key_lookups::KEY_MEMORY).await;
+    if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("API key"))

@@ -1,5 +1,7 @@
 //! Customers and their API keys.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -178,4 +180,57 @@ async fn a_revoked_key_is_refused_by_every_instance_once_the_revoke_has_answered
         )
         .await;
     }
+}
+
+/// A repeated revoke (a client's retry while the first is still waiting)
+/// finds no key and answers 404, and that answer too comes only once no
+/// instance trusts the key; it used to come at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_revoke_answers_only_once_no_instance_trusts_the_key() {
+    let first = TestApp::spawn().await;
+    let second = TestApp::spawn_with(
+        test_config(format!("{}/{}", server_url(), first.db_name)),
+        first.db_name.clone(),
+    )
+    .await;
+    let tenant = first.tenant("Retried revoke").await;
+    let key_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM api_keys")
+        .fetch_one(&first.db)
+        .await
+        .unwrap();
+    let path = format!("/v1/customers/{}/api-keys/{key_id}", tenant.id);
+
+    for app in [&first, &second] {
+        assert_eq!(
+            app.get("/v1/orders", &tenant.token).await.status(),
+            StatusCode::OK
+        );
+    }
+    let revoke = first.delete(&path, ADMIN);
+    let retry = async {
+        // The first revoke's delete has committed; its answer is still
+        // waiting out the instances' memory of the key.
+        loop {
+            let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE id = ?")
+                .bind(key_id)
+                .fetch_one(&first.db)
+                .await
+                .unwrap();
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let repeated = second.delete(&path, ADMIN).await;
+        assert_eq!(repeated.status(), StatusCode::NOT_FOUND);
+        for app in [&first, &second] {
+            assert_problem(
+                app.get("/v1/orders", &tenant.token).await,
+                StatusCode::UNAUTHORIZED,
+            )
+            .await;
+        }
+    };
+    let (revoked, ()) = tokio::join!(revoke, retry);
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
 }
