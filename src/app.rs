@@ -76,13 +76,13 @@ impl App {
         let pool = db::pool(&config.database_url, config.database_max_connections)
             .map_err(StartupError::Database)?;
         if config.auto_migrate {
-            db::migrate(&config.database_url, &pool)
+            at_startup("migrating", || db::migrate(&config.database_url, &pool))
                 .await
                 .map_err(StartupError::Migrate)?;
         }
         // Rows the code relies on are made here, not by migrations: a schema
         // that arrived through a deploy request has none.
-        db::feed_clock::ensure(&pool)
+        at_startup("preparing the feed clock", || db::feed_clock::ensure(&pool))
             .await
             .map_err(StartupError::Database)?;
         let pipeline_db = db::read_committed_pool(&config.database_url, PIPELINE_CONNECTIONS)
@@ -93,11 +93,10 @@ impl App {
                 addr: config.bind_addr,
                 source,
             })?;
-        let cursor_key = db::server_secrets::get_or_create(
-            &pool,
-            "feed_cursor_key",
-            &crate::tokens::random_bytes::<32>(),
-        )
+        let candidate = crate::tokens::random_bytes::<32>();
+        let cursor_key = at_startup("reading the feed cursor key", || {
+            db::server_secrets::get_or_create(&pool, "feed_cursor_key", &candidate)
+        })
         .await
         .map_err(StartupError::Database)?;
         let queue = match &config.sqs_queue_url {
@@ -174,6 +173,34 @@ impl App {
 }
 
 /// The routes with the middleware every request passes through.
+/// How long start-up keeps trying while the database answers with
+/// transient errors.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Start-up's database work, run again while the database answers with a
+/// transient error: an instance started while others serve a heavy load
+/// meets their locks (a deadlock is InnoDB's ordinary answer), and one
+/// started beside a restarting database meets a refused connection. Either
+/// way it must start, not exit (SPEC §9).
+async fn at_startup<T, F, Fut>(what: &str, mut step: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let give_up = Instant::now() + STARTUP_PATIENCE;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match step().await {
+            Err(e) if crate::error::is_transient_error(&e) && Instant::now() < give_up => {
+                tracing::info!(error = %e, retry_in = ?pause, "{what} met a transient database error; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 pub fn router(state: AppState, config: &Config) -> Router {
     let timeout = config.request_timeout;
     let api = http::router()

@@ -224,22 +224,38 @@ impl IntoResponse for ApiError {
 /// client may retry; anything else is a bug, logged and answered as a 500.
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        match &err {
-            sqlx::Error::PoolTimedOut
+        if is_unreachable(&err) {
+            tracing::warn!(error = %err, "database unavailable");
+            ApiError::Unavailable("the database is unavailable; retry shortly")
+        } else if is_transient_error(&err) {
+            tracing::warn!(error = %err, "database contention");
+            ApiError::Unavailable("the database is busy; retry shortly")
+        } else {
+            ApiError::internal("database error", err)
+        }
+    }
+}
+
+/// No connection to the database could be had or kept.
+fn is_unreachable(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
-            | sqlx::Error::WorkerCrashed => {
-                tracing::warn!(error = %err, "database unavailable");
-                ApiError::Unavailable("the database is unavailable; retry shortly")
-            }
-            sqlx::Error::Database(db) if is_transient(db.as_ref()) => {
-                tracing::warn!(error = %err, "database contention");
-                ApiError::Unavailable("the database is busy; retry shortly")
-            }
-            _ => ApiError::internal("database error", err),
-        }
+            | sqlx::Error::WorkerCrashed
+    )
+}
+
+/// A database error that says nothing about the request: the database was
+/// unreachable, busy or restarting, or the transaction lost a race. The
+/// same work may succeed if run again shortly.
+pub fn is_transient_error(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => is_transient(db.as_ref()),
+        other => is_unreachable(other),
     }
 }
 

@@ -179,18 +179,22 @@ impl Drop for TestApp {
                 .enable_all()
                 .build()
                 .unwrap();
-            runtime.block_on(async {
-                if let Ok(mut conn) = MySqlConnection::connect(&server_url()).await {
-                    let _ = sqlx::query("SET SESSION lock_wait_timeout = 10")
-                        .execute(&mut conn)
-                        .await;
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{db_name}`"))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
+            runtime.block_on(drop_database(&db_name));
         })
         .join();
+    }
+}
+
+/// Drops a test's database, if it can within 10 s (else the next
+/// `scripts/test` run does).
+pub async fn drop_database(db_name: &str) {
+    if let Ok(mut conn) = MySqlConnection::connect(&server_url()).await {
+        let _ = sqlx::query("SET SESSION lock_wait_timeout = 10")
+            .execute(&mut conn)
+            .await;
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{db_name}`"))
+            .execute(&mut conn)
+            .await;
     }
 }
 
