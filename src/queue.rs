@@ -57,22 +57,25 @@ impl Queue {
     }
 
     /// Sends up to 10 messages; returns what became of each, in order.
-    /// A whole call refused for what a message holds (a batch too long, say)
-    /// is split into single sends, so only the message at fault is refused.
+    /// SQS refuses a message for what it holds either as one entry of the
+    /// answer (fauxqs, AWS) or as the whole call (moto refuses a batch
+    /// holding one oversized message with `InvalidParameterValue`): a whole
+    /// call refused so is split in halves and each sent again, until the
+    /// message at fault is refused alone; the others go out.
     #[tracing::instrument(skip_all, fields(count = messages.len()))]
     pub async fn publish(&self, messages: &[Outgoing<'_>]) -> Vec<Sent> {
         match self.send_batch(messages).await {
             Ok(sent) => sent,
             Err(BatchError::Content(reason)) if messages.len() == 1 => vec![Sent::Refused(reason)],
-            Err(BatchError::Content(_)) => {
-                let mut sent = Vec::with_capacity(messages.len());
-                for message in messages {
-                    sent.push(match self.send_batch(std::slice::from_ref(message)).await {
-                        Ok(mut one) => one.pop().unwrap_or(Sent::Failed("no answer".into())),
-                        Err(BatchError::Content(reason)) => Sent::Refused(reason),
-                        Err(BatchError::Transient(reason)) => Sent::Failed(reason),
-                    });
-                }
+            Err(BatchError::Content(reason)) => {
+                tracing::info!(count = messages.len(), %reason, "SQS refused a batch for what a message holds; sending it in halves");
+                let (left, right) = messages.split_at(messages.len() / 2);
+                let (mut sent, right) = futures_util::future::join(
+                    Box::pin(self.publish(left)),
+                    Box::pin(self.publish(right)),
+                )
+                .await;
+                sent.extend(right);
                 sent
             }
             Err(BatchError::Transient(reason)) => vec![Sent::Failed(reason); messages.len()],
@@ -138,8 +141,10 @@ impl Queue {
                 .ok()
                 .and_then(|i| sent.get_mut(i))
             {
-                // The sender's fault is the message's: sending it again cannot help.
-                *slot = if failure.sender_fault() && !is_throttling(failure.code()) {
+                // Refused for what it holds: sending it again cannot help.
+                // Any other refusal (KMS, permissions, throttling) is the
+                // queue's or the account's, and passes.
+                *slot = if failure.sender_fault() && refuses_content(failure.code()) {
                     Sent::Refused(reason)
                 } else {
                     Sent::Failed(reason)
@@ -256,16 +261,19 @@ enum BatchError {
     Transient(String),
 }
 
-/// Error codes of a whole call that are about what the messages hold.
+/// Error codes, of a whole call or of one entry, that are about what the
+/// messages hold. `InvalidParameterValue` is how SQS and the emulators
+/// refuse a message over the queue's `MaximumMessageSize`. Every other code
+/// (access denied, KMS, a missing queue, throttling) is about the queue or
+/// the account: nothing is parked for it, publishing waits and alarms.
 fn refuses_content(code: &str) -> bool {
     matches!(
         code.rsplit('.').next().unwrap_or_default(),
-        "BatchRequestTooLong" | "InvalidMessageContents" | "MessageTooLong"
+        "BatchRequestTooLong"
+            | "InvalidMessageContents"
+            | "MessageTooLong"
+            | "InvalidParameterValue"
     )
-}
-
-fn is_throttling(code: &str) -> bool {
-    code.contains("Throttl") || code.contains("RequestThrottled") || code.contains("OverLimit")
 }
 
 /// The size SQS counts for a message: its body and attributes.
@@ -300,4 +308,31 @@ pub fn describe<E: std::error::Error>(err: &E) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a refusal of what a message holds parks it; a fault of the
+    /// queue, the key or the account stops publishing until it is fixed.
+    #[test]
+    fn only_content_refusals_park() {
+        for (code, parks) in [
+            ("InvalidParameterValue", true),
+            ("InvalidMessageContents", true),
+            ("AWS.SimpleQueueService.MessageTooLong", true),
+            ("AWS.SimpleQueueService.BatchRequestTooLong", true),
+            ("KMS.AccessDeniedException", false),
+            ("KMS.DisabledException", false),
+            ("AccessDenied", false),
+            ("AWS.SimpleQueueService.NonExistentQueue", false),
+            ("QueueDoesNotExist", false),
+            ("InvalidClientTokenId", false),
+            ("RequestThrottled", false),
+            ("MissingParameter", false),
+        ] {
+            assert_eq!(refuses_content(code), parks, "{code}");
+        }
+    }
 }

@@ -323,10 +323,66 @@ pub fn sqs_address() -> &'static str {
     )
 }
 
+/// A `moto_server` of the test's own (another SQS implementation: it
+/// refuses messages in other shapes than fauxqs), on a free port, from
+/// the virtualenv `scripts/test` installs; stopped when dropped.
+pub struct Moto {
+    pub endpoint: String,
+    process: std::process::Child,
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        let server = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tools/.venv-deploy/bin/moto_server");
+        assert!(
+            server.exists(),
+            "{} is missing: run the tests with scripts/test, which installs it",
+            server.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let process = std::process::Command::new(server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let moto = Moto {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            process,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while reqwest::get(format!("{}/moto-api/", moto.endpoint))
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        moto
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
 /// A queue of the test's own on the SQS emulator, read with the SDK.
 pub struct TestQueue {
     pub client: aws_sdk_sqs::Client,
     pub url: String,
+    /// The SQS implementation it lives on.
+    pub endpoint: String,
 }
 
 /// A received message: body, attributes, FIFO ids.
@@ -349,12 +405,21 @@ impl TestQueue {
         fifo: bool,
         attributes: &[(aws_sdk_sqs::types::QueueAttributeName, String)],
     ) -> TestQueue {
+        TestQueue::create_on(&sqs_endpoint(), fifo, attributes).await
+    }
+
+    /// A queue on the SQS implementation at `endpoint` (see `Moto`).
+    pub async fn create_on(
+        endpoint: &str,
+        fifo: bool,
+        attributes: &[(aws_sdk_sqs::types::QueueAttributeName, String)],
+    ) -> TestQueue {
         use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
         use aws_sdk_sqs::types::QueueAttributeName;
         let config = aws_sdk_sqs::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
-            .endpoint_url(sqs_endpoint())
+            .endpoint_url(endpoint)
             .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
             .build();
         let client = aws_sdk_sqs::Client::from_conf(config);
@@ -375,6 +440,7 @@ impl TestQueue {
         TestQueue {
             client,
             url: created.queue_url().unwrap().to_string(),
+            endpoint: endpoint.to_string(),
         }
     }
 
@@ -713,7 +779,7 @@ impl System {
         let db_name = fresh_db_name();
         let mut config = test_config(format!("{}/{db_name}", server_url()));
         config.sqs_queue_url = Some(queue.url.clone());
-        config.aws_endpoint_url = Some(sqs_endpoint());
+        config.aws_endpoint_url = Some(queue.endpoint.clone());
         config.webhook_allow_private_networks = true;
         let app = TestApp::spawn_with(config, db_name.clone()).await;
         System {

@@ -22,6 +22,7 @@ mod orders;
 mod pipeline;
 mod portal;
 mod recovery;
+mod refusals;
 mod relay;
 mod retention;
 mod status_machine;
