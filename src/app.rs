@@ -2,6 +2,7 @@
 //! the middleware stack, and graceful shutdown.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::hash_token;
+use crate::batch;
 use crate::config::Config;
 use crate::db;
 use crate::error::ApiError;
@@ -258,10 +260,22 @@ fn cors(origins: &[String]) -> CorsLayer {
 }
 
 /// No request runs longer than the configured bound.
+/// Answers 503 once a request has run for `limit`. If its change was being
+/// committed at that moment, the answer says the outcome is unknown; else
+/// nothing of it is carried out afterwards (`batch`).
 async fn limit_time(limit: Duration, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
+    let in_doubt = Arc::new(AtomicBool::new(false));
+    let timed = tokio::time::timeout(
+        limit,
+        batch::IN_DOUBT.scope(in_doubt.clone(), next.run(req)),
+    );
+    let answer = timed.await;
+    match answer {
         Ok(response) => response,
-        Err(_) => ApiError::Unavailable("the request took too long").into_response(),
+        Err(_) if in_doubt.load(Ordering::SeqCst) => ApiError::OutcomeUnknown.into_response(),
+        Err(_) => {
+            ApiError::Unavailable("the request took too long; nothing was done").into_response()
+        }
     }
 }
 

@@ -67,6 +67,10 @@ pub enum ApiError {
     RequestTimeout,
     #[error("service unavailable: {0}")]
     Unavailable(&'static str),
+    /// The answer to the commit was lost (or the request's time ran out
+    /// while it was committing): whether the change was made is unknown.
+    #[error("outcome unknown")]
+    OutcomeUnknown,
     /// Already logged where it happened; the client gets an opaque 500.
     #[error("internal error")]
     Internal,
@@ -106,7 +110,7 @@ impl ApiError {
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -170,6 +174,15 @@ impl ApiError {
                 None,
             ),
             ApiError::Unavailable(d) => ("unavailable", "Service unavailable", (*d).into(), None),
+            ApiError::OutcomeUnknown => (
+                "outcome-unknown",
+                "Outcome unknown",
+                "the change was being committed when its answer was lost, so whether it was \
+                 made is unknown: read the resource before retrying, or retry with the same \
+                 `Idempotency-Key`"
+                    .into(),
+                None,
+            ),
             ApiError::Internal => (
                 "internal",
                 "Internal error",
@@ -208,7 +221,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable(_) | ApiError::OutcomeUnknown => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::TooManyRequests { retry_after_secs } => {

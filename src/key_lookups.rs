@@ -40,7 +40,7 @@ const MAX_KEY_LOOKUPS: usize = 64;
 
 impl KeyLookups {
     pub fn start(db: MySqlPool) -> KeyLookups {
-        let grouped = Batcher::start(MAX_KEY_LOOKUPS, move |hashes| {
+        let grouped = Batcher::start(MAX_KEY_LOOKUPS, move |hashes, _| {
             let db = db.clone();
             async move { look_up_keys(&db, hashes).await }
         });
@@ -56,8 +56,8 @@ impl KeyLookups {
         if let Some(found) = self.remembered(&hash, asked) {
             return Ok(Some(found));
         }
-        let customer =
-            (self.grouped.call(hash).await).unwrap_or_else(|| Err(sqlx::Error::PoolClosed))?;
+        // Not looked up (overload, shutdown): a 503 the client may retry.
+        let customer = (self.grouped.call(hash).await).unwrap_or(Err(sqlx::Error::PoolTimedOut))?;
         if let Some(customer) = customer {
             self.remember(hash, Found { customer, asked });
         }

@@ -8,18 +8,22 @@
 //! `If-Match`, a transition the status machine forbids) is answered alone
 //! and writes nothing.
 //!
-//! If a group fails (a duplicate reference, a deadlock, a lost connection)
-//! it is written again one request at a time, each in its own transaction,
-//! so each request gets its own answer and one bad request never fails
-//! another.
+//! Answers are final (SPEC §14). A group commits only if every caller it
+//! writes for is still waiting (`Group::hold`); otherwise it is written
+//! again without those gone. A failure that says nothing about any one
+//! request (the database unreachable, a pool timeout, contention twice)
+//! answers the whole group 503, not written. Only a duplicate reference is
+//! about one order: those orders are found and answered 409, and the rest
+//! written as a group again. A commit whose answer was lost is answered
+//! `outcome-unknown`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use sqlx::{MySqlConnection, MySqlPool};
 use uuid::Uuid;
 
-use crate::batch::Batcher;
+use crate::batch::{Batcher, Group, NotDone};
 use crate::db;
 use crate::db::orders::InsertError;
 use crate::domain::{time, Event, Order, OrderStatus};
@@ -35,7 +39,7 @@ const MAX_GROUP: usize = 32;
 /// Hands order writes to the group writers; cheap to clone.
 #[derive(Clone)]
 pub struct OrderWriter {
-    creates: Batcher<Order, Result<Order, InsertError>>,
+    creates: Batcher<Order, ApiResult<Order>>,
     changes: Batcher<StatusChange, ApiResult<Order>>,
 }
 
@@ -55,18 +59,18 @@ impl OrderWriter {
     /// Starts the writers (within a Tokio runtime).
     pub fn start(db: MySqlPool, signals: Arc<Signals>) -> OrderWriter {
         let (pool, woken) = (db.clone(), signals.clone());
-        let creates = Batcher::start(MAX_GROUP, move |orders| {
+        let creates = Batcher::start(MAX_GROUP, move |orders, group| {
             let (db, signals) = (pool.clone(), woken.clone());
             async move {
-                let written = write(&db, orders).await;
+                let written = write(&db, orders, &group).await;
                 signals.events_committed();
                 written
             }
         });
-        let changes = Batcher::start(MAX_GROUP, move |changes| {
+        let changes = Batcher::start(MAX_GROUP, move |changes, group| {
             let (db, signals) = (db.clone(), signals.clone());
             async move {
-                let written = write_changes(&db, changes).await;
+                let written = write_changes(&db, changes, &group).await;
                 signals.events_committed();
                 written
             }
@@ -76,17 +80,40 @@ impl OrderWriter {
 
     /// Writes the order and its `order.created` event; returns the order
     /// once both are committed.
-    pub async fn create(&self, order: Order) -> Result<Order, InsertError> {
-        (self.creates.call(order).await)
-            .unwrap_or_else(|| Err(InsertError::Db(sqlx::Error::PoolClosed)))
+    pub async fn create(&self, order: Order) -> ApiResult<Order> {
+        self.creates.call(order).await.unwrap_or_else(not_done)
     }
 
     /// Applies the change and writes its event; returns the order as it now
     /// is, once committed.
     pub async fn change_status(&self, change: StatusChange) -> ApiResult<Order> {
-        // Built only when needed: turning it into an `ApiError` logs it.
-        (self.changes.call(change).await).unwrap_or_else(|| Err(sqlx::Error::PoolClosed.into()))
+        self.changes.call(change).await.unwrap_or_else(not_done)
     }
+}
+
+fn not_done(why: NotDone) -> ApiResult<Order> {
+    Err(match why {
+        NotDone::Overloaded => ApiError::Unavailable("the server is overloaded; retry shortly"),
+        NotDone::Failed => ApiError::Unavailable("the server is shutting down; retry shortly"),
+    })
+}
+
+/// The answer to a failed insert of `order`.
+pub fn insert_error(e: InsertError, order: &Order) -> ApiError {
+    match e {
+        InsertError::DuplicateReference => duplicate(order),
+        InsertError::Db(e) => e.into(),
+    }
+}
+
+fn duplicate(order: &Order) -> ApiError {
+    ApiError::conflict(
+        "duplicate-reference",
+        format!(
+            "an order with reference {:?} already exists",
+            order.reference.as_deref().unwrap_or_default()
+        ),
+    )
 }
 
 /// Checks `change` against `order` (as the caller may see it) and applies
@@ -136,7 +163,7 @@ pub fn apply(order: &mut Order, change: &StatusChange) -> ApiResult<Event> {
 
 /// Locks the order, applies the change and writes it and its event, in the
 /// caller's transaction: the path of a change that shares its transaction
-/// (an idempotency key's claim), and of each change of a failed group.
+/// (an idempotency key's claim).
 pub async fn change_one(tx: &mut MySqlConnection, change: &StatusChange) -> ApiResult<Order> {
     let mut order = db::orders::find_for_update(&mut *tx, change.order_id)
         .await?
@@ -147,31 +174,255 @@ pub async fn change_one(tx: &mut MySqlConnection, change: &StatusChange) -> ApiR
     Ok(order)
 }
 
-async fn write_changes(db: &MySqlPool, changes: Vec<StatusChange>) -> Vec<ApiResult<Order>> {
-    if changes.len() > 1 {
-        match change_group(db, &changes).await {
-            Ok(answers) => return answers,
-            Err(GroupFailed::AtCommit) => {
-                let unknown = || Err(ApiError::Unavailable(OUTCOME_UNKNOWN));
-                return changes.iter().map(|_| unknown()).collect();
-            }
-            Err(GroupFailed::BeforeCommit) => {}
-        }
-    }
-    let mut answers = Vec::with_capacity(changes.len());
-    for change in &changes {
-        answers.push(change_alone(db, change).await);
-    }
-    answers
+/// What happened to a group's transaction.
+enum GroupFailed {
+    /// Nothing was written, for a reason that is no one request's.
+    BeforeCommit(sqlx::Error),
+    /// Nothing was written: an order's reference is taken.
+    Duplicate,
+    /// Nothing was written: these callers left before the commit.
+    CallersGone(Vec<usize>),
+    /// The commit failed, so the group may or may not be written.
+    AtCommit,
 }
 
-/// One transaction for the group; refused changes are answered in the
-/// result and write nothing. Any database error fails the whole group.
+impl From<sqlx::Error> for GroupFailed {
+    fn from(e: sqlx::Error) -> GroupFailed {
+        GroupFailed::BeforeCommit(e)
+    }
+}
+
+impl From<InsertError> for GroupFailed {
+    fn from(e: InsertError) -> GroupFailed {
+        match e {
+            InsertError::DuplicateReference => GroupFailed::Duplicate,
+            InsertError::Db(e) => GroupFailed::BeforeCommit(e),
+        }
+    }
+}
+
+/// A group that loses a race (deadlock, lock wait) is written again, its
+/// callers still waiting, this many times before they are answered 503.
+const CONFLICT_RETRIES: u32 = 5;
+
+/// A few milliseconds, growing, with jitter so that two instances' groups
+/// that deadlocked do not meet again.
+fn conflict_pause(conflicts: u32) -> std::time::Duration {
+    let base = 5 * u64::from(conflicts);
+    std::time::Duration::from_millis(base + rand::random_range(0..=base))
+}
+
+/// Answers for a group's items, filled in as they are settled.
+struct Answers(Vec<Option<ApiResult<Order>>>);
+
+impl Answers {
+    fn new(count: usize) -> Answers {
+        Answers((0..count).map(|_| None).collect())
+    }
+
+    fn set(&mut self, i: usize, answer: ApiResult<Order>) {
+        self.0[i] = Some(answer);
+    }
+
+    /// Every item left is answered with the failure of its group.
+    fn fail(&mut self, left: &mut Vec<usize>, failed: GroupFailed) {
+        let unexpected = match &failed {
+            GroupFailed::BeforeCommit(e) if !crate::error::is_transient_error(e) => {
+                Some(e.to_string())
+            }
+            GroupFailed::Duplicate | GroupFailed::CallersGone(_) => {
+                Some("unexpected outcome".into())
+            }
+            _ => None,
+        };
+        if let Some(error) = unexpected {
+            tracing::error!(%error, count = left.len(), "writing a group failed");
+        }
+        for i in left.drain(..) {
+            let answer = match &failed {
+                GroupFailed::AtCommit => ApiError::OutcomeUnknown,
+                GroupFailed::BeforeCommit(e) if crate::error::is_transient_error(e) => {
+                    ApiError::Unavailable(
+                        "the database is busy; nothing was written, retry shortly",
+                    )
+                }
+                _ => ApiError::Internal,
+            };
+            self.set(i, Err(answer));
+        }
+    }
+
+    fn into_vec(self) -> Vec<ApiResult<Order>> {
+        self.0
+            .into_iter()
+            .map(|a| a.unwrap_or(Err(ApiError::Unavailable("the request was abandoned"))))
+            .collect()
+    }
+}
+
+/// Writes the group; see the module doc for what each failure answers.
+async fn write(db: &MySqlPool, orders: Vec<Order>, group: &Group) -> Vec<ApiResult<Order>> {
+    let mut answers = Answers::new(orders.len());
+    let mut left: Vec<usize> = (0..orders.len()).collect();
+    let mut conflicts = 0;
+    let mut duplicates_found = false;
+    while !left.is_empty() {
+        match write_group(db, &orders, &left, group).await {
+            Ok(()) => {
+                for i in left.drain(..) {
+                    answers.set(i, Ok(orders[i].clone()));
+                }
+            }
+            Err(GroupFailed::CallersGone(gone)) => left.retain(|i| !gone.contains(i)),
+            Err(GroupFailed::Duplicate) if !duplicates_found => {
+                duplicates_found = true;
+                match taken_references(db, &orders, &left).await {
+                    Ok(taken) => {
+                        for &i in &taken {
+                            answers.set(i, Err(duplicate(&orders[i])));
+                        }
+                        left.retain(|i| !taken.contains(i));
+                    }
+                    Err(e) => answers.fail(&mut left, GroupFailed::BeforeCommit(e)),
+                }
+            }
+            // Taken again meanwhile: each alone, so each gets its own answer.
+            Err(GroupFailed::Duplicate) => {
+                for i in left.drain(..) {
+                    let written = write_one(db, &orders[i], group, i).await;
+                    answers.set(i, written.map(|()| orders[i].clone()));
+                }
+            }
+            Err(GroupFailed::BeforeCommit(e))
+                if crate::error::is_retryable(&e) && conflicts < CONFLICT_RETRIES =>
+            {
+                conflicts += 1;
+                tracing::info!(error = %e, count = left.len(), "a group of new orders met a conflict; writing it again");
+                tokio::time::sleep(conflict_pause(conflicts)).await;
+            }
+            Err(failed) => {
+                if let GroupFailed::BeforeCommit(e) = &failed {
+                    tracing::warn!(error = %e, count = left.len(), "writing a group of new orders failed; none was written");
+                }
+                answers.fail(&mut left, failed);
+            }
+        }
+    }
+    answers.into_vec()
+}
+
+async fn write_group(
+    db: &MySqlPool,
+    orders: &[Order],
+    indexes: &[usize],
+    group: &Group,
+) -> Result<(), GroupFailed> {
+    let chosen: Vec<&Order> = indexes.iter().map(|&i| &orders[i]).collect();
+    let events: Vec<Event> = chosen.iter().map(|o| Event::created(o)).collect();
+    let mut tx = db.begin().await?;
+    db::orders::insert_many(&mut *tx, &chosen).await?;
+    db::order_events::insert_many(&mut *tx, &events.iter().collect::<Vec<_>>()).await?;
+    group.hold(indexes).map_err(GroupFailed::CallersGone)?;
+    tx.commit().await.map_err(|_| GroupFailed::AtCommit)
+}
+
+/// The orders among `indexes` whose reference is taken, by an order
+/// already written or by an earlier one of the group.
+async fn taken_references(
+    db: &MySqlPool,
+    orders: &[Order],
+    indexes: &[usize],
+) -> sqlx::Result<Vec<usize>> {
+    let with_reference: Vec<(Uuid, &str)> = indexes
+        .iter()
+        .filter_map(|&i| {
+            orders[i]
+                .reference
+                .as_deref()
+                .map(|r| (orders[i].customer_id, r))
+        })
+        .collect();
+    let mut taken: HashSet<(Uuid, String)> = db::orders::existing_references(db, &with_reference)
+        .await?
+        .into_iter()
+        .collect();
+    let mut culprits = vec![];
+    for &i in indexes {
+        let Some(reference) = &orders[i].reference else {
+            continue;
+        };
+        if !taken.insert((orders[i].customer_id, reference.clone())) {
+            culprits.push(i);
+        }
+    }
+    Ok(culprits)
+}
+
+/// Writes an order and its first event in the caller's transaction: the
+/// path of a creation that must share its transaction (an idempotency key's
+/// claim).
+pub async fn insert_one(tx: &mut MySqlConnection, order: &Order) -> Result<(), InsertError> {
+    db::orders::insert(&mut *tx, order).await?;
+    db::order_events::insert(&mut *tx, &Event::created(order))
+        .await
+        .map_err(InsertError::Db)
+}
+
+async fn write_one(db: &MySqlPool, order: &Order, group: &Group, i: usize) -> ApiResult<()> {
+    let mut tx = db.begin().await?;
+    insert_one(&mut tx, order)
+        .await
+        .map_err(|e| insert_error(e, order))?;
+    if group.hold(&[i]).is_err() {
+        return Err(ApiError::Unavailable("the request was abandoned"));
+    }
+    tx.commit().await.map_err(|_| ApiError::OutcomeUnknown)
+}
+
+/// Applies the group's changes; see the module doc for the failures.
+async fn write_changes(
+    db: &MySqlPool,
+    changes: Vec<StatusChange>,
+    group: &Group,
+) -> Vec<ApiResult<Order>> {
+    let mut answers = Answers::new(changes.len());
+    let mut left: Vec<usize> = (0..changes.len()).collect();
+    let mut conflicts = 0;
+    while !left.is_empty() {
+        match change_group(db, &changes, &left, group).await {
+            Ok(decided) => {
+                for (i, answer) in left.drain(..).zip(decided) {
+                    answers.set(i, answer);
+                }
+            }
+            Err(GroupFailed::CallersGone(gone)) => left.retain(|i| !gone.contains(i)),
+            Err(GroupFailed::BeforeCommit(e))
+                if crate::error::is_retryable(&e) && conflicts < CONFLICT_RETRIES =>
+            {
+                conflicts += 1;
+                tracing::info!(error = %e, count = left.len(), "a group of status changes met a conflict; writing it again");
+                tokio::time::sleep(conflict_pause(conflicts)).await;
+            }
+            Err(failed) => {
+                if let GroupFailed::BeforeCommit(e) = &failed {
+                    tracing::warn!(error = %e, count = left.len(), "writing a group of status changes failed; none was written");
+                }
+                answers.fail(&mut left, failed);
+            }
+        }
+    }
+    answers.into_vec()
+}
+
+/// One transaction for the changes at `indexes`; refused changes are
+/// answered in the result and write nothing.
 async fn change_group(
     db: &MySqlPool,
     changes: &[StatusChange],
+    indexes: &[usize],
+    group: &Group,
 ) -> Result<Vec<ApiResult<Order>>, GroupFailed> {
-    let mut ids: Vec<Uuid> = changes.iter().map(|c| c.order_id).collect();
+    let mut ids: Vec<Uuid> = indexes.iter().map(|&i| changes[i].order_id).collect();
     ids.sort();
     ids.dedup();
     let mut tx = db.begin().await?;
@@ -181,102 +432,33 @@ async fn change_group(
         .map(|o| (o.id, o))
         .collect();
     let mut events = vec![];
-    let answers: Vec<ApiResult<Order>> = changes
+    let mut applied = vec![];
+    let answers: Vec<ApiResult<Order>> = indexes
         .iter()
-        .map(|change| {
+        .map(|&i| {
+            let change = &changes[i];
             let order = orders
                 .get_mut(&change.order_id)
                 .ok_or(ApiError::NotFound("order"))?;
             // A refused change leaves the order as it was.
             events.push(apply(order, change)?);
+            applied.push(i);
             Ok(order.clone())
         })
         .collect();
+    if applied.is_empty() {
+        return Ok(answers);
+    }
     let changed: Vec<&Order> = ids
         .iter()
         .filter_map(|id| orders.get(id))
         .filter(|o| events.iter().any(|e| e.data.order_id == o.id))
         .collect();
-    if !changed.is_empty() {
-        db::orders::update_statuses(&mut *tx, &changed).await?;
-        db::order_events::insert_many(&mut *tx, &events.iter().collect::<Vec<_>>()).await?;
-    }
+    db::orders::update_statuses(&mut *tx, &changed).await?;
+    db::order_events::insert_many(&mut *tx, &events.iter().collect::<Vec<_>>()).await?;
+    group.hold(&applied).map_err(GroupFailed::CallersGone)?;
     tx.commit().await.map_err(|_| GroupFailed::AtCommit)?;
     Ok(answers)
-}
-
-async fn change_alone(db: &MySqlPool, change: &StatusChange) -> ApiResult<Order> {
-    let mut tx = db.begin().await?;
-    let order = change_one(&mut tx, change).await?;
-    tx.commit().await?;
-    Ok(order)
-}
-
-/// Writes an order and its first event in the caller's transaction: the
-/// path of a creation that must share its transaction (an idempotency key's
-/// claim), and of each order of a failed group.
-pub async fn insert_one(tx: &mut MySqlConnection, order: &Order) -> Result<(), InsertError> {
-    db::orders::insert(&mut *tx, order).await?;
-    db::order_events::insert(&mut *tx, &Event::created(order))
-        .await
-        .map_err(InsertError::Db)
-}
-
-async fn write(db: &MySqlPool, orders: Vec<Order>) -> Vec<Result<Order, InsertError>> {
-    if orders.len() > 1 {
-        match write_group(db, &orders).await {
-            Ok(()) => return orders.into_iter().map(Ok).collect(),
-            Err(GroupFailed::AtCommit) => {
-                let unknown = || InsertError::Db(sqlx::Error::Protocol(OUTCOME_UNKNOWN.into()));
-                return orders.iter().map(|_| Err(unknown())).collect();
-            }
-            Err(GroupFailed::BeforeCommit) => {}
-        }
-    }
-    let mut written = Vec::with_capacity(orders.len());
-    for order in orders {
-        written.push(write_one(db, &order).await.map(|()| order));
-    }
-    written
-}
-
-async fn write_group(db: &MySqlPool, orders: &[Order]) -> Result<(), GroupFailed> {
-    let events: Vec<Event> = orders.iter().map(Event::created).collect();
-    let mut tx = db.begin().await?;
-    db::orders::insert_many(&mut *tx, &orders.iter().collect::<Vec<_>>()).await?;
-    db::order_events::insert_many(&mut *tx, &events.iter().collect::<Vec<_>>()).await?;
-    tx.commit().await.map_err(|_| GroupFailed::AtCommit)
-}
-
-/// Why a group was not written.
-enum GroupFailed {
-    /// Nothing was written: each request may be written alone.
-    BeforeCommit,
-    /// The commit failed, so the group may or may not be written: writing
-    /// it again could answer "duplicate" for an order that was created, so
-    /// every request is told to retry (with its `Idempotency-Key`).
-    AtCommit,
-}
-
-impl From<sqlx::Error> for GroupFailed {
-    fn from(_: sqlx::Error) -> GroupFailed {
-        GroupFailed::BeforeCommit
-    }
-}
-
-impl From<InsertError> for GroupFailed {
-    fn from(_: InsertError) -> GroupFailed {
-        GroupFailed::BeforeCommit
-    }
-}
-
-const OUTCOME_UNKNOWN: &str = "the connection failed during the commit; its outcome is unknown";
-
-async fn write_one(db: &MySqlPool, order: &Order) -> Result<(), InsertError> {
-    let mut tx = db.begin().await?;
-    insert_one(&mut tx, order).await?;
-    tx.commit().await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -65,6 +65,34 @@ impl From<sqlx::Error> for InsertError {
     }
 }
 
+/// Which of these (customer, reference) pairs an order already has.
+pub async fn existing_references(
+    db: impl MySqlExecutor<'_>,
+    pairs: &[(Uuid, &str)],
+) -> sqlx::Result<Vec<(Uuid, String)>> {
+    if pairs.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut sql = QueryBuilder::new(
+        "SELECT customer_id, CONVERT(reference USING utf8mb4) FROM orders WHERE customer_id IN (",
+    );
+    let mut customers = sql.separated(", ");
+    for (customer, _) in pairs {
+        customers.push_bind(*customer);
+    }
+    sql.push(") AND reference IN (");
+    let mut references = sql.separated(", ");
+    for (_, reference) in pairs {
+        references.push_bind(*reference);
+    }
+    sql.push(")");
+    let found: Vec<(Uuid, String)> = sql.build_query_as().fetch_all(db).await?;
+    Ok(found
+        .into_iter()
+        .filter(|(c, r)| pairs.iter().any(|(pc, pr)| pc == c && pr == r))
+        .collect())
+}
+
 pub async fn insert(db: impl MySqlExecutor<'_>, order: &Order) -> Result<(), InsertError> {
     insert_many(db, &[order]).await
 }

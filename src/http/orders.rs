@@ -18,7 +18,6 @@ use super::idempotent;
 use super::page::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use super::preconditions::{idempotency_key, if_match};
 use crate::db;
-use crate::db::orders::InsertError;
 use crate::domain::cursor::{self, CursorKind};
 use crate::domain::text::Checks;
 use crate::domain::{time, Address, Event, Order, OrderContents, OrderStatus, Parcel};
@@ -127,17 +126,14 @@ pub async fn create(
             }
             order_writer::insert_one(&mut tx, &order)
                 .await
-                .map_err(|e| insert_error(e, order.reference.as_deref()))?;
+                .map_err(|e| order_writer::insert_error(e, &order))?;
             let owner = principal.owner_id();
             idempotent::complete(&mut tx, owner, Some(&key), StatusCode::CREATED, &order).await?;
             tx.commit().await?;
             state.signals.events_committed();
             order
         }
-        _ => {
-            let reference = order.reference.clone();
-            (state.orders.create(order).await).map_err(|e| insert_error(e, reference.as_deref()))?
-        }
+        _ => state.orders.create(order).await?,
     };
     let location = format!("/v1/orders/{}", order.id);
     Ok((
@@ -163,19 +159,6 @@ fn new_order(customer_id: Uuid, contents: OrderContents) -> Order {
         version: 1,
         created_at: now,
         updated_at: now,
-    }
-}
-
-fn insert_error(e: InsertError, reference: Option<&str>) -> ApiError {
-    match e {
-        InsertError::DuplicateReference => ApiError::conflict(
-            "duplicate-reference",
-            format!(
-                "an order with reference {:?} already exists",
-                reference.unwrap_or_default()
-            ),
-        ),
-        InsertError::Db(e) => e.into(),
     }
 }
 

@@ -263,6 +263,7 @@ pub fn fields(problem: &Value) -> Vec<String> {
 pub struct Tunnel {
     pub port: u16,
     task: Option<tokio::task::JoinHandle<()>>,
+    paused: tokio::sync::watch::Sender<bool>,
 }
 
 impl Tunnel {
@@ -272,15 +273,22 @@ impl Tunnel {
             .await
             .unwrap();
         let port = listener.local_addr().unwrap().port();
+        let (paused, pause) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     break;
                 };
+                let pause = pause.clone();
                 connections.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = tokio::net::TcpStream::connect(target).await {
+                        let (from_client, to_client) = inbound.into_split();
+                        let (from_server, to_server) = outbound.into_split();
+                        tokio::join!(
+                            pump(from_client, to_server, pause.clone()),
+                            pump(from_server, to_client, pause)
+                        );
                     }
                 });
             }
@@ -288,7 +296,18 @@ impl Tunnel {
         Tunnel {
             port,
             task: Some(task),
+            paused,
         }
+    }
+
+    /// Holds every byte in both directions until `resume`: the connections
+    /// stay open, as across a stalled network or a frozen server.
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
     }
 
     /// Drops the listener and every connection through it.
@@ -297,6 +316,29 @@ impl Tunnel {
             task.abort();
         }
     }
+}
+
+/// Copies `from` to `to`, holding what it read while the tunnel is paused.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut pause: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        if pause.wait_for(|paused| !paused).await.is_err() {
+            break;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Drop for Tunnel {

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod answers;
 mod api_keys;
 mod delivery;
 mod deploy;
