@@ -15,13 +15,16 @@ const SEALED: &str = "v1:";
 #[derive(Clone, Default)]
 pub struct SecretBox {
     cipher: Option<Aes256Gcm>,
+    /// Derived from the key for another purpose: what idempotency replays
+    /// of secret-bearing answers are named and sealed under.
+    replay_key: Option<[u8; 32]>,
 }
 
 impl SecretBox {
     /// From a base64 32-byte key, or none (secrets kept as given).
     pub fn new(key_base64: Option<&str>) -> Result<SecretBox, String> {
         let Some(encoded) = key_base64 else {
-            return Ok(SecretBox { cipher: None });
+            return Ok(SecretBox::default());
         };
         let key = STANDARD
             .decode(encoded.trim())
@@ -31,7 +34,18 @@ impl SecretBox {
         let cipher = Aes256Gcm::new_from_slice(&key).map_err(|e| e.to_string())?;
         Ok(SecretBox {
             cipher: Some(cipher),
+            replay_key: Some(crate::tokens::hmac_sha256(
+                &key,
+                b"mechanica idempotency replays v2",
+            )),
         })
+    }
+
+    /// A key kept outside the database for sealing idempotency replays of
+    /// answers that hold a secret (`http::idempotent`); none without
+    /// `SECRETS_ENCRYPTION_KEY`.
+    pub fn replay_key(&self) -> Option<&[u8; 32]> {
+        self.replay_key.as_ref()
     }
 
     pub fn encrypts(&self) -> bool {

@@ -78,11 +78,12 @@ async fn existing_customer(state: &AppState, raw_id: &str) -> ApiResult<Uuid> {
 #[utoipa::path(post, path = "/v1/customers/{id}/api-keys", operation_id = "createApiKey", tag = "api keys",
     params(("id" = Uuid, Path, description = "Customer id"),
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
-            description = "1..255 printable ASCII characters; the same key within 24 h replays the first response (its token included; stored sealed with a key derived from this one, so use a random key)")),
+            description = "1..255 printable ASCII characters; the same key within 24 h replays the first response, its token included, when the server has SECRETS_ENCRYPTION_KEY (the answer is sealed under it and this key); without it the replay is refused with 409 replay-withheld and nothing is done twice")),
     responses(
         (status = 201, description = "Created; `token` is shown only here", body = ApiKeyCreated),
         (status = 403, description = "Not the operator", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such customer", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A replay whose secret this server does not keep (`replay-withheld`: no SECRETS_ENCRYPTION_KEY)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A malformed or reused `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -97,7 +98,15 @@ pub async fn create(
     let owner = operator.owner_id();
     let request = idempotent::request_hash(&[b"create api key", customer_id.as_bytes()]);
     let mut tx = state.db.begin().await?;
-    if let Some(answer) = idempotent::claim_sealed(&mut tx, owner, key.as_deref(), request).await? {
+    if let Some(answer) = idempotent::claim_sealed(
+        &mut tx,
+        owner,
+        key.as_deref(),
+        request,
+        state.secrets.replay_key(),
+    )
+    .await?
+    {
         return Ok(answer);
     }
     let token = auth::generate_token(auth::API_KEY_PREFIX);
@@ -120,6 +129,7 @@ pub async fn create(
         key.as_deref(),
         StatusCode::CREATED,
         &created,
+        state.secrets.replay_key(),
     )
     .await?;
     tx.commit().await?;

@@ -68,11 +68,12 @@ pub struct PortalSessionCreated {
     request_body(content = Option<PortalSessionIn>, description = "Optional: capabilities and lifetime"),
     params(("id" = Uuid, Path, description = "Customer id"),
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
-            description = "1..255 printable ASCII characters; the same key within 24 h replays the first response (its token included; stored sealed with a key derived from this one, so use a random key)")),
+            description = "1..255 printable ASCII characters; the same key within 24 h replays the first response, its token included, when the server has SECRETS_ENCRYPTION_KEY (the answer is sealed under it and this key); without it the replay is refused with 409 replay-withheld and nothing is done twice")),
     responses(
         (status = 201, description = "Created; `token` is shown only here", body = PortalSessionCreated),
         (status = 403, description = "Not the operator", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such customer", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A replay whose secret this server does not keep (`replay-withheld`: no SECRETS_ENCRYPTION_KEY)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "An unknown capability, `expires_in` out of range, or a malformed or reused `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -107,7 +108,15 @@ pub async fn create(
         &expires_in.to_be_bytes(),
     ]);
     let mut tx = state.db.begin().await?;
-    if let Some(answer) = idempotent::claim_sealed(&mut tx, owner, key.as_deref(), request).await? {
+    if let Some(answer) = idempotent::claim_sealed(
+        &mut tx,
+        owner,
+        key.as_deref(),
+        request,
+        state.secrets.replay_key(),
+    )
+    .await?
+    {
         return Ok(answer);
     }
     let token = auth::generate_token(auth::PORTAL_PREFIX);
@@ -135,6 +144,7 @@ pub async fn create(
         key.as_deref(),
         StatusCode::CREATED,
         &created,
+        state.secrets.replay_key(),
     )
     .await?;
     tx.commit().await?;

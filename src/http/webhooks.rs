@@ -239,10 +239,10 @@ fn open_secret(state: &AppState, stored: &str) -> ApiResult<SigningSecret> {
 #[utoipa::path(post, path = "/v1/webhooks", operation_id = "createWebhook", tag = "webhooks",
     request_body = WebhookIn,
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
-            description = "1..255 printable ASCII characters; the same key within 24 h replays the first response (its secret included; stored sealed with a key derived from this one, so use a random key)")),
+            description = "1..255 printable ASCII characters; the same key within 24 h replays the first response, its secret included, when the server has SECRETS_ENCRYPTION_KEY (the answer is sealed under it and this key); without it the replay is refused with 409 replay-withheld and nothing is done twice")),
     responses(
         (status = 201, description = "Created, with `secret`", body = WebhookCreated),
-        (status = 409, description = "The customer already has 20 endpoints", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The customer already has 20 endpoints, or a replay whose secret this server does not keep (`replay-withheld`: no SECRETS_ENCRYPTION_KEY)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid field (e.g. a URL pointing to a private network), or a malformed or reused `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -290,7 +290,15 @@ pub async fn create(
     ]);
     let owner = principal.owner_id();
     let mut tx = state.db.begin().await?;
-    if let Some(answer) = idempotent::claim_sealed(&mut tx, owner, key.as_deref(), request).await? {
+    if let Some(answer) = idempotent::claim_sealed(
+        &mut tx,
+        owner,
+        key.as_deref(),
+        request,
+        state.secrets.replay_key(),
+    )
+    .await?
+    {
         return Ok(answer);
     }
     // Locking the customer serializes its creations, so the limit holds.
@@ -337,6 +345,7 @@ pub async fn create(
         key.as_deref(),
         StatusCode::CREATED,
         &created,
+        state.secrets.replay_key(),
     )
     .await?;
     tx.commit().await?;
@@ -526,10 +535,11 @@ pub async fn remove(
     request_body(content = Option<RotateIn>, description = "Optional: your own new secret"),
     params(("id" = Uuid, Path, description = "Endpoint id"),
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
-            description = "1..255 printable ASCII characters; the same key within 24 h replays the first response (its secret included; stored sealed with a key derived from this one, so use a random key)")),
+            description = "1..255 printable ASCII characters; the same key within 24 h replays the first response, its secret included, when the server has SECRETS_ENCRYPTION_KEY (the answer is sealed under it and this key); without it the replay is refused with 409 replay-withheld and nothing is done twice")),
     responses(
         (status = 200, description = "The new secret", body = SecretOut),
         (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A replay whose secret this server does not keep (`replay-withheld`: no SECRETS_ENCRYPTION_KEY)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The supplied secret is malformed, or a malformed or reused `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -555,7 +565,15 @@ pub async fn rotate(
         Some(row) if principal.can_see(row.customer_id) => row,
         _ => return Err(ApiError::NotFound("webhook endpoint")),
     };
-    if let Some(answer) = idempotent::claim_sealed(&mut tx, owner, key.as_deref(), request).await? {
+    if let Some(answer) = idempotent::claim_sealed(
+        &mut tx,
+        owner,
+        key.as_deref(),
+        request,
+        state.secrets.replay_key(),
+    )
+    .await?
+    {
         return Ok(answer);
     }
     let now = time::now();
@@ -566,7 +584,15 @@ pub async fn rotate(
     let rotated = SecretOut {
         secret: new.expose().to_string(),
     };
-    idempotent::complete_sealed(&mut tx, owner, key.as_deref(), StatusCode::OK, &rotated).await?;
+    idempotent::complete_sealed(
+        &mut tx,
+        owner,
+        key.as_deref(),
+        StatusCode::OK,
+        &rotated,
+        state.secrets.replay_key(),
+    )
+    .await?;
     tx.commit().await?;
     Ok(axum::Json(rotated).into_response())
 }

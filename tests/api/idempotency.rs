@@ -3,6 +3,7 @@
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use sqlx::Connection;
 
 use crate::helpers::*;
 
@@ -200,15 +201,24 @@ async fn post_with_key(
     (response.status(), response.json().await.unwrap(), replayed)
 }
 
+/// A `SECRETS_ENCRYPTION_KEY` (32 bytes of 7, base64).
+const SECRETS_KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+
 async fn scalar(app: &TestApp, sql: &str) -> String {
     sqlx::query_scalar(sql).fetch_one(&app.db).await.unwrap()
 }
 
 /// An app that allows private webhook URLs, a tenant, and an endpoint of it.
 async fn app_with_endpoint(name: &str) -> (TestApp, Tenant, String) {
+    app_with_endpoint_and_key(name, None).await
+}
+
+/// The same, with `SECRETS_ENCRYPTION_KEY` set to `key`.
+async fn app_with_endpoint_and_key(name: &str, key: Option<String>) -> (TestApp, Tenant, String) {
     let db_name = fresh_db_name();
     let mut config = test_config(format!("{}/{db_name}", server_url()));
     config.webhook_allow_private_networks = true;
+    config.secrets_encryption_key = key;
     let app = TestApp::spawn_with(config, db_name).await;
     let tenant = app.tenant(name).await;
     let hook: Value = app
@@ -327,7 +337,8 @@ async fn other_posts_replay_their_first_response_and_do_nothing_twice() {
 /// keys and portal tokens stored hashed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_bearing_posts_replay_their_secret_without_storing_it() {
-    let (app, tenant, endpoint) = app_with_endpoint("Sealed").await;
+    let (app, tenant, endpoint) =
+        app_with_endpoint_and_key("Sealed", Some(SECRETS_KEY.into())).await;
     let routes = [
         (
             format!("/v1/customers/{}/api-keys", tenant.id),
@@ -435,4 +446,126 @@ async fn a_recovery_replays_its_first_answer_and_asks_nothing_twice() {
     assert_eq!((status, replayed), (StatusCode::ACCEPTED, true));
     assert_eq!(again, first);
     assert_eq!(asked().await, at_first, "the recovery was asked for twice");
+}
+
+/// The two routes whose replay used to hand a database copy a token.
+fn token_routes(tenant: &Tenant) -> [(String, Value); 2] {
+    [
+        (format!("/v1/customers/{}/api-keys", tenant.id), json!({})),
+        (
+            format!("/v1/customers/{}/portal-sessions", tenant.id),
+            json!({"capabilities": ["secrets:read"]}),
+        ),
+    ]
+}
+
+/// A dump of the database, with every Idempotency-Key ever used, yields no
+/// token: an API started on a restored copy without the server's
+/// `SECRETS_ENCRYPTION_KEY` does not replay one. The old code sealed the
+/// replay under a hash of the client's key alone, and such an API answered
+/// the replay with the original token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_the_database_replays_no_token() {
+    let (original, tenant, _) = app_with_endpoint_and_key("Copied", Some(SECRETS_KEY.into())).await;
+    // Keys a client derives from a business id: no secret.
+    let keys = ["order-42", "order-42-portal"];
+    let mut tokens = vec![];
+    for ((path, body), key) in token_routes(&tenant).into_iter().zip(keys) {
+        let (status, first, _) = post_with_key(&original, &path, ADMIN, key, &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{first}");
+        let (_, again, replayed) = post_with_key(&original, &path, ADMIN, key, &body).await;
+        assert!(
+            replayed && again == first,
+            "{path}: replays with the server's key"
+        );
+        tokens.push(first["token"].as_str().unwrap().to_string());
+    }
+
+    let copy_name = fresh_db_name();
+    let dump = std::process::Command::new("mysqldump")
+        .args([
+            "--host=127.0.0.1",
+            "--user=root",
+            "--single-transaction",
+            &original.db_name,
+        ])
+        .output()
+        .expect("mysqldump runs");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let text = String::from_utf8_lossy(&dump.stdout);
+    for token in &tokens {
+        assert!(!text.contains(token.as_str()), "the dump holds a token");
+    }
+    let mut create = sqlx::MySqlConnection::connect(&server_url()).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE `{copy_name}`"))
+        .execute(&mut create)
+        .await
+        .unwrap();
+    let mut restore = std::process::Command::new("mysql")
+        .args(["--host=127.0.0.1", "--user=root", &copy_name])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        restore
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&dump.stdout)
+            .unwrap();
+    }
+    assert!(restore.wait().unwrap().success());
+    let copy = TestApp::spawn_with(
+        test_config(format!("{}/{copy_name}", server_url())),
+        copy_name,
+    )
+    .await;
+
+    for (((path, body), token), key) in token_routes(&tenant).iter().zip(&tokens).zip(keys) {
+        let response = copy
+            .client
+            .post(copy.url(path))
+            .bearer_auth(ADMIN)
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let text = response.text().await.unwrap();
+        assert!(
+            !text.contains(token.as_str()),
+            "{path}: the copy replayed the token"
+        );
+    }
+}
+
+/// Without `SECRETS_ENCRYPTION_KEY` a secret-bearing answer is not kept:
+/// its replay is refused (409 `replay-withheld`, naming what was made) and
+/// nothing is done twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_servers_key_a_token_replay_is_withheld_and_nothing_done_twice() {
+    let (app, tenant, _) = app_with_endpoint("Withheld").await;
+    let keys = "SELECT CAST(COUNT(*) AS CHAR) FROM api_keys";
+    let (path, body) = token_routes(&tenant)[0].clone();
+    let (status, first, _) = post_with_key(&app, &path, ADMIN, "order-43", &body).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let count = scalar(&app, keys).await;
+    let (status, problem, _) = post_with_key(&app, &path, ADMIN, "order-43", &body).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("/replay-withheld"),
+        "{problem}"
+    );
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains(first["id"].as_str().unwrap()), "{detail}");
+    assert!(!detail.contains(first["token"].as_str().unwrap()));
+    assert_eq!(scalar(&app, keys).await, count, "done twice");
 }
