@@ -68,6 +68,7 @@ pub struct App {
     pub db: MySqlPool,
     pipeline_db: MySqlPool,
     signals: Arc<Signals>,
+    metrics: Arc<Metrics>,
     queue: Option<Queue>,
     request_timeout: Duration,
 }
@@ -111,12 +112,13 @@ impl App {
             }
         };
         let signals = Arc::new(Signals::default());
+        let metrics = Arc::new(Metrics::default());
         let state = AppState {
             db: pool.clone(),
             pipeline_db: pipeline_db.clone(),
             admin_token_hash: hash_token(&config.admin_token),
             metrics_token_hash: config.metrics_token.as_deref().map(hash_token),
-            metrics: Arc::new(Metrics::default()),
+            metrics: metrics.clone(),
             signals: signals.clone(),
             cursor_key: cursor_key.into(),
             secrets: Arc::new(
@@ -138,6 +140,7 @@ impl App {
             db: pool,
             pipeline_db,
             signals,
+            metrics,
             queue,
             request_timeout: config.request_timeout,
         })
@@ -156,7 +159,7 @@ impl App {
         let (stop, stopped) = watch::channel(false);
         let mut background = tokio::task::JoinSet::new();
         background.spawn(outbox::run(
-            Relay::new(self.pipeline_db.clone(), self.queue),
+            Relay::new(self.pipeline_db.clone(), self.queue, self.metrics.clone()),
             self.signals.clone(),
             stopped,
         ));

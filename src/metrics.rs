@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,6 +24,10 @@ type Labels = (String, String, u16);
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<Labels, Series>>,
+    /// Relay turns this instance took from one whose lease lapsed.
+    relay_handovers: AtomicU64,
+    /// This instance's relay holds the turn (publishes for every instance).
+    relay_holding: AtomicBool,
 }
 
 impl Metrics {
@@ -41,9 +46,28 @@ impl Metrics {
         }
     }
 
+    pub fn relay_handover(&self) {
+        self.relay_handovers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn relay_holding(&self, holding: bool) {
+        self.relay_holding.store(holding, Ordering::Relaxed);
+    }
+
     pub fn render(&self) -> String {
         let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
+        let _ = write!(
+            out,
+            "# HELP relay_handovers_total Times this instance took over publishing from a relay whose lease lapsed.\n\
+             # TYPE relay_handovers_total counter\n\
+             relay_handovers_total {}\n\
+             # HELP relay_holding 1 while this instance's relay holds the turn to publish for every instance.\n\
+             # TYPE relay_holding gauge\n\
+             relay_holding {}\n",
+            self.relay_handovers.load(Ordering::Relaxed),
+            u8::from(self.relay_holding.load(Ordering::Relaxed))
+        );
         out.push_str("# HELP http_requests_total HTTP requests answered.\n");
         out.push_str("# TYPE http_requests_total counter\n");
         for ((method, route, status), series) in requests.iter() {

@@ -37,6 +37,7 @@ use crate::db;
 use crate::db::order_events::OutboxEvent;
 use crate::db::outbox_parked::Park;
 use crate::domain::time;
+use crate::metrics::Metrics;
 use crate::queue::{message_size, Outgoing, Queue, Sent, MAX_BATCH_BYTES};
 use crate::sequencer;
 use crate::signals::Signals;
@@ -46,8 +47,10 @@ const BATCH: usize = 10;
 /// `SendMessageBatch` calls in flight at once: with SQS 20 ms away, 32
 /// calls of 10 keep a round of 1,000 events near 60 ms.
 const IN_FLIGHT: usize = 32;
-/// How long a turn lasts without renewal.
-const LEASE: Duration = Duration::from_secs(15);
+/// How long a turn lasts without renewal: when the holder dies, another
+/// instance publishes within about this long. The holder renews it with
+/// every round, and gives it up when it has nothing to do.
+const LEASE: Duration = Duration::from_millis(1500);
 /// How often an idle relay looks for other instances' events: often while
 /// it holds the turn (other instances' commits wait for it), rarely when not.
 const TICK_HOLDING: Duration = Duration::from_millis(200);
@@ -76,6 +79,8 @@ pub struct Relay {
     id: Uuid,
     /// Orders with a parked event, while this relay holds the turn.
     parked_orders: Option<HashSet<Uuid>>,
+    /// Counts turns taken from a relay whose lease lapsed.
+    metrics: Arc<Metrics>,
     /// When a pass last gave this relay the turn.
     held_at: Option<Instant>,
     /// How far this relay has published, not yet written: the next pass
@@ -86,10 +91,11 @@ pub struct Relay {
 
 impl Relay {
     /// `pool` must read committed data (`db::read_committed_pool`).
-    pub fn new(pool: MySqlPool, queue: Option<Queue>) -> Relay {
+    pub fn new(pool: MySqlPool, queue: Option<Queue>, metrics: Arc<Metrics>) -> Relay {
         Relay {
             pool,
             queue,
+            metrics,
             id: Uuid::now_v7(),
             parked_orders: None,
             held_at: None,
@@ -106,6 +112,7 @@ impl Relay {
             published_through: self.mark.take(),
         });
         let pass = sequencer::pass(&self.pool, turn).await?;
+        self.metrics.relay_holding(pass.relay);
         let mut round = Round {
             numbered: pass.numbered.len(),
             more: pass.numbered.len() as i64 == sequencer::BATCH,
@@ -118,6 +125,10 @@ impl Relay {
             return Ok(round);
         };
         self.held_at = Some(Instant::now());
+        if let Some(previous) = pass.took_over_from {
+            self.metrics.relay_handover();
+            tracing::warn!(%previous, "took over publishing: the relay that held the turn let its lease lapse (it stopped, hung or is backing off)");
+        }
         let mut parked_orders = match self.parked_orders.take() {
             Some(known) => known,
             None => db::outbox_parked::orders(&self.pool)
@@ -226,11 +237,12 @@ impl Relay {
 
     /// Writes the mark and gives the turn up, so another instance takes it
     /// at once without publishing again what this one did.
-    pub async fn release(&self) {
-        if let Some(through) = self.mark {
+    pub async fn release(&mut self) {
+        if let Some(through) = self.mark.take() {
             let _ = db::feed_clock::mark_published(&self.pool, self.id, through).await;
         }
-        if self.held_at.is_some() {
+        if self.held_at.take().is_some() {
+            self.metrics.relay_holding(false);
             let _ = db::feed_clock::release_relay(&self.pool, self.id).await;
         }
     }
@@ -392,10 +404,12 @@ pub async fn run(mut relay: Relay, signals: Arc<Signals>, mut stop: watch::Recei
             };
         let pause = if idle {
             if relay.holding() {
-                TICK_HOLDING
-            } else {
-                TICK_IDLE
+                // Nothing to do: the turn goes back, so that the next
+                // instance with work takes it at once, and a lease that
+                // lapses later means a holder that stopped mid-work.
+                relay.release().await;
             }
+            TICK_IDLE
         } else {
             match relay.round().await {
                 Ok(round) => {

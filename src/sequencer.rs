@@ -51,6 +51,8 @@ pub struct Pass {
     /// The caller holds the relay's turn (it asked for it, and it was free
     /// or already the caller's).
     pub relay: bool,
+    /// The caller took the turn from a relay whose lease lapsed.
+    pub took_over_from: Option<Uuid>,
 }
 
 /// Numbers up to `BATCH` committed events; with a `turn`, also takes or
@@ -80,6 +82,7 @@ pub async fn pass(pool: &MySqlPool, turn: Option<Turn>) -> sqlx::Result<Pass> {
         published_through: clock.published_through.max(mark),
         next_position,
         relay: ours.is_some(),
+        took_over_from: ours.and(clock.lapsed_holder),
     })
 }
 

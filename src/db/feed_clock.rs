@@ -12,8 +12,12 @@ use uuid::Uuid;
 pub struct Clock {
     pub next_position: u64,
     pub published_through: u64,
-    /// The relay's turn is free (lapsed or never taken) or already the caller's.
+    /// The relay's turn is free (lapsed, given up or never taken) or
+    /// already the caller's.
     pub relay_free: bool,
+    /// Another relay held the turn and its lease lapsed without being given
+    /// up: that instance stopped or hung.
+    pub lapsed_holder: Option<Uuid>,
 }
 
 /// Creates the row if missing (a database whose schema came through a
@@ -50,9 +54,13 @@ pub async fn ensure(db: &MySqlPool) -> sqlx::Result<()> {
 pub async fn lock(db: impl MySqlExecutor<'_>, relay: Uuid) -> sqlx::Result<Clock> {
     sqlx::query_as(
         "SELECT next_position, published_through,
-                (relay_holder IS NULL OR relay_holder = ? OR relay_lease_until < NOW(3)) AS relay_free
+                (relay_holder IS NULL OR relay_holder = ? OR relay_lease_until IS NULL
+                 OR relay_lease_until < NOW(3)) AS relay_free,
+                CASE WHEN relay_holder <> ? AND relay_lease_until < NOW(3)
+                     THEN relay_holder END AS lapsed_holder
          FROM feed_clock WHERE id = 1 FOR UPDATE",
     )
+    .bind(relay)
     .bind(relay)
     .fetch_one(db)
     .await

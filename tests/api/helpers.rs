@@ -48,6 +48,7 @@ pub struct TestApp {
     pub db: MySqlPool,
     pub db_name: String,
     stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 /// A customer with an API key.
@@ -69,7 +70,7 @@ impl TestApp {
         let address = format!("http://127.0.0.1:{}", app.port());
         let db = app.db.clone();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(app.run_until_stopped(async {
+        let task = tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
         }));
         TestApp {
@@ -78,7 +79,17 @@ impl TestApp {
             db,
             db_name,
             stop: Some(stop),
+            task,
         }
+    }
+
+    /// Stops the instance as a crash would: no graceful shutdown, nothing
+    /// given up (the relay's turn stays with it until its lease lapses).
+    /// The database stays for the other instances on it.
+    pub fn crash(mut self) {
+        self.stop = None;
+        self.task.abort();
+        self.db_name.clear();
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -174,6 +185,9 @@ impl Drop for TestApp {
         // the locks DROP DATABASE waits for. If it still cannot, the next
         // `scripts/test` run removes the database.
         let db_name = self.db_name.clone();
+        if db_name.is_empty() {
+            return;
+        }
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
