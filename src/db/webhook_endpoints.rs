@@ -178,6 +178,40 @@ pub async fn find_many(db: impl MySqlExecutor<'_>, ids: &[Uuid]) -> sqlx::Result
     sql.build_query_as().fetch_all(db).await
 }
 
+/// Reserves the next turn to start an attempt to a rate-limited endpoint,
+/// `interval` after the turn reserved before it (by any worker or Lambda
+/// container) and not before now: how long to wait for it. The reservation
+/// is one atomic `UPDATE` on the endpoint's row; both statements run on
+/// one connection (`LAST_INSERT_ID` is per connection), and times are the
+/// database's, so workers with skewed clocks share one pace.
+pub async fn reserve_turn(
+    db: &mut sqlx::MySqlConnection,
+    id: Uuid,
+    interval: std::time::Duration,
+) -> sqlx::Result<std::time::Duration> {
+    let interval_us = interval.as_micros() as u64;
+    let reserved = sqlx::query(
+        "UPDATE webhook_endpoints SET pace_next_us = LAST_INSERT_ID(
+             GREATEST(COALESCE(pace_next_us, 0), CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS UNSIGNED)) + ?)
+         WHERE id = ?",
+    )
+    .bind(interval_us)
+    .bind(id)
+    .execute(&mut *db)
+    .await?;
+    if reserved.rows_affected() == 0 {
+        // Deleted meanwhile: the attempt finds out and fails visibly.
+        return Ok(std::time::Duration::ZERO);
+    }
+    let (next, now): (u64, u64) = sqlx::query_as(
+        "SELECT CAST(LAST_INSERT_ID() AS UNSIGNED), CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS UNSIGNED)",
+    )
+    .fetch_one(&mut *db)
+    .await?;
+    let turn = next.saturating_sub(interval_us);
+    Ok(std::time::Duration::from_micros(turn.saturating_sub(now)))
+}
+
 /// After a 2xx: the endpoint is healthy again.
 pub async fn mark_succeeding(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
     sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = ? AND failing_since IS NOT NULL")

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::fan_out::Leased as LeasedDelivery;
 use super::outcome::{self, Before, Decision, Health, Outcome, Response};
-use super::pace::Lane;
+use super::pace::{self, Lane};
 use super::shared::{with_retries, Shared, HELD_PER_SLOT};
 use super::signing;
 use crate::db;
@@ -45,7 +45,7 @@ pub(super) fn hold(shared: &Shared, endpoint_id: Uuid) -> Option<Held> {
         .or_insert_with(|| Lane {
             in_flight: Arc::new(Semaphore::new(per_endpoint)),
             held: Arc::new(Semaphore::new(per_endpoint * HELD_PER_SLOT)),
-            pace: Arc::default(),
+            pacer: Arc::default(),
         })
         .clone();
     let endpoint = lane.held.clone().try_acquire_owned().ok()?;
@@ -71,9 +71,9 @@ pub(super) fn spawn_attempt(shared: &Arc<Shared>, leased: LeasedDelivery<Held>) 
     });
 }
 
-/// Waits for an attempt slot (its endpoint's, then the worker's), attempts
-/// and hands the outcome to the settle task; gives the lease back if no
-/// slot frees up in time.
+/// Waits for an attempt slot (its endpoint's, then the worker's) and, for
+/// a rate-limited endpoint, its turn; attempts and hands the outcome to the
+/// settle task. Gives the lease back if no slot frees up in time.
 pub(super) async fn run_held(
     shared: &Shared,
     held: Held,
@@ -84,28 +84,51 @@ pub(super) async fn run_held(
     let rate_limit = endpoint.as_ref().and_then(|e| e.rate_limit_per_second);
     let deadline = tokio::time::Instant::now() + HOLD_WAIT;
     let slots = tokio::time::timeout_at(deadline, async {
-        let endpoint = held.lane.in_flight.clone().acquire_owned().await;
-        if let Some(per_second) = rate_limit {
-            // Its turn under the endpoint's rate limit, if it comes in time.
-            let turn = held.lane.pace.reserve(per_second, deadline)?;
-            tokio::time::sleep_until(turn).await;
-        }
-        let worker = shared.in_flight.clone().acquire_owned().await;
-        Some((endpoint, worker))
+        let endpoint = held.lane.in_flight.clone().acquire_owned().await.ok()?;
+        // One delivery of the endpoint at a time takes and awaits a turn.
+        let pacer = match rate_limit {
+            Some(_) => Some(held.lane.pacer.clone().lock_owned().await),
+            None => None,
+        };
+        let worker = shared.in_flight.clone().acquire_owned().await.ok()?;
+        Some((endpoint, worker, pacer))
     })
     .await;
-    let Ok(Some((Ok(_endpoint_slot), Ok(_worker_slot)))) = slots else {
-        let ids = [row.id];
-        if let Err(e) = with_retries(|| db::deliveries::release(&shared.pool, &ids)).await {
-            tracing::warn!(error = %e, "giving a lease back failed; it runs out by itself");
-        }
-        drop(held);
-        room_freed(shared);
+    let Ok(Some((_endpoint_slot, _worker_slot, pacer))) = slots else {
+        give_back(shared, held, &row).await;
         return;
     };
+    if let Some(per_second) = rate_limit {
+        // Its turn, reserved now that it can start: never two attempts to
+        // the endpoint closer than the interval, from any process.
+        let interval = pace::interval(per_second);
+        let turn = || async {
+            let mut conn = shared.pool.acquire().await?;
+            db::webhook_endpoints::reserve_turn(&mut conn, row.endpoint_id, interval).await
+        };
+        match with_retries(turn).await {
+            Ok(wait) => tokio::time::sleep(wait).await,
+            Err(e) => {
+                tracing::warn!(error = %e, endpoint_id = %row.endpoint_id, "reserving a turn under the endpoint's rate limit failed; the lease goes back");
+                give_back(shared, held, &row).await;
+                return;
+            }
+        }
+    }
+    drop(pacer);
     let leased_at = leased_at.unwrap_or_else(time::now);
     let outcome = attempt(shared, row, endpoint, leased_at).await;
     let _ = shared.settles.send(outcome);
+    drop(held);
+    room_freed(shared);
+}
+
+/// Gives a held delivery's lease back: it did not start.
+async fn give_back(shared: &Shared, held: Held, row: &DeliveryRow) {
+    let ids = [row.id];
+    if let Err(e) = with_retries(|| db::deliveries::release(&shared.pool, &ids)).await {
+        tracing::warn!(error = %e, "giving a lease back failed; it runs out by itself");
+    }
     drop(held);
     room_freed(shared);
 }

@@ -1,10 +1,16 @@
 //! Pace: an endpoint's lane in this worker (its attempt slots, the leased
-//! deliveries it may hold) and its `rate_limit_per_second`.
+//! deliveries it may hold) and its `rate_limit_per_second`, which holds
+//! across every worker and Lambda container: each attempt to a limited
+//! endpoint reserves its turn on the endpoint's row
+//! (`db::webhook_endpoints::reserve_turn`), at least `interval` after the
+//! turn before it, once it holds its slots and is about to start. In one
+//! worker, one delivery per endpoint at a time reserves and waits for its
+//! turn (`Lane::pacer`), so turns are taken in order and none is wasted.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Mutex, Semaphore};
 
 /// One endpoint's slots in this worker: attempts in flight, and leased
 /// deliveries held (waiting or in flight).
@@ -12,37 +18,17 @@ use tokio::sync::Semaphore;
 pub(super) struct Lane {
     pub(super) in_flight: Arc<Semaphore>,
     pub(super) held: Arc<Semaphore>,
-    pub(super) pace: Arc<Pace>,
+    /// Held by the delivery of this endpoint that reserves and awaits the
+    /// next turn under its rate limit.
+    pub(super) pacer: Arc<Mutex<()>>,
 }
 
-/// An endpoint's `rate_limit_per_second` in this worker: attempts start at
-/// least 1/limit apart (plus a little, so that arrivals jittered by the
-/// network still fit in any one-second window).
-#[derive(Default)]
-pub(super) struct Pace(std::sync::Mutex<Option<tokio::time::Instant>>);
-
-impl Pace {
-    /// When the next attempt may start, if that is no later than `latest`:
-    /// that moment is then reserved. A moment past `latest` is not reserved,
-    /// so a delivery that gives its lease back takes no one's place (else
-    /// the pace would drift ever further ahead of the clock and nothing
-    /// would be sent).
-    pub(super) fn reserve(
-        &self,
-        per_second: u32,
-        latest: tokio::time::Instant,
-    ) -> Option<tokio::time::Instant> {
-        let interval = Duration::from_secs_f64(1.0 / f64::from(per_second.max(1)));
-        let interval = interval + (interval / 50).min(Duration::from_millis(5));
-        let now = tokio::time::Instant::now();
-        let mut next = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let at = next.map_or(now, |n| n.max(now));
-        if at > latest {
-            return None;
-        }
-        *next = Some(at + interval);
-        Some(at)
-    }
+/// How far apart attempts to an endpoint limited to `per_second` start:
+/// 1/limit, plus a little (2 %, at most 5 ms), so that arrivals jittered by
+/// the network still fit in any one-second window.
+pub(super) fn interval(per_second: u32) -> Duration {
+    let interval = Duration::from_secs_f64(1.0 / f64::from(per_second.max(1)));
+    interval + (interval / 50).min(Duration::from_millis(5))
 }
 
 #[cfg(test)]
@@ -50,24 +36,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_pace_spaces_attempts_and_reserves_only_turns_that_come_in_time() {
-        let pace = Pace::default();
-        let start = tokio::time::Instant::now();
-        let latest = start + Duration::from_millis(2500);
-        let turns: Vec<_> = (0..3).map(|_| pace.reserve(1, latest).unwrap()).collect();
-        let interval = Duration::from_millis(1005);
-        assert_eq!(turns[1] - turns[0], interval);
-        assert_eq!(turns[2] - turns[1], interval);
-        // Too late for this delivery: nothing reserved, so the next one
-        // still gets the turn right after the last.
-        assert_eq!(pace.reserve(1, latest), None);
-        assert_eq!(pace.reserve(1, latest), None);
-        let later = pace.reserve(1, start + Duration::from_secs(60)).unwrap();
-        assert_eq!(later - turns[2], interval);
-        // 2 % more than 1/limit, at most 5 ms more (1 s + 5 ms above).
-        let fast = Pace::default();
-        let a = fast.reserve(100, latest).unwrap();
-        let b = fast.reserve(100, latest).unwrap();
-        assert_eq!(b - a, Duration::from_micros(10_200));
+    fn turns_are_a_little_more_than_one_over_the_limit_apart() {
+        for (per_second, micros) in [(1, 1_005_000), (4, 255_000), (100, 10_200), (10_000, 102)] {
+            assert_eq!(
+                interval(per_second),
+                Duration::from_micros(micros),
+                "{per_second}/s"
+            );
+        }
+        assert_eq!(interval(0), interval(1));
     }
 }

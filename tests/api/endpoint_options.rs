@@ -193,3 +193,52 @@ async fn a_backlog_is_sent_no_faster_than_the_endpoints_rate_limit() {
     let free_span = free.iter().map(|h| h.at).max().unwrap() - started;
     assert!(free_span < Duration::from_secs(3), "{free_span:?}");
 }
+
+/// An endpoint's rate limit holds for all workers together, and when a slow
+/// endpoint keeps every attempt slot busy. The pace used to be kept per
+/// worker (three workers sent an endpoint limited to 4/s up to 12 requests
+/// in one second), and a delivery slept through its turn before it took a
+/// worker slot, so turns that passed while slots were busy started together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_together_keep_an_endpoints_rate_limit() {
+    let system = System::without_worker().await;
+    let receiver = Receiver::start(|path, _, _| match path {
+        "/slow" => (200, Duration::from_millis(400)),
+        _ => (200, Duration::ZERO),
+    })
+    .await;
+    let tenant = system.app.tenant("Shared pace").await;
+    let response = system
+        .app
+        .post(
+            "/v1/webhooks",
+            &tenant.token,
+            &json!({"url": format!("{}/paced", receiver.base), "rate_limit_per_second": 4}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    system
+        .endpoint(&tenant.token, &format!("{}/slow", receiver.base), None)
+        .await;
+    for _ in 0..24 {
+        system.app.new_order(&tenant).await;
+    }
+    let mut workers = vec![];
+    for _ in 0..3 {
+        let mut config = worker_config(&system.db_name, &system.queue.url);
+        config.max_in_flight = 3;
+        config.max_in_flight_per_endpoint = 3;
+        workers.push(TestWorker::start(config).await);
+    }
+    let paced = receiver
+        .wait_for_successes("/paced", 24, Duration::from_secs(40))
+        .await;
+    let arrivals: Vec<Instant> = paced.iter().map(|h| h.at).collect();
+    assert!(
+        busiest_second(&arrivals) <= 4,
+        "busiest second: {}",
+        busiest_second(&arrivals)
+    );
+    let span = *arrivals.iter().max().unwrap() - *arrivals.iter().min().unwrap();
+    assert!(span >= Duration::from_millis(5500), "{span:?}");
+}
