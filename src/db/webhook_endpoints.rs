@@ -180,28 +180,33 @@ pub async fn find_many(db: impl MySqlExecutor<'_>, ids: &[Uuid]) -> sqlx::Result
 
 /// Reserves the next turn to start an attempt to a rate-limited endpoint,
 /// `interval` after the turn reserved before it (by any worker or Lambda
-/// container) and not before now: how long to wait for it. The reservation
-/// is one atomic `UPDATE` on the endpoint's row; both statements run on
-/// one connection (`LAST_INSERT_ID` is per connection), and times are the
-/// database's, so workers with skewed clocks share one pace.
+/// container) and not before now: how long to wait for it. `None` if that
+/// turn is more than `within` away (or the endpoint is gone): nothing is
+/// reserved then, so a delivery that cannot wait takes no one's turn. The
+/// reservation is one atomic `UPDATE` on the endpoint's row; both
+/// statements run on one connection (`LAST_INSERT_ID` is per connection),
+/// and times are the database's, so workers with skewed clocks share one
+/// pace.
 pub async fn reserve_turn(
     db: &mut sqlx::MySqlConnection,
     id: Uuid,
     interval: std::time::Duration,
-) -> sqlx::Result<std::time::Duration> {
+    within: std::time::Duration,
+) -> sqlx::Result<Option<std::time::Duration>> {
     let interval_us = interval.as_micros() as u64;
     let reserved = sqlx::query(
         "UPDATE webhook_endpoints SET pace_next_us = LAST_INSERT_ID(
              GREATEST(COALESCE(pace_next_us, 0), CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS UNSIGNED)) + ?)
-         WHERE id = ?",
+         WHERE id = ? AND COALESCE(pace_next_us, 0)
+               <= CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS UNSIGNED) + ?",
     )
     .bind(interval_us)
     .bind(id)
+    .bind(within.as_micros() as u64)
     .execute(&mut *db)
     .await?;
     if reserved.rows_affected() == 0 {
-        // Deleted meanwhile: the attempt finds out and fails visibly.
-        return Ok(std::time::Duration::ZERO);
+        return Ok(None);
     }
     let (next, now): (u64, u64) = sqlx::query_as(
         "SELECT CAST(LAST_INSERT_ID() AS UNSIGNED), CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS UNSIGNED)",
@@ -209,7 +214,9 @@ pub async fn reserve_turn(
     .fetch_one(&mut *db)
     .await?;
     let turn = next.saturating_sub(interval_us);
-    Ok(std::time::Duration::from_micros(turn.saturating_sub(now)))
+    Ok(Some(std::time::Duration::from_micros(
+        turn.saturating_sub(now),
+    )))
 }
 
 /// After a 2xx: the endpoint is healthy again.

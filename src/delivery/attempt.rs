@@ -57,32 +57,35 @@ pub(super) fn hold(shared: &Shared, endpoint_id: Uuid) -> Option<Held> {
     })
 }
 
-pub(super) fn spawn_attempt(shared: &Arc<Shared>, leased: LeasedDelivery<Held>) {
+/// Starts a leased delivery's attempt in a task of its own; it must start
+/// by `start_by` if given (a Lambda invocation's), else within `HOLD_WAIT`.
+pub(super) fn spawn_attempt(
+    shared: &Arc<Shared>,
+    leased: LeasedDelivery<Held>,
+    start_by: Option<tokio::time::Instant>,
+) {
     let shared = shared.clone();
     tokio::spawn(async move {
-        run_held(
-            &shared,
-            leased.permit,
-            leased.row,
-            Some(leased.endpoint),
-            None,
-        )
-        .await;
+        let endpoint = Some(leased.endpoint);
+        run_held(&shared, leased.permit, leased.row, endpoint, None, start_by).await;
     });
 }
 
 /// Waits for an attempt slot (its endpoint's, then the worker's) and, for
 /// a rate-limited endpoint, its turn; attempts and hands the outcome to the
-/// settle task. Gives the lease back if no slot frees up in time.
+/// settle task. Gives the lease back if it cannot start by `start_by` (or
+/// within `HOLD_WAIT`): a Lambda invocation never waits past its deadline.
 pub(super) async fn run_held(
     shared: &Shared,
     held: Held,
     row: DeliveryRow,
     endpoint: Option<EndpointRow>,
     leased_at: Option<DateTime<Utc>>,
+    start_by: Option<tokio::time::Instant>,
 ) {
     let rate_limit = endpoint.as_ref().and_then(|e| e.rate_limit_per_second);
-    let deadline = tokio::time::Instant::now() + HOLD_WAIT;
+    let hold_until = tokio::time::Instant::now() + HOLD_WAIT;
+    let deadline = start_by.map_or(hold_until, |by| by.min(hold_until));
     let slots = tokio::time::timeout_at(deadline, async {
         let endpoint = held.lane.in_flight.clone().acquire_owned().await.ok()?;
         // One delivery of the endpoint at a time takes and awaits a turn.
@@ -103,11 +106,17 @@ pub(super) async fn run_held(
         // the endpoint closer than the interval, from any process.
         let interval = pace::interval(per_second);
         let turn = || async {
+            let within = deadline.saturating_duration_since(tokio::time::Instant::now());
             let mut conn = shared.pool.acquire().await?;
-            db::webhook_endpoints::reserve_turn(&mut conn, row.endpoint_id, interval).await
+            db::webhook_endpoints::reserve_turn(&mut conn, row.endpoint_id, interval, within).await
         };
         match with_retries(turn).await {
-            Ok(wait) => tokio::time::sleep(wait).await,
+            Ok(Some(wait)) => tokio::time::sleep(wait).await,
+            Ok(None) => {
+                // No turn comes in time: the lease goes back, no turn taken.
+                give_back(shared, held, &row).await;
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, endpoint_id = %row.endpoint_id, "reserving a turn under the endpoint's rate limit failed; the lease goes back");
                 give_back(shared, held, &row).await;

@@ -38,7 +38,7 @@ pub(super) async fn dispatch(shared: Arc<Shared>, mut stop: watch::Receiver<bool
         }
         let mut pause = IDLE_POLL;
         let mut claimed_any = false;
-        match claim_and_start(&shared).await {
+        match claim_and_start(&shared, None).await {
             Ok((started, next_due)) => {
                 claimed_any = started > 0;
                 if let Some(next_due) = next_due {
@@ -63,6 +63,7 @@ pub(super) async fn dispatch(shared: Arc<Shared>, mut stop: watch::Receiver<bool
 /// started, and when the next scheduled delivery falls due.
 pub(super) async fn claim_and_start(
     shared: &Arc<Shared>,
+    start_by: Option<tokio::time::Instant>,
 ) -> sqlx::Result<(usize, Option<DateTime<Utc>>)> {
     // Raised before room is looked at, so that a place freed from now on
     // wakes the dispatcher; lowered below if room did not limit this pass.
@@ -84,7 +85,7 @@ pub(super) async fn claim_and_start(
         started += 1;
         let shared = shared.clone();
         tokio::spawn(async move {
-            run_held(&shared, held, row, endpoint, Some(leased_at)).await;
+            run_held(&shared, held, row, endpoint, Some(leased_at), start_by).await;
         });
     }
     if saturated.is_empty() && busy.is_empty() && claimed < free {

@@ -89,7 +89,7 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::R
                     shared.wake.notify_one();
                 }
                 for leased in out.leased {
-                    spawn_attempt(&shared, leased);
+                    spawn_attempt(&shared, leased, None);
                 }
                 let queue = queue.clone();
                 tokio::spawn(async move {

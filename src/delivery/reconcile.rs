@@ -24,7 +24,7 @@ pub(super) async fn reconcile(shared: Arc<Shared>, mut stop: watch::Receiver<boo
             _ = tokio::time::sleep(shared.config.reconcile_every) => {}
         }
         loop {
-            match reconcile_once(&shared).await {
+            match reconcile_once(&shared, None).await {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
@@ -36,8 +36,12 @@ pub(super) async fn reconcile(shared: Arc<Shared>, mut stop: watch::Receiver<boo
     }
 }
 
-/// One window; true if more may follow at once.
-pub(super) async fn reconcile_once(shared: &Arc<Shared>) -> sqlx::Result<bool> {
+/// One window; true if more may follow at once. Attempts start by
+/// `start_by` if given.
+pub(super) async fn reconcile_once(
+    shared: &Arc<Shared>,
+    start_by: Option<tokio::time::Instant>,
+) -> sqlx::Result<bool> {
     const WINDOW: i64 = 500;
     let (mark, published) = db::feed_clock::reconcile_marks(&shared.pool).await?;
     if published <= mark {
@@ -87,7 +91,7 @@ pub(super) async fn reconcile_once(shared: &Arc<Shared>) -> sqlx::Result<bool> {
         for chunk in missing.chunks(50) {
             let out = with_retries(|| ingest_batch(shared, chunk, Uuid::now_v7())).await?;
             for leased in out.leased {
-                spawn_attempt(shared, leased);
+                spawn_attempt(shared, leased, start_by);
             }
             shared.wake.notify_one();
         }

@@ -24,6 +24,10 @@ pub struct Runner {
     outcomes: tokio::sync::Mutex<mpsc::UnboundedReceiver<Outcome>>,
 }
 
+/// How long after its last attempt's timeout an invocation may still write
+/// outcomes: within the margin `lambda` leaves before the deadline.
+const WRITE_MARGIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// What `Runner::deliver` did with a batch of messages.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Delivered {
@@ -61,7 +65,7 @@ impl Runner {
         let mut ids: Vec<Uuid> = named.iter().flatten().copied().collect();
         ids.sort();
         ids.dedup();
-        match self.fan_out(&ids).await {
+        match self.fan_out(&ids, deadline).await {
             Ok((unknown, started)) => {
                 delivered.unknown += named
                     .iter()
@@ -78,7 +82,7 @@ impl Runner {
             Err(e) => {
                 tracing::warn!(error = %e, "recording a batch failed; recording its messages one by one");
                 for id in &ids {
-                    match self.fan_out(std::slice::from_ref(id)).await {
+                    match self.fan_out(std::slice::from_ref(id), deadline).await {
                         Ok((unknown, started)) => {
                             delivered.unknown += usize::from(!unknown.is_empty());
                             delivered.attempted += started;
@@ -110,27 +114,35 @@ impl Runner {
     /// meanwhile, until nothing is left or `deadline`. How many it started.
     async fn drain(&self, deadline: tokio::time::Instant) -> usize {
         let mut started = 0;
+        let mut last = 0;
         loop {
-            self.finish().await;
-            if tokio::time::Instant::now() >= deadline {
+            let settled = self.finish(deadline).await;
+            if tokio::time::Instant::now() >= deadline || (last > 0 && settled == 0) {
+                // Out of time, or all it claimed went back (no turn under a
+                // rate limit came in time): claiming again would only spin.
                 return started;
             }
-            match self.start_due(deadline).await {
-                0 => return started,
-                n => started += n,
+            last = self.start_due(deadline).await;
+            if last == 0 {
+                return started;
             }
+            started += last;
         }
     }
 
     /// Fans out and starts the attempts: the unknown ids, and how many
     /// attempts started.
-    async fn fan_out(&self, ids: &[Uuid]) -> sqlx::Result<(Vec<Uuid>, usize)> {
+    async fn fan_out(
+        &self,
+        ids: &[Uuid],
+        deadline: tokio::time::Instant,
+    ) -> sqlx::Result<(Vec<Uuid>, usize)> {
         let lease_id = Uuid::now_v7();
         match with_retries(|| ingest_batch(&self.shared, ids, lease_id)).await {
             Ok(out) => {
                 let started = out.leased.len();
                 for leased in out.leased {
-                    spawn_attempt(&self.shared, leased);
+                    spawn_attempt(&self.shared, leased, Some(deadline));
                 }
                 Ok((out.unknown, started))
             }
@@ -150,7 +162,7 @@ impl Runner {
     /// attempt's timeout after it). Returns how many were attempted.
     pub async fn run_due(&self, deadline: tokio::time::Instant) -> usize {
         loop {
-            match reconcile_once(&self.shared).await {
+            match reconcile_once(&self.shared, Some(deadline)).await {
                 Ok(true) if tokio::time::Instant::now() < deadline => continue,
                 Ok(_) => break,
                 Err(e) => {
@@ -167,7 +179,7 @@ impl Runner {
     async fn start_due(&self, deadline: tokio::time::Instant) -> usize {
         let mut started = 0;
         while tokio::time::Instant::now() < deadline {
-            match claim_and_start(&self.shared).await {
+            match claim_and_start(&self.shared, Some(deadline)).await {
                 Ok((0, _)) => break,
                 Ok((n, _)) => started += n,
                 Err(e) => {
@@ -183,8 +195,10 @@ impl Runner {
         started
     }
 
-    /// Waits for every attempt started to finish, then writes their outcomes.
-    async fn finish(&self) {
+    /// Waits for every attempt started to finish (each started by `deadline`
+    /// and bounded by `WEBHOOK_TIMEOUT`), then writes their outcomes, trying
+    /// no later than the invocation's own end allows. How many it wrote.
+    async fn finish(&self, deadline: tokio::time::Instant) -> usize {
         let shared = &self.shared;
         let all = (shared.config.max_in_flight * HELD_PER_SLOT) as u32;
         drop(shared.held.acquire_many(all).await);
@@ -193,8 +207,10 @@ impl Runner {
         while let Ok(outcome) = outcomes.try_recv() {
             finished.push(outcome);
         }
+        let give_up = deadline + shared.config.timeout + WRITE_MARGIN;
         for group in finished.chunks(SETTLE_GROUP) {
-            write_group(shared, group).await;
+            write_group(shared, group, give_up).await;
         }
+        finished.len()
     }
 }

@@ -39,7 +39,7 @@ pub(super) async fn settle_loop(
                     rest.push(outcome);
                 }
                 for group in rest.chunks(SETTLE_GROUP) {
-                    write_group(&shared, group).await;
+                    write_group(&shared, group, leases_last(&shared)).await;
                 }
                 return;
             }
@@ -51,19 +51,25 @@ pub(super) async fn settle_loop(
                 Err(_) => break,
             }
         }
-        write_group(&shared, &group).await;
+        write_group(&shared, &group, leases_last(&shared)).await;
     }
 }
 
-/// Writes a group, retrying while the database is away for as long as the
-/// leases last (then the deliveries are attempted again: at least once).
-pub(super) async fn write_group(shared: &Shared, group: &[Outcome]) {
-    let give_up = std::time::Instant::now() + shared.config.timeout + Duration::from_secs(30);
+/// How long the leases of a group just finished last: the worker's bound
+/// on writing it.
+fn leases_last(shared: &Shared) -> tokio::time::Instant {
+    tokio::time::Instant::now() + shared.config.timeout + Duration::from_secs(30)
+}
+
+/// Writes a group, retrying while the database is away until `give_up`:
+/// for the worker, as long as the leases last (then the deliveries are
+/// attempted again: at least once); for a Lambda invocation, its deadline.
+pub(super) async fn write_group(shared: &Shared, group: &[Outcome], give_up: tokio::time::Instant) {
     let mut pause = Duration::from_millis(20);
     let released = loop {
         match write_outcomes(&shared.pool, group).await {
             Ok(released) => break released,
-            Err(e) if std::time::Instant::now() < give_up => {
+            Err(e) if tokio::time::Instant::now() + pause < give_up => {
                 // A deadlock with a concurrent fan-out is InnoDB's ordinary
                 // answer to contention, and the retry settles it: not worth
                 // a warning unless it keeps happening.

@@ -62,25 +62,11 @@ impl Function {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let function = Command::new(env!("CARGO_BIN_EXE_mechanica-delivery"))
-            .arg("lambda")
-            .env(
-                "AWS_LAMBDA_RUNTIME_API",
-                format!("http://127.0.0.1:{port}/.rt"),
-            )
-            .env("AWS_LAMBDA_FUNCTION_NAME", "_")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
-            .env("DATABASE_URL", database_url)
-            .env("SQS_QUEUE_URL", queue_url)
-            .env("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
-            .env("WEBHOOK_RETRY_SCHEDULE", "300ms,300ms")
-            .env("WEBHOOK_TIMEOUT", "2s")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the function starts");
+        let function = function_process(
+            &format!("http://127.0.0.1:{port}/.rt"),
+            database_url,
+            queue_url,
+        );
         Function {
             invoke: format!("http://127.0.0.1:{port}/2015-03-31/functions/_/invocations"),
             client: reqwest::Client::new(),
@@ -100,6 +86,120 @@ impl Function {
             .expect("the emulator answers");
         assert_eq!(response.status(), StatusCode::OK, "the invocation failed");
         response.json().await.unwrap()
+    }
+}
+
+/// `mechanica-delivery lambda` polling the Runtime API at `runtime_api`.
+fn function_process(runtime_api: &str, database_url: &str, queue_url: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_mechanica-delivery"))
+        .arg("lambda")
+        .env("AWS_LAMBDA_RUNTIME_API", runtime_api)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+        .env("DATABASE_URL", database_url)
+        .env("SQS_QUEUE_URL", queue_url)
+        .env("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
+        .env("WEBHOOK_RETRY_SCHEDULE", "300ms,300ms")
+        .env("WEBHOOK_TIMEOUT", "2s")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the function starts")
+}
+
+/// A Lambda Runtime API that keeps deadlines as AWS does: each invocation
+/// carries `Lambda-Runtime-Deadline-Ms` (epoch milliseconds), and an answer
+/// after it is lost (the invoke times out). cargo-lambda's emulator always
+/// announces 600 s, so a deadline cannot be tested with it.
+struct DeadlineRuntime {
+    base: String,
+    queued: tokio::sync::mpsc::Sender<(Value, u64, tokio::sync::oneshot::Sender<Value>)>,
+}
+
+type Pending = std::sync::Arc<
+    std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<Value>>>,
+>;
+
+impl DeadlineRuntime {
+    async fn start() -> DeadlineRuntime {
+        use axum::extract::{Path, State};
+        use axum::routing::{get, post};
+        type Queue = std::sync::Arc<
+            tokio::sync::Mutex<
+                tokio::sync::mpsc::Receiver<(Value, u64, tokio::sync::oneshot::Sender<Value>)>,
+            >,
+        >;
+        async fn next(
+            State((queue, pending)): State<(Queue, Pending)>,
+        ) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            let Some((event, deadline_ms, answer)) = queue.lock().await.recv().await else {
+                return StatusCode::GONE.into_response();
+            };
+            let id = uuid::Uuid::new_v4().to_string();
+            pending.lock().unwrap().insert(id.clone(), answer);
+            (
+                [
+                    ("lambda-runtime-aws-request-id", id),
+                    ("lambda-runtime-deadline-ms", deadline_ms.to_string()),
+                    (
+                        "lambda-runtime-invoked-function-arn",
+                        "arn:aws:lambda:us-east-1:123456789012:function:_".to_string(),
+                    ),
+                    ("content-type", "application/json".to_string()),
+                ],
+                event.to_string(),
+            )
+                .into_response()
+        }
+        async fn response(
+            State((_, pending)): State<(Queue, Pending)>,
+            Path(id): Path<String>,
+            body: axum::body::Bytes,
+        ) -> StatusCode {
+            if let Some(answer) = pending.lock().unwrap().remove(&id) {
+                let _ = answer.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            }
+            StatusCode::ACCEPTED
+        }
+        let (queued, waiting) = tokio::sync::mpsc::channel(8);
+        let state: (Queue, Pending) = (
+            std::sync::Arc::new(tokio::sync::Mutex::new(waiting)),
+            Pending::default(),
+        );
+        let app = axum::Router::new()
+            .route("/2018-06-01/runtime/invocation/next", get(next))
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/response",
+                post(response),
+            )
+            .route("/2018-06-01/runtime/invocation/{id}/error", post(response))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        DeadlineRuntime {
+            base: format!("http://127.0.0.1:{port}"),
+            queued,
+        }
+    }
+
+    /// Invokes the function with `timeout`: its answer, or `None` if it did
+    /// not answer by the deadline.
+    async fn invoke(&self, event: &Value, timeout: Duration) -> Option<Value> {
+        let deadline_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            + timeout.as_millis() as u64;
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.queued
+            .send((event.clone(), deadline_ms, answer))
+            .await
+            .unwrap();
+        tokio::time::timeout(timeout, answered).await.ok()?.ok()
     }
 }
 
@@ -372,4 +472,72 @@ async fn an_orders_events_in_one_batch_arrive_in_order_within_the_invocation() {
         .map(|h| h.json()["data"]["sequence"].as_u64().unwrap())
         .collect();
     assert_eq!(sequences, [1, 2, 3, 4]);
+}
+
+/// Every wait of an invocation is bounded by its deadline: an endpoint
+/// limited to 1/s and a backlog of 25 events in one batch, with a 9 s
+/// deadline. The invocation answers in time, every request the endpoint
+/// got is a recorded attempt, and no request was sent twice. The old code
+/// let a delivery wait 20 s for its turn and its outcome's write retry for
+/// 32 s: the function ran past its deadline with attempts not recorded,
+/// and their leases lapsed into sending them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invocation_answers_before_its_deadline_with_every_attempt_recorded() {
+    let system = System::without_worker().await;
+    let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
+    let tenant = system.app.tenant("Deadline").await;
+    let created = system
+        .app
+        .post(
+            "/v1/webhooks",
+            &tenant.token,
+            &json!({"url": format!("{}/paced", receiver.base), "rate_limit_per_second": 1}),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    for _ in 0..25 {
+        system.app.new_order(&tenant).await;
+    }
+    let records = published(&system, 25).await;
+    let arn = system.queue.arn().await;
+    let runtime = DeadlineRuntime::start().await;
+    let _function = function_process(
+        &runtime.base,
+        &format!("{}/{}", server_url(), system.db_name),
+        &system.queue.url,
+    );
+
+    let answer = runtime
+        .invoke(&sqs_event(&arn, &records), Duration::from_secs(9))
+        .await
+        .expect("the invocation answered before its deadline");
+    assert_eq!(
+        answer,
+        json!({"batchItemFailures": []}),
+        "every record was recorded"
+    );
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hits = receiver.hits_on("/paced");
+    assert!(!hits.is_empty(), "nothing was sent");
+    let recorded = count(&system.app, "SELECT COUNT(*) FROM webhook_attempts").await;
+    assert_eq!(
+        hits.len() as i64,
+        recorded,
+        "requests sent but not recorded"
+    );
+    let mut sent: Vec<(String, String)> = hits
+        .iter()
+        .map(|h| (h.header("webhook-id"), h.header("webhook-timestamp")))
+        .collect();
+    sent.sort();
+    sent.dedup();
+    assert_eq!(sent.len(), hits.len(), "a request was sent twice");
+    // What it could not send waits, pending, for the next invocation.
+    let pending = count(
+        &system.app,
+        "SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'pending' AND lease_until IS NULL",
+    )
+    .await;
+    assert_eq!(pending + recorded, 25);
 }
