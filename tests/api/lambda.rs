@@ -541,3 +541,60 @@ async fn an_invocation_answers_before_its_deadline_with_every_attempt_recorded()
     .await;
     assert_eq!(pending + recorded, 25);
 }
+
+/// An endpoint's rate limit holds across Lambda containers: two function
+/// processes, each invoked with half of a backlog, together send an
+/// endpoint limited to 4/s at most 4 requests in any one second (each kept
+/// its own pace before: two sent 6 in one second to an endpoint limited to
+/// 3/s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_function_containers_share_an_endpoints_rate_limit() {
+    let system = System::without_worker().await;
+    let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
+    let tenant = system.app.tenant("Two containers").await;
+    let created = system
+        .app
+        .post(
+            "/v1/webhooks",
+            &tenant.token,
+            &json!({"url": format!("{}/paced", receiver.base), "rate_limit_per_second": 4}),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    for _ in 0..16 {
+        system.app.new_order(&tenant).await;
+    }
+    let records = published(&system, 16).await;
+    let arn = system.queue.arn().await;
+    let database_url = format!("{}/{}", server_url(), system.db_name);
+    let (first, second) = (
+        DeadlineRuntime::start().await,
+        DeadlineRuntime::start().await,
+    );
+    let _functions = [
+        function_process(&first.base, &database_url, &system.queue.url),
+        function_process(&second.base, &database_url, &system.queue.url),
+    ];
+    let (a, b) = records.split_at(8);
+    let (a, b) = (sqs_event(&arn, a), sqs_event(&arn, b));
+    let (a, b) = tokio::join!(
+        first.invoke(&a, Duration::from_secs(30)),
+        second.invoke(&b, Duration::from_secs(30))
+    );
+    assert!(a.is_some() && b.is_some(), "both answered");
+
+    let hits = receiver.hits_on("/paced");
+    assert_eq!(hits.len(), 16, "each container sent its half");
+    let arrivals: Vec<std::time::Instant> = hits.iter().map(|h| h.at).collect();
+    let busiest = arrivals
+        .iter()
+        .map(|start| {
+            arrivals
+                .iter()
+                .filter(|t| **t >= *start && **t < *start + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(busiest <= 4, "{busiest} requests in one second");
+}
