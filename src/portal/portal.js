@@ -102,7 +102,18 @@ async function api(method, path, body) {
     throw new Stop();
   }
   const text = await res.text();
-  const data = text ? JSON.parse(text) : null;
+  let data = null;
+  if (text) {
+    try {
+      data = JSON.parse(text);
+    } catch {
+      // Not the API's answer: a proxy or gateway in between answered (an
+      // HTML error page, say). Say so rather than show a parser's message.
+      throw new ApiError(res.status, {
+        title: `The server answered ${res.status} ${res.statusText} with a page that is not from the API (a proxy or gateway on the way?). Try again in a moment.`,
+      });
+    }
+  }
   if (!res.ok) throw new ApiError(res.status, data || {});
   return data;
 }

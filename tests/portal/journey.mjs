@@ -343,6 +343,24 @@ async function readOnly(browser, api, hooks, customer) {
   await context.close();
 }
 
+// A proxy between the browser and the API answers an HTML error page: the
+// portal says so in words, not with a JSON parser's SyntaxError.
+async function proxyAnswersHtml(browser, api, customer) {
+  const session = await admin(api, "POST", `/v1/customers/${customer.id}/portal-sessions`, {});
+  const context = await browser.newContext();
+  await context.route("**/v1/webhooks?*", (route) =>
+    route.fulfill({ status: 502, contentType: "text/html", body: "<html><body><h1>502 Bad Gateway</h1><hr>nginx</body></html>" }));
+  const page = await context.newPage();
+  await page.goto(session.url);
+  const alert = page.getByRole("alert");
+  await alert.waitFor();
+  const text = await alert.innerText();
+  assert.match(text, /502/, text);
+  assert.match(text, /not from the API/, text);
+  assert.doesNotMatch(text, /SyntaxError|Unexpected token|JSON/, text);
+  await context.close();
+}
+
 async function expired(browser, api, customer) {
   const session = await admin(api, "POST", `/v1/customers/${customer.id}/portal-sessions`, { expires_in: 300 });
   execFileSync("mysql", [...MYSQL, dbName, "-e",
@@ -372,6 +390,8 @@ async function main() {
     log("journey: create (field error), test event, attempts, reveal, rotate, retry, recover, catalog, 360 px, delete: ok");
     await readOnly(browser, api, hooks, customer);
     log("a session without capabilities is offered no action: ok");
+    await proxyAnswersHtml(browser, api, customer);
+    log("an HTML answer from a proxy reads as words, not a SyntaxError: ok");
     await expired(browser, api, customer);
     log("an expired session shows its page: ok");
   } finally {
