@@ -12,36 +12,9 @@ use crate::helpers::*;
 /// A fresh database holding `source`'s schema and no rows, as
 /// `mysqldump --no-data` makes it.
 async fn schema_only_copy(source: &str) -> String {
-    let copy = fresh_db_name();
-    let dump = std::process::Command::new("mysqldump")
-        .args([
-            "--host=127.0.0.1",
-            "--user=root",
-            "--no-data",
-            "--skip-add-drop-table",
-            source,
-        ])
-        .output()
-        .expect("mysqldump runs");
-    assert!(
-        dump.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
-    let admin = sqlx::MySqlPool::connect(&server_url()).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE `{copy}`"))
-        .execute(&admin)
+    copy_database(source, &["--no-data", "--skip-add-drop-table"])
         .await
-        .unwrap();
-    let mut load = std::process::Command::new("mysql")
-        .args(["--host=127.0.0.1", "--user=root", &copy])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("mysql runs");
-    use std::io::Write;
-    load.stdin.take().unwrap().write_all(&dump.stdout).unwrap();
-    assert!(load.wait().unwrap().success());
-    copy
+        .0
 }
 
 async fn count(app: &TestApp, table: &str) -> i64 {

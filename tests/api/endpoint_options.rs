@@ -137,20 +137,6 @@ async fn bad_headers_and_limits_are_refused_by_field_and_change_nothing() {
     assert_eq!(listed["data"], json!([]), "nothing was created");
 }
 
-/// At most `limit` arrivals in any one-second window.
-fn busiest_second(arrivals: &[Instant]) -> usize {
-    arrivals
-        .iter()
-        .map(|start| {
-            arrivals
-                .iter()
-                .filter(|t| **t >= *start && **t < *start + Duration::from_secs(1))
-                .count()
-        })
-        .max()
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_is_sent_no_faster_than_the_endpoints_rate_limit() {
     let system = System::without_worker().await;
@@ -208,15 +194,9 @@ async fn three_workers_together_keep_an_endpoints_rate_limit() {
     })
     .await;
     let tenant = system.app.tenant("Shared pace").await;
-    let response = system
-        .app
-        .post(
-            "/v1/webhooks",
-            &tenant.token,
-            &json!({"url": format!("{}/paced", receiver.base), "rate_limit_per_second": 4}),
-        )
+    system
+        .paced_endpoint(&tenant.token, &format!("{}/paced", receiver.base), 4)
         .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
     system
         .endpoint(&tenant.token, &format!("{}/slow", receiver.base), None)
         .await;

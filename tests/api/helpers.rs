@@ -861,3 +861,73 @@ impl System {
         )
     }
 }
+
+/// A fresh database made from a `mysqldump` of `source` (with `options`,
+/// e.g. `--no-data`): its name, and the dump's text.
+pub async fn copy_database(source: &str, options: &[&str]) -> (String, String) {
+    let copy = fresh_db_name();
+    let dump = std::process::Command::new("mysqldump")
+        .args(["--host=127.0.0.1", "--user=root"])
+        .args(options)
+        .arg(source)
+        .output()
+        .expect("mysqldump runs");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let mut admin = MySqlConnection::connect(&server_url()).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE `{copy}`"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut load = std::process::Command::new("mysql")
+        .args(["--host=127.0.0.1", "--user=root", &copy])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("mysql runs");
+    use std::io::Write;
+    load.stdin.take().unwrap().write_all(&dump.stdout).unwrap();
+    assert!(load.wait().unwrap().success());
+    (copy, String::from_utf8_lossy(&dump.stdout).into_owned())
+}
+
+/// The most arrivals in any one-second window.
+pub fn busiest_second(arrivals: &[std::time::Instant]) -> usize {
+    arrivals
+        .iter()
+        .map(|start| {
+            arrivals
+                .iter()
+                .filter(|t| **t >= *start && **t < *start + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// One value of a Prometheus text page.
+pub async fn metric(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} not in {text}"))
+        .parse()
+        .unwrap()
+}
+
+impl System {
+    /// Registers an endpoint limited to `per_second` requests a second.
+    pub async fn paced_endpoint(&self, token: &str, url: &str, per_second: u32) {
+        let response = self
+            .app
+            .post(
+                "/v1/webhooks",
+                token,
+                &json!({"url": url, "rate_limit_per_second": per_second}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+}

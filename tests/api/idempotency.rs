@@ -3,7 +3,6 @@
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sqlx::Connection;
 
 use crate::helpers::*;
 
@@ -481,45 +480,10 @@ async fn a_copy_of_the_database_replays_no_token() {
         tokens.push(first["token"].as_str().unwrap().to_string());
     }
 
-    let copy_name = fresh_db_name();
-    let dump = std::process::Command::new("mysqldump")
-        .args([
-            "--host=127.0.0.1",
-            "--user=root",
-            "--single-transaction",
-            &original.db_name,
-        ])
-        .output()
-        .expect("mysqldump runs");
-    assert!(
-        dump.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
-    let text = String::from_utf8_lossy(&dump.stdout);
+    let (copy_name, text) = copy_database(&original.db_name, &["--single-transaction"]).await;
     for token in &tokens {
         assert!(!text.contains(token.as_str()), "the dump holds a token");
     }
-    let mut create = sqlx::MySqlConnection::connect(&server_url()).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE `{copy_name}`"))
-        .execute(&mut create)
-        .await
-        .unwrap();
-    let mut restore = std::process::Command::new("mysql")
-        .args(["--host=127.0.0.1", "--user=root", &copy_name])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        restore
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(&dump.stdout)
-            .unwrap();
-    }
-    assert!(restore.wait().unwrap().success());
     let copy = TestApp::spawn_with(
         test_config(format!("{}/{copy_name}", server_url())),
         copy_name,

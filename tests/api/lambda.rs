@@ -486,15 +486,9 @@ async fn an_invocation_answers_before_its_deadline_with_every_attempt_recorded()
     let system = System::without_worker().await;
     let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
     let tenant = system.app.tenant("Deadline").await;
-    let created = system
-        .app
-        .post(
-            "/v1/webhooks",
-            &tenant.token,
-            &json!({"url": format!("{}/paced", receiver.base), "rate_limit_per_second": 1}),
-        )
+    system
+        .paced_endpoint(&tenant.token, &format!("{}/paced", receiver.base), 1)
         .await;
-    assert_eq!(created.status(), StatusCode::CREATED);
     for _ in 0..25 {
         system.app.new_order(&tenant).await;
     }
@@ -552,15 +546,9 @@ async fn two_function_containers_share_an_endpoints_rate_limit() {
     let system = System::without_worker().await;
     let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
     let tenant = system.app.tenant("Two containers").await;
-    let created = system
-        .app
-        .post(
-            "/v1/webhooks",
-            &tenant.token,
-            &json!({"url": format!("{}/paced", receiver.base), "rate_limit_per_second": 4}),
-        )
+    system
+        .paced_endpoint(&tenant.token, &format!("{}/paced", receiver.base), 4)
         .await;
-    assert_eq!(created.status(), StatusCode::CREATED);
     for _ in 0..16 {
         system.app.new_order(&tenant).await;
     }
@@ -586,15 +574,6 @@ async fn two_function_containers_share_an_endpoints_rate_limit() {
     let hits = receiver.hits_on("/paced");
     assert_eq!(hits.len(), 16, "each container sent its half");
     let arrivals: Vec<std::time::Instant> = hits.iter().map(|h| h.at).collect();
-    let busiest = arrivals
-        .iter()
-        .map(|start| {
-            arrivals
-                .iter()
-                .filter(|t| **t >= *start && **t < *start + Duration::from_secs(1))
-                .count()
-        })
-        .max()
-        .unwrap();
+    let busiest = busiest_second(&arrivals);
     assert!(busiest <= 4, "{busiest} requests in one second");
 }

@@ -35,15 +35,6 @@ fn sequences(hits: &[Hit], order: &str) -> Vec<u64> {
         .collect()
 }
 
-async fn metric(url: &str, name: &str) -> f64 {
-    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} not in {text}"))
-        .parse()
-        .unwrap()
-}
-
 /// SQS refuses an event (here: larger than the queue's `MaximumMessageSize`).
 /// It is parked: other orders flow on, its order's later event waits behind
 /// it, the operator sees both, and a retry publishes them in order.

@@ -194,15 +194,6 @@ async fn two_instances_publish_every_event_exactly_once() {
     drop(second);
 }
 
-async fn gauge(app: &TestApp, name: &str) -> f64 {
-    let text = app.get("/metrics", ADMIN).await.text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-        .parse()
-        .unwrap()
-}
-
 /// When the API holding the relay's turn dies, another instance publishes
 /// within 2 s, at 200 changes a second, and says so (`/metrics`, a log
 /// line). The turn used to be a 15 s lease: in a chaos run nothing was
@@ -231,7 +222,7 @@ async fn when_the_relay_holder_dies_another_instance_publishes_within_2_s() {
                 // Whichever holds the turn now dies.
                 let mut holder = None;
                 for (i, app) in apps.iter().enumerate() {
-                    if gauge(app, "relay_holding").await == 1.0 {
+                    if metric(&app.url("/metrics"), "relay_holding").await == 1.0 {
                         holder = Some(i);
                     }
                 }
@@ -288,5 +279,8 @@ async fn when_the_relay_holder_dies_another_instance_publishes_within_2_s() {
         worst < Duration::from_secs(2),
         "an event answered after the crash waited {worst:?}"
     );
-    assert_eq!(gauge(&apps[0], "relay_handovers_total").await, 1.0);
+    assert_eq!(
+        metric(&apps[0].url("/metrics"), "relay_handovers_total").await,
+        1.0
+    );
 }
