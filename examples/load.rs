@@ -4,7 +4,9 @@
 //!
 //! Run it through `scripts/bench`, which starts a release API for it.
 //! Settings (environment): API_URL, API_PID, ADMIN_TOKEN, BASELINE_DATABASE_URL,
-//! COUNT (default 5000), CONCURRENCY (default 32).
+//! COUNT (default 5000), CONCURRENCY (default 32), DUPLICATES (default 0:
+//! the percentage of creations that reuse a reference already taken, and
+//! must be answered 409 while the rest of their group is written).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -131,29 +133,57 @@ async fn main() {
         "parcels": [{ "weight_grams": 1200, "length_mm": 300, "width_mm": 200, "height_mm": 100 }]
     }));
 
-    println!("{count} operations at concurrency {concurrency}");
+    let duplicates: u64 = env("DUPLICATES", "0").parse().expect("DUPLICATES");
+    println!("{count} operations at concurrency {concurrency}, {duplicates} % duplicate references");
+    let statements_before = questions(&api_database_server()).await;
+    let refused = Arc::new(AtomicUsize::new(0));
+    let issued = Arc::new(AtomicUsize::new(0));
     let orders = {
         let (client, api, token, body) = (client.clone(), api.clone(), token.clone(), body.clone());
+        let (refused, issued) = (refused.clone(), issued.clone());
         drive(count, concurrency, move || {
             let (client, api, token, body) =
                 (client.clone(), api.clone(), token.clone(), body.clone());
+            let (refused, issued) = (refused.clone(), issued.clone());
             async move {
+                // A reference taken by an order created long enough ago
+                // to have been answered, or a fresh one.
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                let settled = n.saturating_sub(1000).min(1000);
+                let duplicate = settled > 0 && rand::random_range(0..100) < duplicates;
+                let reference = if duplicate {
+                    format!("LOAD-{}", rand::random_range(0..settled))
+                } else {
+                    format!("LOAD-{n}")
+                };
+                let mut body = (*body).clone();
+                body["reference"] = json!(reference);
                 let response = client
                     .post(format!("{api}/v1/orders"))
                     .bearer_auth(&token)
-                    .json(&*body)
+                    .json(&body)
                     .send()
                     .await
                     .map_err(|e| e.to_string())?;
-                if response.status() != reqwest::StatusCode::CREATED {
-                    return Err(format!("status {}", response.status()));
+                match response.status() {
+                    reqwest::StatusCode::CREATED => Ok(()),
+                    reqwest::StatusCode::CONFLICT if duplicate => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    status => Err(format!("status {status} (duplicate: {duplicate})")),
                 }
-                Ok(())
             }
         })
         .await
     };
     orders.report("create order (HTTP)");
+    let statements = questions(&api_database_server()).await - statements_before;
+    println!(
+        "                       {} refused as duplicates; {:.2} database statements per request (server-wide, the relay's included)",
+        refused.load(Ordering::Relaxed),
+        statements as f64 / count as f64
+    );
     if env("BASELINE", "run") == "skip" {
         report_rss();
         return;
@@ -208,6 +238,25 @@ async fn main() {
         100.0 * orders.per_second() / baseline.per_second()
     );
     report_rss();
+}
+
+/// The server of the API's database (the baseline's server too).
+fn api_database_server() -> String {
+    let url = env(
+        "BASELINE_DATABASE_URL",
+        "mysql://root@127.0.0.1:3306/mechanica_bench_baseline",
+    );
+    url.rsplit_once('/').unwrap().0.to_string()
+}
+
+/// MariaDB's statement counter, server-wide.
+async fn questions(server: &str) -> u64 {
+    let mut conn = MySqlConnection::connect(server).await.expect("MariaDB reachable");
+    let (_, value): (String, String) = sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Questions'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    value.parse().unwrap()
 }
 
 fn report_rss() {
