@@ -134,7 +134,9 @@ async fn main() {
     }));
 
     let duplicates: u64 = env("DUPLICATES", "0").parse().expect("DUPLICATES");
-    println!("{count} operations at concurrency {concurrency}, {duplicates} % duplicate references");
+    println!(
+        "{count} operations at concurrency {concurrency}, {duplicates} % duplicate references"
+    );
     let statements_before = questions(&api_database_server()).await;
     let refused = Arc::new(AtomicUsize::new(0));
     let issued = Arc::new(AtomicUsize::new(0));
@@ -251,7 +253,9 @@ fn api_database_server() -> String {
 
 /// MariaDB's statement counter, server-wide.
 async fn questions(server: &str) -> u64 {
-    let mut conn = MySqlConnection::connect(server).await.expect("MariaDB reachable");
+    let mut conn = MySqlConnection::connect(server)
+        .await
+        .expect("MariaDB reachable");
     let (_, value): (String, String) = sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Questions'")
         .fetch_one(&mut conn)
         .await

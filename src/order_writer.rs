@@ -2,11 +2,13 @@
 //! written together (`batch`): one transaction, one multi-row `INSERT` into
 //! `orders` and one into `order_events`, one commit, instead of a
 //! transaction each. Status changes arriving together likewise: one locking
-//! read of all their orders, each change decided in arrival order (two
-//! changes to one order apply one after the other), one `UPDATE`, one
-//! `INSERT` of their events, one commit. A refused change (a stale
-//! `If-Match`, a transition the status machine forbids) is answered alone
-//! and writes nothing.
+//! read of their orders (`SKIP LOCKED`: a change to an order another
+//! transaction holds is handed back to its caller, which waits for that
+//! lock on its own, so one locked order holds up no group), each change
+//! decided in arrival order (two changes to one order apply one after the
+//! other), one `UPDATE`, one `INSERT` of their events, one commit. A
+//! refused change (a stale `If-Match`, a transition the status machine
+//! forbids) is answered alone and writes nothing.
 //!
 //! Answers are final (SPEC §14). A group commits only if every caller it
 //! writes for is still waiting (`Group::hold`); otherwise it is written
@@ -40,7 +42,11 @@ const MAX_GROUP: usize = 32;
 #[derive(Clone)]
 pub struct OrderWriter {
     creates: Batcher<Order, ApiResult<Order>>,
-    changes: Batcher<StatusChange, ApiResult<Order>>,
+    /// `None`: the order is held by another transaction; the caller makes
+    /// the change on its own.
+    changes: Batcher<StatusChange, Option<ApiResult<Order>>>,
+    db: MySqlPool,
+    signals: Arc<Signals>,
 }
 
 /// A requested status change, checked for form but not yet against the order.
@@ -58,6 +64,7 @@ pub struct StatusChange {
 impl OrderWriter {
     /// Starts the writers (within a Tokio runtime).
     pub fn start(db: MySqlPool, signals: Arc<Signals>) -> OrderWriter {
+        let (pool_for_alone, signals_for_alone) = (db.clone(), signals.clone());
         let (pool, woken) = (db.clone(), signals.clone());
         let creates = Batcher::start(MAX_GROUP, move |orders, group| {
             let (db, signals) = (pool.clone(), woken.clone());
@@ -75,7 +82,12 @@ impl OrderWriter {
                 written
             }
         });
-        OrderWriter { creates, changes }
+        OrderWriter {
+            creates,
+            changes,
+            db: pool_for_alone,
+            signals: signals_for_alone,
+        }
     }
 
     /// Writes the order and its `order.created` event; returns the order
@@ -87,7 +99,19 @@ impl OrderWriter {
     /// Applies the change and writes its event; returns the order as it now
     /// is, once committed.
     pub async fn change_status(&self, change: StatusChange) -> ApiResult<Order> {
-        self.changes.call(change).await.unwrap_or_else(not_done)
+        match self.changes.call(change.clone()).await {
+            Ok(Some(answer)) => answer,
+            // Its order is held by another transaction: waiting for that
+            // lock here, not in a group task, holds up no other change.
+            Ok(None) => {
+                let mut tx = self.db.begin().await?;
+                let order = change_one(&mut tx, &change).await?;
+                tx.commit().await?;
+                self.signals.events_committed();
+                Ok(order)
+            }
+            Err(why) => not_done(why),
+        }
     }
 }
 
@@ -384,15 +408,21 @@ async fn write_changes(
     db: &MySqlPool,
     changes: Vec<StatusChange>,
     group: &Group,
-) -> Vec<ApiResult<Order>> {
+) -> Vec<Option<ApiResult<Order>>> {
     let mut answers = Answers::new(changes.len());
+    // Changes to orders another transaction holds: their callers make them
+    // (`OrderWriter::change_status`), so that no group task waits on a lock.
+    let mut held_elsewhere = vec![];
     let mut left: Vec<usize> = (0..changes.len()).collect();
     let mut conflicts = 0;
     while !left.is_empty() {
         match change_group(db, &changes, &left, group).await {
             Ok(decided) => {
                 for (i, answer) in left.drain(..).zip(decided) {
-                    answers.set(i, answer);
+                    match answer {
+                        Some(answer) => answers.set(i, answer),
+                        None => held_elsewhere.push(i),
+                    }
                 }
             }
             Err(GroupFailed::CallersGone(gone)) => left.retain(|i| !gone.contains(i)),
@@ -411,39 +441,64 @@ async fn write_changes(
             }
         }
     }
-    answers.into_vec()
+    let mut answers: Vec<Option<ApiResult<Order>>> =
+        answers.into_vec().into_iter().map(Some).collect();
+    for i in held_elsewhere {
+        answers[i] = None;
+    }
+    answers
 }
 
 /// One transaction for the changes at `indexes`; refused changes are
-/// answered in the result and write nothing.
+/// answered in the result and write nothing. A change to an order another
+/// transaction holds is left out (`None`): one locked order must not hold
+/// up the group.
 async fn change_group(
     db: &MySqlPool,
     changes: &[StatusChange],
     indexes: &[usize],
     group: &Group,
-) -> Result<Vec<ApiResult<Order>>, GroupFailed> {
+) -> Result<Vec<Option<ApiResult<Order>>>, GroupFailed> {
     let mut ids: Vec<Uuid> = indexes.iter().map(|&i| changes[i].order_id).collect();
     ids.sort();
     ids.dedup();
     let mut tx = db.begin().await?;
-    let mut orders: HashMap<Uuid, Order> = db::orders::find_many_for_update(&mut *tx, &ids)
+    let mut orders: HashMap<Uuid, Order> = db::orders::lock_free_ones(&mut *tx, &ids)
         .await?
         .into_iter()
         .map(|o| (o.id, o))
         .collect();
+    let absent: Vec<Uuid> = ids
+        .iter()
+        .filter(|id| !orders.contains_key(id))
+        .copied()
+        .collect();
+    let held_elsewhere: HashSet<Uuid> = if absent.is_empty() {
+        HashSet::new()
+    } else {
+        db::orders::existing(&mut *tx, &absent)
+            .await?
+            .into_iter()
+            .collect()
+    };
     let mut events = vec![];
     let mut applied = vec![];
-    let answers: Vec<ApiResult<Order>> = indexes
+    let answers: Vec<Option<ApiResult<Order>>> = indexes
         .iter()
         .map(|&i| {
             let change = &changes[i];
-            let order = orders
-                .get_mut(&change.order_id)
-                .ok_or(ApiError::NotFound("order"))?;
+            if held_elsewhere.contains(&change.order_id) {
+                return None;
+            }
+            let Some(order) = orders.get_mut(&change.order_id) else {
+                return Some(Err(ApiError::NotFound("order")));
+            };
             // A refused change leaves the order as it was.
-            events.push(apply(order, change)?);
-            applied.push(i);
-            Ok(order.clone())
+            Some(apply(order, change).map(|event| {
+                events.push(event);
+                applied.push(i);
+                order.clone()
+            }))
         })
         .collect();
     if applied.is_empty() {

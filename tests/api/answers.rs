@@ -132,3 +132,86 @@ async fn status_changes_answered_with_an_error_are_never_made() {
         10
     );
 }
+
+/// Orders another transaction holds do not stop other orders' changes.
+/// Two orders are locked (an operator's long transaction, say) and changed
+/// through the API: each group task used to wait on that lock with its
+/// whole group, so two such changes stopped every status change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_locked_orders_do_not_stop_other_status_changes() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Locked").await;
+    let mut orders = vec![];
+    for _ in 0..12 {
+        orders.push(
+            app.new_order(&tenant).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let (locked, free) = orders.split_at(2);
+    let mut holder = app.db.begin().await.unwrap();
+    for id in locked {
+        sqlx::query("SELECT id FROM orders WHERE id = ? FOR UPDATE")
+            .bind(uuid::Uuid::parse_str(id).unwrap())
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+    }
+    let waiting: Vec<_> = locked
+        .iter()
+        .map(|id| {
+            let (client, url) = (
+                app.client.clone(),
+                app.url(&format!("/v1/orders/{id}/status")),
+            );
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .bearer_auth(ADMIN)
+                    .json(&serde_json::json!({"status": "confirmed"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = std::time::Instant::now();
+    let answers = futures::future::join_all(
+        free.iter()
+            .map(|id| app.change_status(ADMIN, id, "confirmed")),
+    )
+    .await;
+    let took = started.elapsed();
+    let statuses: Vec<StatusCode> = answers.iter().map(|r| r.status()).collect();
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?} after {took:?}: {}",
+        answers.into_iter().next().unwrap().text().await.unwrap()
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "the other changes took {took:?}"
+    );
+
+    holder.rollback().await.unwrap();
+    for change in waiting {
+        assert_eq!(
+            change.await.unwrap(),
+            StatusCode::OK,
+            "the locked ones go once free"
+        );
+    }
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM orders WHERE status = 'confirmed'"
+        )
+        .await,
+        12
+    );
+}
