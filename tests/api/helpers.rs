@@ -83,6 +83,16 @@ impl TestApp {
         }
     }
 
+    /// Stops the instance as a deploy does (graceful shutdown: the relay
+    /// gives its turn up); the database stays for the other instances.
+    pub async fn shut_down(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+        self.db_name.clear();
+    }
+
     /// Stops the instance as a crash would: no graceful shutdown, nothing
     /// given up (the relay's turn stays with it until its lease lapses).
     /// The database stays for the other instances on it.

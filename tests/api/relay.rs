@@ -284,3 +284,25 @@ async fn when_the_relay_holder_dies_another_instance_publishes_within_2_s() {
         1.0
     );
 }
+
+/// An instance that shuts down gracefully gives the relay's turn up, and
+/// another takes it at once. The turn given up (its lease emptied) read as
+/// NULL in the old lock query, not as free: the other instances' passes
+/// failed to decode it, and nothing was published until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_given_up_at_shutdown_is_taken_by_another_instance() {
+    let queue = TestQueue::create(false).await;
+    let db_name = fresh_db_name();
+    let first = TestApp::spawn_publishing(&db_name, &queue.url, &sqs_endpoint()).await;
+    let tenant = first.tenant("Blue-green").await;
+    first.new_order(&tenant).await;
+    assert_eq!(queue.receive(1, Duration::from_secs(10)).await.len(), 1);
+    let second = TestApp::spawn_publishing(&db_name, &queue.url, &sqs_endpoint()).await;
+    first.new_order(&tenant).await;
+    assert_eq!(queue.receive(1, Duration::from_secs(10)).await.len(), 1);
+
+    first.shut_down().await;
+    second.new_order(&tenant).await;
+    let published = queue.receive(1, Duration::from_secs(10)).await;
+    assert_eq!(published.len(), 1, "the second instance never published");
+}
