@@ -13,6 +13,7 @@ pub mod outbox_parked;
 pub mod portal_sessions;
 pub mod retention;
 pub mod server_secrets;
+pub mod webhook_attempts;
 pub mod webhook_endpoints;
 
 use std::str::FromStr;

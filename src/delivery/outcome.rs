@@ -6,7 +6,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::db::deliveries::{AttemptRow, Settled, FAILED, PENDING, SUCCEEDED};
+use crate::db::deliveries::{Settled, FAILED, PENDING, SUCCEEDED};
+use crate::db::webhook_attempts::AttemptRow;
 
 /// Longest `Retry-After` honored.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);

@@ -15,7 +15,8 @@ use uuid::Uuid;
 use super::outcome::{Health, Outcome};
 use super::shared::{with_retries, Shared};
 use crate::db;
-use crate::db::deliveries::{AttemptRow, Settled, PENDING};
+use crate::db::deliveries::{Settled, PENDING};
+use crate::db::webhook_attempts::AttemptRow;
 use crate::domain::time;
 
 /// Outcomes written in one transaction at most.
@@ -123,7 +124,7 @@ async fn write_outcomes(pool: &MySqlPool, group: &[Outcome]) -> sqlx::Result<boo
         let (endpoints, orders) = endpoints_and_orders(&touched);
         db::deliveries::order_slots(&mut *tx, &endpoints, &orders).await?;
     }
-    db::deliveries::insert_attempts(&mut *tx, &attempts).await?;
+    db::webhook_attempts::insert_many(&mut *tx, &attempts).await?;
     db::deliveries::settle(&mut *tx, &settled, now).await?;
     let mut release = vec![];
     if !pairs.is_empty() {

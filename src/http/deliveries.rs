@@ -17,7 +17,8 @@ use super::page::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use super::preconditions::idempotency_key;
 use super::webhooks::visible_endpoint;
 use crate::db;
-use crate::db::deliveries::{AttemptRow, DeliveryRow, NewDelivery, FAILED, PENDING, SUCCEEDED};
+use crate::db::deliveries::{DeliveryRow, NewDelivery, FAILED, PENDING, SUCCEEDED};
+use crate::db::webhook_attempts::AttemptRow;
 use crate::domain::cursor::{self, CursorKind};
 use crate::domain::{event_catalog, time, EventType};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
@@ -240,7 +241,7 @@ pub async fn attempts(
     invalid.finish()?;
     let after = after.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
     let rows =
-        db::deliveries::attempts(&state.db, delivery.id, after, db::fetch_limit(limit)).await?;
+        db::webhook_attempts::list(&state.db, delivery.id, after, db::fetch_limit(limit)).await?;
     Ok(axum::Json(Page::from_rows(
         rows,
         limit,

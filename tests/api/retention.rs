@@ -3,8 +3,9 @@
 //! the order history.
 
 use chrono::Duration;
-use mechanica::db::deliveries::{self, AttemptRow, DeliveryRow, NewDelivery};
+use mechanica::db::deliveries::{self, DeliveryRow, NewDelivery};
 use mechanica::db::retention;
+use mechanica::db::webhook_attempts::{self, AttemptRow};
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -43,7 +44,7 @@ async fn delivery(app: &TestApp, status: &str, age: Duration) -> Uuid {
         response_body: Some(String::new()),
         error: None,
     };
-    deliveries::insert_attempts(&app.db, &[attempt])
+    webhook_attempts::insert_many(&app.db, &[attempt])
         .await
         .unwrap();
     row.id
