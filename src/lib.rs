@@ -22,7 +22,7 @@ pub mod http;
 pub mod key_lookups;
 /// Request counts and latencies in Prometheus text.
 pub mod metrics;
-/// Group commit for new orders: concurrent creations share one transaction.
+/// Group commit for new orders and status changes: `creates`, `changes`, and what a failed `group` answers.
 pub mod order_writer;
 /// The relay from the outbox to SQS: a lease, a high-water mark, parking.
 pub mod outbox;
