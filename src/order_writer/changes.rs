@@ -89,7 +89,7 @@ pub(super) async fn write_changes(
     db: &MySqlPool,
     changes: Vec<StatusChange>,
     group: &Group,
-) -> Vec<Option<ApiResult<Order>>> {
+) -> Vec<Result<ApiResult<Order>, StatusChange>> {
     let mut answers = Answers::new(changes.len());
     // Changes to orders another transaction holds: their callers make them
     // (`OrderWriter::change_status`), so that no group task waits on a lock.
@@ -122,10 +122,14 @@ pub(super) async fn write_changes(
             }
         }
     }
-    let mut answers: Vec<Option<ApiResult<Order>>> =
-        answers.into_vec().into_iter().map(Some).collect();
+    // Each held-elsewhere change goes back to its caller, moved, not copied.
+    let mut changes: Vec<Option<StatusChange>> = changes.into_iter().map(Some).collect();
+    let mut answers: Vec<Result<ApiResult<Order>, StatusChange>> =
+        answers.into_vec().into_iter().map(Ok).collect();
     for i in held_elsewhere {
-        answers[i] = None;
+        if let Some(change) = changes[i].take() {
+            answers[i] = Err(change);
+        }
     }
     answers
 }

@@ -46,9 +46,9 @@ const MAX_GROUP: usize = 32;
 #[derive(Clone)]
 pub struct OrderWriter {
     creates: Batcher<Order, ApiResult<Order>>,
-    /// `None`: the order is held by another transaction; the caller makes
-    /// the change on its own.
-    changes: Batcher<StatusChange, Option<ApiResult<Order>>>,
+    /// `Err(change)`: its order is held by another transaction; the
+    /// change comes back and its caller makes it on its own.
+    changes: Batcher<StatusChange, Result<ApiResult<Order>, StatusChange>>,
     db: MySqlPool,
     signals: Arc<Signals>,
 }
@@ -91,11 +91,11 @@ impl OrderWriter {
     /// Applies the change and writes its event; returns the order as it now
     /// is, once committed.
     pub async fn change_status(&self, change: StatusChange) -> ApiResult<Order> {
-        match self.changes.call(change.clone()).await {
-            Ok(Some(answer)) => answer,
+        match self.changes.call(change).await {
+            Ok(Ok(answer)) => answer,
             // Its order is held by another transaction: waiting for that
             // lock here, not in a group task, holds up no other change.
-            Ok(None) => {
+            Ok(Err(change)) => {
                 let mut tx = self.db.begin().await?;
                 let order = change_one(&mut tx, &change).await?;
                 tx.commit().await?;
