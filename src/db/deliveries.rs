@@ -413,6 +413,23 @@ pub struct Settled {
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
+/// Which of these deliveries are `failed` now, with their attempt counts.
+pub async fn failed_among(
+    db: impl MySqlExecutor<'_>,
+    ids: &[Uuid],
+) -> sqlx::Result<Vec<(Uuid, u32)>> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut sql = QueryBuilder::new("SELECT id, attempts FROM webhook_deliveries WHERE id IN (");
+    let mut list = sql.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    sql.push(") AND status = 'failed'");
+    sql.build_query_as().fetch_all(db).await
+}
+
 /// Writes outcomes in one statement. A row whose lease has since passed to
 /// another claim (a stale attempt, a lease that ran out) is left as it is;
 /// returns how many rows were written.

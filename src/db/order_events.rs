@@ -14,7 +14,7 @@ pub async fn insert(db: impl MySqlExecutor<'_>, event: &Event) -> sqlx::Result<(
 /// call it in the transaction of the changes they record.
 pub async fn insert_many(db: impl MySqlExecutor<'_>, events: &[&Event]) -> sqlx::Result<()> {
     let mut sql = QueryBuilder::new(
-        "INSERT INTO order_events (id, order_id, customer_id, sequence, event_type, payload, created_at) ",
+        "INSERT INTO order_events (id, order_id, customer_id, sequence, event_type, status, payload, created_at) ",
     );
     let mut payloads = Vec::with_capacity(events.len());
     for event in events {
@@ -26,6 +26,7 @@ pub async fn insert_many(db: impl MySqlExecutor<'_>, events: &[&Event]) -> sqlx:
             .push_bind(event.data.customer_id)
             .push_bind(event.data.sequence)
             .push_bind(event.event_type.as_str())
+            .push_bind(event.data.order.status.as_str())
             .push_bind(payload)
             .push_bind(event.timestamp);
     });
@@ -206,6 +207,10 @@ pub async fn outbox_backlog(db: impl MySqlExecutor<'_>) -> sqlx::Result<(i64, f6
     Ok((count, age))
 }
 
+/// The order's status after event `e`: its column, or, for events written
+/// before the column, its payload's.
+const STATUS: &str = "COALESCE(e.status, JSON_VALUE(e.payload, '$.data.status'))";
+
 /// An event as fan-out reads it: the events a batch names, with their
 /// payloads, and every other event of their orders without.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -215,6 +220,8 @@ pub struct FanOutEvent {
     pub customer_id: Uuid,
     pub sequence: u32,
     pub event_type: String,
+    /// The order's status after it.
+    pub status: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub payload: Option<String>,
 }
@@ -231,10 +238,10 @@ pub async fn for_fan_out(
     if ids.is_empty() {
         return Ok(vec![]);
     }
-    let mut sql = QueryBuilder::new(
-        "SELECT e.id, e.order_id, e.customer_id, e.sequence, e.event_type, e.created_at,
-                IF(e.id IN (",
-    );
+    let mut sql = QueryBuilder::new(format!(
+        "SELECT e.id, e.order_id, e.customer_id, e.sequence, e.event_type, {STATUS} AS status,
+                e.created_at, IF(e.id IN ("
+    ));
     let mut list = sql.separated(", ");
     for id in ids {
         list.push_bind(*id);
@@ -269,18 +276,30 @@ pub async fn payloads(
     sql.build_query_as().fetch_all(db).await
 }
 
-/// Numbered events in `(after, through]` created before `before`, in feed
-/// order, without payloads: what reconciliation checks.
+/// A numbered event as reconciliation checks it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SettledEvent {
+    pub feed_position: u64,
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub event_type: String,
+    pub status: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Numbered events in `(after, through]`, in feed order, without
+/// payloads: what reconciliation checks.
 pub async fn settled_window(
     db: impl MySqlExecutor<'_>,
     after: u64,
     through: u64,
     limit: i64,
-) -> sqlx::Result<Vec<(u64, Uuid, Uuid, String, chrono::DateTime<chrono::Utc>)>> {
-    sqlx::query_as(
-        "SELECT feed_position, id, customer_id, event_type, created_at FROM order_events
-         WHERE feed_position > ? AND feed_position <= ? ORDER BY feed_position LIMIT ?",
-    )
+) -> sqlx::Result<Vec<SettledEvent>> {
+    sqlx::query_as(&format!(
+        "SELECT e.feed_position, e.id, e.customer_id, e.event_type, {STATUS} AS status, e.created_at
+         FROM order_events e
+         WHERE e.feed_position > ? AND e.feed_position <= ? ORDER BY e.feed_position LIMIT ?"
+    ))
     .bind(after)
     .bind(through)
     .bind(limit)

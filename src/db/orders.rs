@@ -1,7 +1,7 @@
 //! SQL for `orders`. Addresses and parcels are kept as JSON text.
 
 use chrono::{DateTime, Utc};
-use sqlx::{MySqlExecutor, QueryBuilder};
+use sqlx::{MySql, MySqlExecutor, QueryBuilder};
 use uuid::Uuid;
 
 use crate::domain::{Order, OrderStatus};
@@ -10,7 +10,8 @@ use crate::error::is_duplicate_key;
 /// `reference` compares byte for byte (`utf8mb4_bin`); sqlx reads a
 /// binary-collated column as bytes, so it is converted back to text here.
 const COLUMNS: &str = "id, customer_id, CONVERT(reference USING utf8mb4) AS reference, status, \
-                       pickup, delivery, parcels, notes, version, created_at, updated_at";
+                       pickup, delivery, parcels, notes, eta, last_location, version, created_at, \
+                       updated_at";
 
 #[derive(sqlx::FromRow)]
 struct OrderRow {
@@ -22,6 +23,8 @@ struct OrderRow {
     delivery: String,
     parcels: String,
     notes: Option<String>,
+    eta: Option<DateTime<Utc>>,
+    last_location: Option<String>,
     version: u32,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -43,6 +46,8 @@ impl TryFrom<OrderRow> for Order {
             delivery: serde_json::from_str(&row.delivery).map_err(decode)?,
             parcels: serde_json::from_str(&row.parcels).map_err(decode)?,
             notes: row.notes,
+            eta: row.eta,
+            last_location: row.last_location,
             version: row.version,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -101,7 +106,7 @@ pub async fn insert(db: impl MySqlExecutor<'_>, order: &Order) -> Result<(), Ins
 pub async fn insert_many(db: impl MySqlExecutor<'_>, orders: &[&Order]) -> Result<(), InsertError> {
     let mut sql = QueryBuilder::new(
         "INSERT INTO orders (id, customer_id, reference, status, pickup, delivery, parcels, notes,
-                             version, created_at, updated_at) ",
+                             eta, last_location, version, created_at, updated_at) ",
     );
     sql.push_values(orders, |mut row, order| {
         row.push_bind(order.id)
@@ -112,6 +117,8 @@ pub async fn insert_many(db: impl MySqlExecutor<'_>, orders: &[&Order]) -> Resul
             .push_bind(json(&order.delivery))
             .push_bind(json(&order.parcels))
             .push_bind(&order.notes)
+            .push_bind(order.eta)
+            .push_bind(&order.last_location)
             .push_bind(order.version)
             .push_bind(order.created_at)
             .push_bind(order.updated_at);
@@ -163,28 +170,31 @@ pub async fn existing(db: impl MySqlExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<
     sql.build_query_scalar().fetch_all(db).await
 }
 
-/// Writes the new status, version and update time of several orders in one
-/// statement.
-pub async fn update_statuses(db: impl MySqlExecutor<'_>, orders: &[&Order]) -> sqlx::Result<()> {
+/// Writes what changes can change (status, version, update time, eta,
+/// last location; with `amended`, also delivery, parcels and notes) of
+/// several orders in one statement.
+pub async fn update_many(
+    db: impl MySqlExecutor<'_>,
+    orders: &[&Order],
+    amended: bool,
+) -> sqlx::Result<()> {
     // By the primary key, always: a scan (the planner's choice on a small
     // table) would lock every row it passes, and wait for orders that other
     // transactions hold.
-    let mut sql = QueryBuilder::new("UPDATE orders FORCE INDEX (PRIMARY) SET status = CASE id");
-    for order in orders {
-        sql.push(" WHEN ").push_bind(order.id);
-        sql.push(" THEN ").push_bind(order.status.as_str());
+    let mut sql = QueryBuilder::new("UPDATE orders FORCE INDEX (PRIMARY) SET ");
+    set_case(&mut sql, orders, "status", |o| o.status.as_str());
+    set_case(&mut sql, orders, ", version", |o| o.version);
+    set_case(&mut sql, orders, ", updated_at", |o| o.updated_at);
+    set_case(&mut sql, orders, ", eta", |o| o.eta);
+    set_case(&mut sql, orders, ", last_location", |o| {
+        o.last_location.clone()
+    });
+    if amended {
+        set_case(&mut sql, orders, ", delivery", |o| json(&o.delivery));
+        set_case(&mut sql, orders, ", parcels", |o| json(&o.parcels));
+        set_case(&mut sql, orders, ", notes", |o| o.notes.clone());
     }
-    sql.push(" END, version = CASE id");
-    for order in orders {
-        sql.push(" WHEN ").push_bind(order.id);
-        sql.push(" THEN ").push_bind(order.version);
-    }
-    sql.push(" END, updated_at = CASE id");
-    for order in orders {
-        sql.push(" WHEN ").push_bind(order.id);
-        sql.push(" THEN ").push_bind(order.updated_at);
-    }
-    sql.push(" END WHERE id IN (");
+    sql.push(" WHERE id IN (");
     let mut list = sql.separated(", ");
     for order in orders {
         list.push_bind(order.id);
@@ -194,9 +204,21 @@ pub async fn update_statuses(db: impl MySqlExecutor<'_>, orders: &[&Order]) -> s
     Ok(())
 }
 
-/// Writes a new status, version and update time.
-pub async fn update_status(db: impl MySqlExecutor<'_>, order: &Order) -> sqlx::Result<()> {
-    update_statuses(db, &[order]).await
+/// `column = CASE id WHEN … THEN … END`, each order's value by its id.
+fn set_case<'a, T>(
+    sql: &mut QueryBuilder<'a, MySql>,
+    orders: &[&Order],
+    column: &str,
+    value: impl Fn(&Order) -> T,
+) where
+    T: 'a + sqlx::Encode<'a, MySql> + sqlx::Type<MySql>,
+{
+    sql.push(column).push(" = CASE id");
+    for order in orders {
+        sql.push(" WHEN ").push_bind(order.id);
+        sql.push(" THEN ").push_bind(value(order));
+    }
+    sql.push(" END");
 }
 
 pub struct ListFilter {

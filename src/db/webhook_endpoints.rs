@@ -4,13 +4,21 @@ use chrono::{DateTime, Utc};
 use sqlx::{MySqlExecutor, QueryBuilder};
 use uuid::Uuid;
 
+use crate::domain::webhook::{EventFilter, StatusFilter};
+use crate::domain::{EventType, OrderStatus};
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct EndpointRow {
     pub id: Uuid,
     pub customer_id: Uuid,
     pub url: String,
     pub description: Option<String>,
+    /// The `order.*` types it receives (see `EventFilter`).
     pub event_mask: u32,
+    /// The notices it receives (see `EventFilter`).
+    pub notice_mask: u32,
+    /// The statuses it gets status changes for; `None`: all.
+    pub status_mask: Option<u32>,
     pub enabled: bool,
     pub disabled_reason: Option<String>,
     pub secret: String,
@@ -27,19 +35,42 @@ pub struct EndpointRow {
     pub headers: Option<String>,
 }
 
-const COLUMNS: &str = "id, customer_id, url, description, event_mask, enabled, disabled_reason, \
-                       secret, previous_secret, previous_secret_expires_at, created_at, updated_at, \
-                       failing_since, rate_limit_per_second, headers";
+const COLUMNS: &str = "id, customer_id, url, description, event_mask, notice_mask, status_mask, \
+                       enabled, disabled_reason, secret, previous_secret, previous_secret_expires_at, \
+                       created_at, updated_at, failing_since, rate_limit_per_second, headers";
+
+impl EndpointRow {
+    pub fn event_filter(&self) -> EventFilter {
+        EventFilter {
+            orders: self.event_mask,
+            notices: self.notice_mask,
+        }
+    }
+
+    pub fn status_filter(&self) -> StatusFilter {
+        StatusFilter(self.status_mask)
+    }
+
+    /// Whether the endpoint receives an event of this type (unknown: no)
+    /// leaving its order in `status`.
+    pub fn receives(&self, event_type: &str, status: Option<OrderStatus>) -> bool {
+        EventType::parse(event_type).is_some_and(|t| {
+            self.event_filter().includes(t) && self.status_filter().passes(t, status)
+        })
+    }
+}
 
 pub async fn insert(db: impl MySqlExecutor<'_>, row: &EndpointRow) -> sqlx::Result<()> {
     sqlx::query(&format!(
-        "INSERT INTO webhook_endpoints ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO webhook_endpoints ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .bind(row.id)
     .bind(row.customer_id)
     .bind(&row.url)
     .bind(&row.description)
     .bind(row.event_mask)
+    .bind(row.notice_mask)
+    .bind(row.status_mask)
     .bind(row.enabled)
     .bind(&row.disabled_reason)
     .bind(&row.secret)
@@ -58,7 +89,8 @@ pub async fn insert(db: impl MySqlExecutor<'_>, row: &EndpointRow) -> sqlx::Resu
 /// Writes every mutable column back.
 pub async fn update(db: impl MySqlExecutor<'_>, row: &EndpointRow) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE webhook_endpoints SET url = ?, description = ?, event_mask = ?, enabled = ?,
+        "UPDATE webhook_endpoints SET url = ?, description = ?, event_mask = ?, notice_mask = ?,
+             status_mask = ?, enabled = ?,
              disabled_reason = ?, secret = ?, previous_secret = ?, previous_secret_expires_at = ?,
              updated_at = ?, failing_since = ?, rate_limit_per_second = ?, headers = ?
          WHERE id = ?",
@@ -66,6 +98,8 @@ pub async fn update(db: impl MySqlExecutor<'_>, row: &EndpointRow) -> sqlx::Resu
     .bind(&row.url)
     .bind(&row.description)
     .bind(row.event_mask)
+    .bind(row.notice_mask)
+    .bind(row.status_mask)
     .bind(row.enabled)
     .bind(&row.disabled_reason)
     .bind(&row.secret)
@@ -229,13 +263,14 @@ pub async fn mark_succeeding(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Resu
 }
 
 /// After a failed attempt: remembers since when it fails, and disables it
-/// once every delivery has failed for `disable_after`.
+/// once every delivery has failed for `disable_after`; the reason, if this
+/// call disabled it.
 pub async fn mark_failing(
     db: &mut sqlx::MySqlConnection,
     id: Uuid,
     now: DateTime<Utc>,
     disable_after: chrono::Duration,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<Option<String>> {
     sqlx::query(
         "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, ?) WHERE id = ?",
     )
@@ -243,20 +278,18 @@ pub async fn mark_failing(
     .bind(id)
     .execute(&mut *db)
     .await?;
-    sqlx::query(
+    let reason = format!("every delivery failed for {}", human(disable_after));
+    let disabled = sqlx::query(
         "UPDATE webhook_endpoints SET enabled = 0, disabled_reason = ?, updated_at = ?
          WHERE id = ? AND enabled = 1 AND failing_since <= ?",
     )
-    .bind(format!(
-        "every delivery failed for {}",
-        human(disable_after)
-    ))
+    .bind(&reason)
     .bind(now)
     .bind(id)
     .bind(now - disable_after)
     .execute(&mut *db)
     .await?;
-    Ok(())
+    Ok((disabled.rows_affected() > 0).then_some(reason))
 }
 
 /// "5 days", "12 hours", "90 seconds".
@@ -269,19 +302,23 @@ fn human(period: chrono::Duration) -> String {
     }
 }
 
+/// Disables an enabled endpoint; true if this call did.
 pub async fn disable(
     db: impl MySqlExecutor<'_>,
     id: Uuid,
     reason: &str,
     now: DateTime<Utc>,
-) -> sqlx::Result<()> {
-    sqlx::query("UPDATE webhook_endpoints SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ?")
-        .bind(reason)
-        .bind(now)
-        .bind(id)
-        .execute(db)
-        .await?;
-    Ok(())
+) -> sqlx::Result<bool> {
+    let disabled = sqlx::query(
+        "UPDATE webhook_endpoints SET enabled = 0, disabled_reason = ?, updated_at = ?
+         WHERE id = ? AND enabled = 1",
+    )
+    .bind(reason)
+    .bind(now)
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(disabled.rows_affected() > 0)
 }
 
 pub async fn disabled_count(db: impl MySqlExecutor<'_>) -> sqlx::Result<i64> {

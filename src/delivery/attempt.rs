@@ -20,6 +20,7 @@ use crate::db;
 use crate::db::deliveries::{DeliveryRow, Settled, FAILED, PENDING, SUCCEEDED};
 use crate::db::webhook_attempts::AttemptRow;
 use crate::db::webhook_endpoints::EndpointRow;
+use crate::domain::notice::FailedDelivery;
 use crate::domain::time;
 use crate::domain::webhook::SigningSecret;
 use crate::domain::webhook_headers::CustomHeaders;
@@ -247,6 +248,26 @@ pub(super) async fn attempt(
     } else {
         Health::Failed
     };
+    // Pending until now, and an order event's: the customer's other
+    // endpoints may want to know (a hand-made retry of a failed delivery
+    // that fails again tells nobody twice).
+    let failed = match (row.order_id, row.sequence) {
+        (Some(order_id), Some(sequence)) if status == FAILED && row.status == PENDING => {
+            Some(FailedDelivery {
+                customer_id: row.customer_id,
+                endpoint_id: row.endpoint_id,
+                delivery_id: row.id,
+                event_id: row.event_id,
+                event_type: row.event_type.clone(),
+                order_id,
+                sequence,
+                attempts,
+                last_response_status: result.response_status,
+                last_error: result.error.clone(),
+            })
+        }
+        _ => None,
+    };
     Outcome {
         settled: Settled {
             id: row.id,
@@ -271,6 +292,7 @@ pub(super) async fn attempt(
         endpoint_id: row.endpoint_id,
         order_id: row.order_id,
         health,
+        failed,
     }
 }
 
@@ -299,6 +321,9 @@ fn unattempted(row: DeliveryRow, leased_at: DateTime<Utc>, reason: String) -> Ou
         endpoint_id: row.endpoint_id,
         order_id: row.order_id,
         health: Health::Unchanged,
+        // Not attempted: its endpoint was deleted (by the customer) or
+        // disabled (`endpoint.disabled` told them).
+        failed: None,
     }
 }
 

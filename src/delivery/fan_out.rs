@@ -26,8 +26,7 @@ use crate::db;
 use crate::db::deliveries::{DeliveryRow, NewDelivery, OrderSlot, PENDING};
 use crate::db::order_events::FanOutEvent;
 use crate::db::webhook_endpoints::EndpointRow;
-use crate::domain::webhook::EventFilter;
-use crate::domain::EventType;
+use crate::domain::OrderStatus;
 
 /// A delivery to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,16 +55,14 @@ pub fn plan(
     }
     // (endpoint, order) → the events to create, by sequence.
     let mut wanted: BTreeMap<(Uuid, Uuid), BTreeMap<u32, usize>> = BTreeMap::new();
+    let status = |e: &FanOutEvent| e.status.as_deref().and_then(OrderStatus::parse);
     for &n in named {
         let event = &events[n];
-        let Some(event_type) = EventType::parse(&event.event_type) else {
-            continue;
-        };
         // An endpoint gets only events of its own time: a message delivered
         // late must not bring it an event committed before it existed.
         for endpoint in endpoints.iter().filter(|e| {
             e.customer_id == event.customer_id
-                && EventFilter(e.event_mask).includes(event_type)
+                && e.receives(&event.event_type, status(event))
                 && event.created_at >= e.created_at
         }) {
             let want = wanted.entry((endpoint.id, event.order_id)).or_default();
@@ -76,10 +73,8 @@ pub fn plan(
             // it existed) and has no delivery for: their messages are late.
             for &k in by_order.get(&event.order_id).into_iter().flatten() {
                 let earlier = &events[k];
-                let receives = EventType::parse(&earlier.event_type)
-                    .is_some_and(|t| EventFilter(endpoint.event_mask).includes(t));
                 if earlier.sequence < event.sequence
-                    && receives
+                    && endpoint.receives(&earlier.event_type, status(earlier))
                     && earlier.created_at >= endpoint.created_at
                     && !exists.contains(&(earlier.id, endpoint.id))
                 {
@@ -265,6 +260,7 @@ mod tests {
             customer_id: Uuid::nil(),
             sequence,
             event_type: kind.into(),
+            status: Some("in_transit".into()),
             created_at: crate::domain::time::now() - chrono::Duration::seconds(age_s),
             payload: named.then(|| "{}".into()),
         }
@@ -278,6 +274,8 @@ mod tests {
             url: "https://example.com/".into(),
             description: None,
             event_mask: mask,
+            notice_mask: 0,
+            status_mask: None,
             enabled: true,
             disabled_reason: None,
             secret: "s".into(),
@@ -305,6 +303,7 @@ mod tests {
 
     const CREATED: &str = "order.created";
     const CHANGED: &str = "order.status_changed";
+    const TRACKED: &str = "order.tracking_updated";
 
     /// The next event is due after a settled earlier one, and waits
     /// behind a pending one.
@@ -377,6 +376,51 @@ mod tests {
             got, want,
             "created is filtered out, and is older than `young`"
         );
+    }
+
+    /// A tracking update waits behind the pending status change before it
+    /// like any order event; a status change the endpoint's `statuses`
+    /// filter leaves out is not created, and holds nothing up.
+    #[test]
+    fn every_order_type_keeps_its_place_and_the_status_filter_skips_unlisted_changes() {
+        let order = Uuid::now_v7();
+        let all = endpoint(u32::MAX, 100);
+        let mut delivered_only = endpoint(u32::MAX, 100);
+        delivered_only.status_mask = Some(OrderStatus::Delivered.bit());
+        let events = vec![
+            event(order, 1, CREATED, 50, false),
+            event(order, 2, CHANGED, 40, true),
+            event(order, 3, TRACKED, 30, true),
+        ];
+        let slots = vec![
+            slot(&events[0], &all, "succeeded"),
+            slot(&events[0], &delivered_only, "succeeded"),
+        ];
+        let mut planned = plan(
+            &events,
+            &[1, 2],
+            &[all.clone(), delivered_only.clone()],
+            &slots,
+        );
+        planned.sort_by_key(|p| (p.endpoint_id == delivered_only.id, p.event));
+        let expected = vec![
+            Planned {
+                event: 1,
+                endpoint_id: all.id,
+                due: true,
+            },
+            Planned {
+                event: 2,
+                endpoint_id: all.id,
+                due: false,
+            },
+            Planned {
+                event: 2,
+                endpoint_id: delivered_only.id,
+                due: true,
+            },
+        ];
+        assert_eq!(planned, expected);
     }
 
     #[test]

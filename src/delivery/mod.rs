@@ -35,6 +35,7 @@ mod ingest;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod metrics;
+mod notices;
 pub mod outcome;
 mod pace;
 mod reconcile;

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::db::deliveries::{Settled, FAILED, PENDING, SUCCEEDED};
 use crate::db::webhook_attempts::AttemptRow;
+use crate::domain::notice::FailedDelivery;
 
 /// Longest `Retry-After` honored.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -96,6 +97,9 @@ pub struct Outcome {
     pub endpoint_id: Uuid,
     pub order_id: Option<Uuid>,
     pub health: Health,
+    /// The delivery of an order event failed for good with this attempt:
+    /// what `delivery.failed` tells the customer's other endpoints.
+    pub failed: Option<FailedDelivery>,
 }
 
 pub enum Health {

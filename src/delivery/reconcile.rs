@@ -11,7 +11,7 @@ use super::attempt::spawn_attempt;
 use super::ingest::ingest_batch;
 use super::shared::{with_retries, Shared};
 use crate::db;
-use crate::domain::time;
+use crate::domain::{time, OrderStatus};
 
 /// Gives every committed event its deliveries, even if its SQS message was
 /// lost or dead-lettered: events older than `reconcile_after` are walked in
@@ -53,34 +53,32 @@ pub(super) async fn reconcile_once(
     let full = window.len() as i64 == WINDOW;
     let window: Vec<_> = window
         .into_iter()
-        .take_while(|(_, _, _, _, created_at)| *created_at < old_enough)
+        .take_while(|e| e.created_at < old_enough)
         .collect();
-    let Some(&(last, ..)) = window.last() else {
+    let Some(last) = window.last().map(|e| e.feed_position) else {
         return Ok(false);
     };
-    let mut customers: Vec<Uuid> = window.iter().map(|w| w.2).collect();
+    let mut customers: Vec<Uuid> = window.iter().map(|e| e.customer_id).collect();
     customers.sort();
     customers.dedup();
     let endpoints = db::webhook_endpoints::enabled_for(&shared.pool, &customers).await?;
-    let ids: Vec<Uuid> = window.iter().map(|w| w.1).collect();
+    let ids: Vec<Uuid> = window.iter().map(|e| e.id).collect();
     let have: HashSet<(Uuid, Uuid)> = db::deliveries::pairs_for_events(&shared.pool, &ids)
         .await?
         .into_iter()
         .collect();
     let missing: Vec<Uuid> = window
         .iter()
-        .filter(|(_, id, customer, kind, created_at)| {
-            let Some(kind) = crate::domain::EventType::parse(kind) else {
-                return false;
-            };
+        .filter(|event| {
+            let status = event.status.as_deref().and_then(OrderStatus::parse);
             endpoints.iter().any(|e| {
-                e.customer_id == *customer
-                    && crate::domain::webhook::EventFilter(e.event_mask).includes(kind)
-                    && e.created_at <= *created_at
-                    && !have.contains(&(*id, e.id))
+                e.customer_id == event.customer_id
+                    && e.receives(&event.event_type, status)
+                    && e.created_at <= event.created_at
+                    && !have.contains(&(event.id, e.id))
             })
         })
-        .map(|w| w.1)
+        .map(|e| e.id)
         .collect();
     if !missing.is_empty() {
         tracing::warn!(

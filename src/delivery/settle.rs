@@ -8,15 +8,18 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::MySqlPool;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
+use super::notices;
 use super::outcome::{Health, Outcome};
 use super::shared::{with_retries, Shared};
 use crate::db;
 use crate::db::deliveries::{Settled, PENDING};
 use crate::db::webhook_attempts::AttemptRow;
+use crate::domain::notice::FailedDelivery;
 use crate::domain::time;
 
 /// Outcomes written in one transaction at most.
@@ -99,8 +102,9 @@ pub(super) async fn write_group(shared: &Shared, group: &[Outcome], give_up: tok
     record_health(shared, group).await;
 }
 
-/// Attempts, new states and releases of one group, in one transaction;
-/// true if a waiting delivery was released.
+/// Attempts, new states, releases and `delivery.failed` notices of one
+/// group, in one transaction; true if a delivery became due (released, or
+/// a notice).
 async fn write_outcomes(pool: &MySqlPool, group: &[Outcome]) -> sqlx::Result<bool> {
     let now = time::now();
     let attempts: Vec<AttemptRow> = group.iter().filter_map(|o| o.attempt.clone()).collect();
@@ -126,6 +130,21 @@ async fn write_outcomes(pool: &MySqlPool, group: &[Outcome]) -> sqlx::Result<boo
     }
     db::webhook_attempts::insert_many(&mut *tx, &attempts).await?;
     db::deliveries::settle(&mut *tx, &settled, now).await?;
+    let mut told = 0;
+    let failing: Vec<&FailedDelivery> = group.iter().filter_map(|o| o.failed.as_ref()).collect();
+    if !failing.is_empty() {
+        // Only those this settle failed (a stale one wrote nothing).
+        let ids: Vec<Uuid> = failing.iter().map(|f| f.delivery_id).collect();
+        let failed: HashSet<(Uuid, u32)> = db::deliveries::failed_among(&mut *tx, &ids)
+            .await?
+            .into_iter()
+            .collect();
+        let ours: Vec<&FailedDelivery> = failing
+            .into_iter()
+            .filter(|f| failed.contains(&(f.delivery_id, f.attempts)))
+            .collect();
+        told = notices::deliveries_failed(&mut tx, &ours, now).await?;
+    }
     let mut release = vec![];
     if !pairs.is_empty() {
         // As they are now (the rows are this transaction's already).
@@ -153,7 +172,7 @@ async fn write_outcomes(pool: &MySqlPool, group: &[Outcome]) -> sqlx::Result<boo
         db::deliveries::release_waiting(&mut *tx, &release, now).await?;
     }
     tx.commit().await?;
-    Ok(!release.is_empty())
+    Ok(!release.is_empty() || told > 0)
 }
 
 /// The endpoints and the orders of these pairs, sorted, once each.
@@ -189,29 +208,67 @@ async fn record_health(shared: &Shared, group: &[Outcome]) {
     for (endpoint_id, health) in seen {
         let result = with_retries(|| async {
             match health {
-                Health::Unchanged | Health::Succeeded { was_failing: false } => Ok(()),
+                Health::Unchanged | Health::Succeeded { was_failing: false } => Ok(false),
                 Health::Succeeded { was_failing: true } => {
-                    db::webhook_endpoints::mark_succeeding(&shared.pool, endpoint_id).await
+                    db::webhook_endpoints::mark_succeeding(&shared.pool, endpoint_id).await?;
+                    Ok(false)
                 }
-                Health::Gone => {
-                    db::webhook_endpoints::disable(
-                        &shared.pool,
-                        endpoint_id,
-                        "the endpoint answered 410 Gone",
-                        now,
-                    )
-                    .await
-                }
-                Health::Failed => {
-                    let mut conn = shared.pool.acquire().await?;
-                    db::webhook_endpoints::mark_failing(&mut conn, endpoint_id, now, disable_after)
-                        .await
-                }
+                Health::Gone => gone(shared, endpoint_id, now).await,
+                Health::Failed => failing(shared, endpoint_id, now, disable_after).await,
             }
         })
         .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, %endpoint_id, "recording the endpoint's health failed");
+        match result {
+            Ok(true) => shared.wake.notify_one(),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, %endpoint_id, "recording the endpoint's health failed")
+            }
         }
+    }
+}
+
+/// A 410 disables the endpoint; if this did, `endpoint.disabled` goes out
+/// in the same transaction. True if any notice was written.
+async fn gone(shared: &Shared, endpoint_id: Uuid, now: DateTime<Utc>) -> sqlx::Result<bool> {
+    let reason = "the endpoint answered 410 Gone";
+    let mut tx = shared.pool.begin().await?;
+    let told = if db::webhook_endpoints::disable(&mut *tx, endpoint_id, reason, now).await? {
+        tell_disabled(&mut tx, endpoint_id, reason, now).await?
+    } else {
+        0
+    };
+    tx.commit().await?;
+    Ok(told > 0)
+}
+
+/// A failed attempt: the endpoint's failure clock, and, once it has failed
+/// long enough, its disabling and `endpoint.disabled`, in one transaction.
+async fn failing(
+    shared: &Shared,
+    endpoint_id: Uuid,
+    now: DateTime<Utc>,
+    disable_after: chrono::Duration,
+) -> sqlx::Result<bool> {
+    let mut tx = shared.pool.begin().await?;
+    let disabled =
+        db::webhook_endpoints::mark_failing(&mut tx, endpoint_id, now, disable_after).await?;
+    let told = match disabled {
+        Some(reason) => tell_disabled(&mut tx, endpoint_id, &reason, now).await?,
+        None => 0,
+    };
+    tx.commit().await?;
+    Ok(told > 0)
+}
+
+async fn tell_disabled(
+    tx: &mut sqlx::MySqlConnection,
+    endpoint_id: Uuid,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<usize> {
+    match db::webhook_endpoints::find(&mut *tx, endpoint_id).await? {
+        Some(endpoint) => notices::endpoint_disabled(tx, &endpoint, reason, now).await,
+        None => Ok(0),
     }
 }

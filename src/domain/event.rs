@@ -1,8 +1,11 @@
 //! The event envelope of SPEC §5: the history item, the outbox row's payload,
-//! the SQS message body and the feed item are all this one shape.
+//! the SQS message body and the feed item are all this one shape. The
+//! notices about a customer's webhooks (`endpoint.*`, `delivery.*`) share
+//! the envelope but not the order's data: they are built in `notice`.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -15,28 +18,52 @@ pub enum EventType {
     OrderCreated,
     #[serde(rename = "order.status_changed")]
     OrderStatusChanged,
+    #[serde(rename = "order.tracking_updated")]
+    OrderTrackingUpdated,
+    #[serde(rename = "order.updated")]
+    OrderUpdated,
+    /// The system disabled one of the customer's endpoints.
+    #[serde(rename = "endpoint.disabled")]
+    EndpointDisabled,
+    /// A delivery of an `order.*` event ended `failed`.
+    #[serde(rename = "delivery.failed")]
+    DeliveryFailed,
     /// Sent by `POST /v1/webhooks/{id}/test` to that endpoint only.
     #[serde(rename = "webhook.test")]
     WebhookTest,
 }
 
 impl EventType {
+    pub const ALL: [EventType; 7] = [
+        EventType::OrderCreated,
+        EventType::OrderStatusChanged,
+        EventType::OrderTrackingUpdated,
+        EventType::OrderUpdated,
+        EventType::EndpointDisabled,
+        EventType::DeliveryFailed,
+        EventType::WebhookTest,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::OrderCreated => "order.created",
             EventType::OrderStatusChanged => "order.status_changed",
+            EventType::OrderTrackingUpdated => "order.tracking_updated",
+            EventType::OrderUpdated => "order.updated",
+            EventType::EndpointDisabled => "endpoint.disabled",
+            EventType::DeliveryFailed => "delivery.failed",
             EventType::WebhookTest => "webhook.test",
         }
     }
 
     pub fn parse(name: &str) -> Option<EventType> {
-        [
-            EventType::OrderCreated,
-            EventType::OrderStatusChanged,
-            EventType::WebhookTest,
-        ]
-        .into_iter()
-        .find(|t| t.as_str() == name)
+        EventType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    /// An event of an order's life: in its history and the feed, ordered
+    /// by its sequence.
+    pub fn is_order(self) -> bool {
+        self.as_str().starts_with("order.")
     }
 }
 
@@ -58,19 +85,61 @@ pub struct OrderEventData {
     /// Counts the order's events from 1: receivers order and de-duplicate by it.
     #[schema(example = 3)]
     pub sequence: u32,
-    /// Null on `order.created`.
-    pub previous_status: Option<OrderStatus>,
-    pub status: OrderStatus,
-    pub note: Option<String>,
-    pub location: Option<String>,
+    /// What this event says happened; its fields depend on the type.
+    #[serde(flatten)]
+    pub change: Change,
     /// The whole order as it is after this event.
     pub order: Order,
+}
+
+/// The fields of an order event beyond the order and its sequence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Change {
+    /// `order.created` and `order.status_changed`.
+    Status {
+        /// Null on `order.created`.
+        previous_status: Option<OrderStatus>,
+        status: OrderStatus,
+        note: Option<String>,
+        location: Option<String>,
+    },
+    /// `order.tracking_updated`.
+    Tracking {
+        status: OrderStatus,
+        location: String,
+        note: Option<String>,
+        #[serde(with = "super::time::millis_option")]
+        #[schema(value_type = Option<String>, format = DateTime)]
+        eta: Option<DateTime<Utc>>,
+        #[serde(with = "super::time::millis_option")]
+        #[schema(value_type = Option<String>, format = DateTime)]
+        previous_eta: Option<DateTime<Utc>>,
+    },
+    /// `order.updated`.
+    Amended {
+        status: OrderStatus,
+        /// The fields the amendment changed, sorted.
+        changed: Vec<String>,
+        /// Each changed field's value before the amendment.
+        #[schema(value_type = Object)]
+        previous: Map<String, Value>,
+    },
 }
 
 impl Event {
     /// The event recording that `order` was created (its sequence is 1).
     pub fn created(order: &Order) -> Event {
-        Event::new(EventType::OrderCreated, order, None, None, None)
+        Event::of(
+            EventType::OrderCreated,
+            order,
+            Change::Status {
+                previous_status: None,
+                status: order.status,
+                note: None,
+                location: None,
+            },
+        )
     }
 
     /// The event recording that `order` (as it is now) left `previous`.
@@ -80,22 +149,21 @@ impl Event {
         note: Option<String>,
         location: Option<String>,
     ) -> Event {
-        Event::new(
+        Event::of(
             EventType::OrderStatusChanged,
             order,
-            Some(previous),
-            note,
-            location,
+            Change::Status {
+                previous_status: Some(previous),
+                status: order.status,
+                note,
+                location,
+            },
         )
     }
 
-    fn new(
-        event_type: EventType,
-        order: &Order,
-        previous_status: Option<OrderStatus>,
-        note: Option<String>,
-        location: Option<String>,
-    ) -> Event {
+    /// The event of a change to `order` (as it is now), stamped with its
+    /// version and update time.
+    pub fn of(event_type: EventType, order: &Order, change: Change) -> Event {
         Event {
             id: Uuid::now_v7(),
             event_type,
@@ -104,12 +172,39 @@ impl Event {
                 order_id: order.id,
                 customer_id: order.customer_id,
                 sequence: order.version,
-                previous_status,
-                status: order.status,
-                note,
-                location,
+                change,
                 order: order.clone(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_parses_back_from_its_name() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+            assert_eq!(
+                serde_json::to_value(t).unwrap(),
+                Value::String(t.as_str().into())
+            );
+        }
+        let order_types: Vec<&str> = EventType::ALL
+            .into_iter()
+            .filter(|t| t.is_order())
+            .map(EventType::as_str)
+            .collect();
+        assert_eq!(
+            order_types,
+            [
+                "order.created",
+                "order.status_changed",
+                "order.tracking_updated",
+                "order.updated"
+            ]
+        );
     }
 }

@@ -4,6 +4,7 @@ pub mod country;
 pub mod cursor;
 pub mod event;
 pub mod event_catalog;
+pub mod notice;
 pub mod order;
 pub mod order_status;
 pub mod portal;

@@ -1,6 +1,7 @@
 //! An order's contents: addresses and parcels, checked once at the edge.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::country;
@@ -72,21 +73,7 @@ impl OrderContents {
         }
         check_address(&mut checks, "pickup", &pickup);
         check_address(&mut checks, "delivery", &delivery);
-        if parcels.is_empty() || parcels.len() > MAX_PARCELS {
-            checks.fail("parcels", format!("must hold 1 to {MAX_PARCELS} parcels"));
-        }
-        for (i, parcel) in parcels.iter().enumerate() {
-            let field = |name: &str| format!("parcels[{i}].{name}");
-            checks.range(
-                &field("weight_grams"),
-                parcel.weight_grams,
-                1,
-                MAX_WEIGHT_GRAMS,
-            );
-            checks.range(&field("length_mm"), parcel.length_mm, 1, MAX_DIMENSION_MM);
-            checks.range(&field("width_mm"), parcel.width_mm, 1, MAX_DIMENSION_MM);
-            checks.range(&field("height_mm"), parcel.height_mm, 1, MAX_DIMENSION_MM);
-        }
+        check_parcels(&mut checks, &parcels);
         if let Some(notes) = &notes {
             checks.text("notes", notes, MAX_NOTES_CHARS, true);
         }
@@ -98,6 +85,99 @@ impl OrderContents {
             parcels,
             notes,
         })
+    }
+}
+
+/// A checked amendment (SPEC §13): each field given replaces the order's
+/// whole, under the rules of creation. The pickup address is not among
+/// them: the carrier plans its collection from it once the order is placed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Amendment {
+    pub delivery: Option<Address>,
+    pub parcels: Option<Vec<Parcel>>,
+    /// `Some(None)` clears the notes.
+    pub notes: Option<Option<String>>,
+}
+
+/// The fields an amendment may change, as named in `changed`.
+pub const AMENDABLE_FIELDS: [&str; 3] = ["delivery", "notes", "parcels"];
+
+impl Amendment {
+    /// Checks every field given; at least one must be.
+    pub fn parse(
+        delivery: Option<Address>,
+        parcels: Option<Vec<Parcel>>,
+        notes: Option<Option<String>>,
+    ) -> Result<Amendment, Vec<FieldError>> {
+        let mut checks = Checks::default();
+        if delivery.is_none() && parcels.is_none() && notes.is_none() {
+            checks.fail(
+                "body",
+                format!("give at least one of {}", AMENDABLE_FIELDS.join(", ")),
+            );
+        }
+        if let Some(delivery) = &delivery {
+            check_address(&mut checks, "delivery", delivery);
+        }
+        if let Some(parcels) = &parcels {
+            check_parcels(&mut checks, parcels);
+        }
+        if let Some(Some(notes)) = &notes {
+            checks.text("notes", notes, MAX_NOTES_CHARS, true);
+        }
+        checks.finish()?;
+        Ok(Amendment {
+            delivery,
+            parcels,
+            notes,
+        })
+    }
+
+    /// Applies the amendment to `order`'s contents: the names of the fields
+    /// it changed, sorted, and each one's value before. A field given with
+    /// the value it has is not a change; nothing changed leaves `order` as
+    /// it was.
+    pub fn apply(&self, order: &mut Order) -> (Vec<String>, serde_json::Map<String, Value>) {
+        let mut previous = serde_json::Map::new();
+        let mut note = |name: &str, old: Value| {
+            previous.insert(name.to_string(), old);
+        };
+        if let Some(delivery) = self.delivery.as_ref().filter(|d| **d != order.delivery) {
+            note("delivery", json(&order.delivery));
+            order.delivery = delivery.clone();
+        }
+        if let Some(notes) = self.notes.as_ref().filter(|n| **n != order.notes) {
+            note("notes", json(&order.notes));
+            order.notes = notes.clone();
+        }
+        if let Some(parcels) = self.parcels.as_ref().filter(|p| **p != order.parcels) {
+            note("parcels", json(&order.parcels));
+            order.parcels = parcels.clone();
+        }
+        // A `Map` keeps its keys sorted: `changed` is in the same order.
+        (previous.keys().cloned().collect(), previous)
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or_default()
+}
+
+fn check_parcels(checks: &mut Checks, parcels: &[Parcel]) {
+    if parcels.is_empty() || parcels.len() > MAX_PARCELS {
+        checks.fail("parcels", format!("must hold 1 to {MAX_PARCELS} parcels"));
+    }
+    for (i, parcel) in parcels.iter().enumerate() {
+        let field = |name: &str| format!("parcels[{i}].{name}");
+        checks.range(
+            &field("weight_grams"),
+            parcel.weight_grams,
+            1,
+            MAX_WEIGHT_GRAMS,
+        );
+        checks.range(&field("length_mm"), parcel.length_mm, 1, MAX_DIMENSION_MM);
+        checks.range(&field("width_mm"), parcel.width_mm, 1, MAX_DIMENSION_MM);
+        checks.range(&field("height_mm"), parcel.height_mm, 1, MAX_DIMENSION_MM);
     }
 }
 
@@ -209,6 +289,16 @@ pub struct Order {
     pub delivery: Address,
     pub parcels: Vec<Parcel>,
     pub notes: Option<String>,
+    /// When the order is expected to arrive, as the last tracking update
+    /// gave it; null until one does.
+    #[serde(default, with = "super::time::millis_option")]
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-11-26T16:00:00.000Z")]
+    pub eta: Option<chrono::DateTime<chrono::Utc>>,
+    /// The latest location a status change or a tracking update gave; null
+    /// until one does.
+    #[serde(default)]
+    #[schema(example = "Antwerp depot")]
+    pub last_location: Option<String>,
     /// Starts at 1 and grows by one with every change; also the `ETag`.
     #[schema(example = 1)]
     pub version: u32,

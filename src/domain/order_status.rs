@@ -67,6 +67,34 @@ impl OrderStatus {
     pub fn can_move_to(self, to: OrderStatus) -> bool {
         self.next().contains(&to)
     }
+
+    /// Statuses in which an order takes tracking updates: confirmed and on
+    /// its way, not before and not after (SPEC §13).
+    pub const TRACKABLE: [OrderStatus; 5] = [
+        OrderStatus::Confirmed,
+        OrderStatus::PickedUp,
+        OrderStatus::InTransit,
+        OrderStatus::OutForDelivery,
+        OrderStatus::Exception,
+    ];
+
+    /// Statuses in which an order may be amended: not yet picked up.
+    pub const AMENDABLE: [OrderStatus; 2] = [OrderStatus::Pending, OrderStatus::Confirmed];
+
+    /// This status's bit in an endpoint's `statuses` filter.
+    pub fn bit(self) -> u32 {
+        let index = OrderStatus::ALL.iter().position(|s| *s == self);
+        1 << index.unwrap_or_default()
+    }
+}
+
+/// "`a`, `b` or `c`", for messages.
+pub fn list_of(statuses: &[OrderStatus]) -> String {
+    let names: Vec<String> = statuses.iter().map(|s| s.as_str().to_string()).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.join(""),
+    }
 }
 
 impl std::fmt::Display for OrderStatus {

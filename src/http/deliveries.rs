@@ -20,7 +20,7 @@ use crate::db;
 use crate::db::deliveries::{DeliveryRow, NewDelivery, FAILED, PENDING, SUCCEEDED};
 use crate::db::webhook_attempts::AttemptRow;
 use crate::domain::cursor::{self, CursorKind};
-use crate::domain::{event_catalog, time, EventType};
+use crate::domain::{notice, time, EventType};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
 use crate::principal::Principal;
 use crate::state::AppState;
@@ -322,7 +322,7 @@ pub async fn test(
     }
     let now = time::now();
     let event_id = Uuid::now_v7();
-    let envelope = event_catalog::test_envelope(event_id, endpoint.customer_id, endpoint.id, now);
+    let envelope = notice::test_envelope(event_id, endpoint.customer_id, endpoint.id, now);
     let payload = envelope.to_string();
     let new = NewDelivery {
         endpoint_id: endpoint.id,

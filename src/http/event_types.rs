@@ -23,6 +23,10 @@ pub struct EventTypeOut {
     pub description: &'static str,
     /// Endpoints can subscribe to it; `webhook.test` is sent to one endpoint on request.
     pub subscribable: bool,
+    /// An endpoint created without `event_types` receives it: every `order.*`
+    /// type, including ones added later; the news about your webhooks only
+    /// when listed.
+    pub default: bool,
     /// JSON Schema (2020-12) of the envelope.
     #[schema(value_type = Object)]
     pub schema: Value,
@@ -47,6 +51,7 @@ pub async fn list(_principal: Principal) -> ApiResult<axum::Json<EventTypes>> {
             event_type: entry.event_type.as_str(),
             description: entry.description,
             subscribable: entry.subscribable,
+            default: entry.default,
             schema: entry.schema,
             example: entry.example,
         })

@@ -87,6 +87,15 @@ where
     deserializer.deserialize_map(ObjectOnly(std::marker::PhantomData))
 }
 
+/// For a field where `null` means something (clear it):
+/// `#[serde(default, deserialize_with = "present")]` tells a field sent as
+/// `null` (`Some(None)`) from one not sent (`None`).
+pub fn present<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
 /// `object` for each element of a list of structs.
 pub fn objects<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
 where

@@ -9,6 +9,7 @@ use super::{
     api_keys, customers, deliveries, event_types, events, ops, orders, outbox, portal_sessions,
     webhooks,
 };
+use crate::domain::event::Change;
 use crate::domain::{Address, Event, EventType, Order, OrderEventData, OrderStatus, Parcel};
 use crate::error::{FieldError, Problem};
 
@@ -24,7 +25,8 @@ use crate::error::{FieldError, Problem};
     paths(
         customers::create, customers::list, customers::show,
         api_keys::create, api_keys::list, api_keys::revoke,
-        orders::create, orders::list, orders::show, orders::change_status, orders::history,
+        orders::create, orders::list, orders::show, orders::amend, orders::change_status,
+        orders::track, orders::history,
         events::feed,
         webhooks::create, webhooks::list, webhooks::show, webhooks::update, webhooks::remove,
         webhooks::secret, webhooks::rotate,
@@ -36,6 +38,7 @@ use crate::error::{FieldError, Problem};
     ),
     components(schemas(
         Problem, FieldError, Address, Parcel, Order, OrderStatus, Event, EventType, OrderEventData,
+        Change,
     )),
     modifiers(&BearerAuth, &CommonResponses),
     tags(

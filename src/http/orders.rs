@@ -13,24 +13,26 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::extract::{object, objects, parse_id, Invalid, Json, Params, PathText};
+use super::extract::{object, objects, parse_id, present, Invalid, Json, Params, PathText};
 use super::idempotent;
 use super::page::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use super::preconditions::{idempotency_key, if_match};
 use crate::db;
 use crate::domain::cursor::{self, CursorKind};
+use crate::domain::order::Amendment;
 use crate::domain::text::Checks;
 use crate::domain::{time, Address, Event, Order, OrderContents, OrderStatus, Parcel};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
-use crate::order_writer::{self, StatusChange};
+use crate::order_writer::{self, ChangeKind, OrderChange};
 use crate::principal::Principal;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/orders", get(list).post(create))
-        .route("/v1/orders/{id}", get(show))
+        .route("/v1/orders/{id}", get(show).patch(amend))
         .route("/v1/orders/{id}/status", post(change_status))
+        .route("/v1/orders/{id}/tracking", post(track))
         .route("/v1/orders/{id}/events", get(history))
 }
 
@@ -72,6 +74,48 @@ pub struct StatusChangeIn {
     #[serde(default)]
     #[schema(example = "Rotterdam hub")]
     pub location: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrackingIn {
+    /// Where the parcel is: free text, 1..500 characters.
+    #[schema(example = "Antwerp depot")]
+    pub location: String,
+    /// Free text, up to 500 characters.
+    #[serde(default)]
+    pub note: Option<String>,
+    /// When it should arrive, RFC 3339; `null` clears it, absent keeps it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-11-26T16:00:00Z")]
+    pub eta: Option<Option<String>>,
+}
+
+/// Any of the fields; each replaces the order's whole, under the rules of
+/// creation. The pickup address cannot be amended.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"notes": "Deliver to the back door"}))]
+pub struct OrderPatch {
+    #[serde(default, deserialize_with = "some_object")]
+    #[schema(value_type = Option<Address>)]
+    pub delivery: Option<Address>,
+    /// 1..100 parcels.
+    #[serde(default, deserialize_with = "some_objects")]
+    #[schema(value_type = Option<Vec<Parcel>>)]
+    pub parcels: Option<Vec<Parcel>>,
+    /// Up to 2000 characters; `null` clears them.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub notes: Option<Option<String>>,
+}
+
+fn some_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Address>, D::Error> {
+    object(d).map(Some)
+}
+
+fn some_objects<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<Parcel>>, D::Error> {
+    objects(d).map(Some)
 }
 
 /// Create an order. With `Idempotency-Key`, a retry returns the first response.
@@ -156,6 +200,8 @@ fn new_order(customer_id: Uuid, contents: OrderContents) -> Order {
         delivery: contents.delivery,
         parcels: contents.parcels,
         notes: contents.notes,
+        eta: None,
+        last_location: None,
         version: 1,
         created_at: now,
         updated_at: now,
@@ -303,21 +349,152 @@ pub async fn change_status(
     }
     checks.finish().map_err(ApiError::Validation)?;
     let target = target.ok_or(ApiError::Internal)?;
-    let change = StatusChange {
+    let change = OrderChange {
         order_id: id,
         principal,
-        target,
         expected,
-        note: body.note.clone(),
-        location: body.location.clone(),
+        kind: ChangeKind::Status {
+            target,
+            note: body.note.clone(),
+            location: body.location.clone(),
+        },
     };
+    let request = key.as_ref().map(|_| status_request_hash(id, &body));
+    make(&state, change, key.zip(request)).await
+}
+
+/// Record where an order is and when it should arrive (operator only):
+/// the event `order.tracking_updated`. With `Idempotency-Key`, a retry
+/// returns the first response and changes nothing.
+#[utoipa::path(post, path = "/v1/orders/{id}/tracking", operation_id = "updateOrderTracking", tag = "orders",
+    request_body = TrackingIn,
+    params(
+        ("id" = Uuid, Path, description = "Order id"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
+            description = "1..255 printable ASCII characters; the same key and body within 24 h replays the first response"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^\s*(\*|"[0-9]{1,9}"(\s*,\s*"[0-9]{1,9}")*)\s*$"#, description = "The version you last saw, quoted: 412 if the order has changed since"),
+    ),
+    responses(
+        (status = 200, description = "The updated order", body = Order,
+            headers(("ETag" = String, description = "The order's new version, quoted"))),
+        (status = 403, description = "Customers cannot send tracking updates", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order is not under way (`wrong-status`): tracking updates are accepted while it is confirmed, picked_up, in_transit, out_for_delivery or exception", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn track(
+    principal: Principal,
+    State(state): State<AppState>,
+    PathText(id): PathText<String>,
+    headers: HeaderMap,
+    Json(body): Json<TrackingIn>,
+) -> ApiResult<Response> {
+    if principal != Principal::Operator {
+        return Err(ApiError::Forbidden(
+            "tracking updates come from the operator".into(),
+        ));
+    }
+    let id = parse_id(&id, "order")?;
+    let expected = if_match(&headers)?;
+    let key = idempotency_key(&headers)?;
+    let mut checks = Checks::default();
+    checks.line("location", &body.location, MAX_NOTE_CHARS);
+    if let Some(note) = &body.note {
+        checks.text("note", note, MAX_NOTE_CHARS, true);
+    }
+    let eta = match &body.eta {
+        Some(Some(text)) => match parse_eta(text) {
+            Ok(eta) => Some(Some(eta)),
+            Err(message) => {
+                checks.fail("eta", message);
+                None
+            }
+        },
+        Some(None) => Some(None),
+        None => None,
+    };
+    checks.finish().map_err(ApiError::Validation)?;
+    let request = key.as_ref().map(|_| {
+        let body = serde_json::to_vec(&(&body.location, &body.note, &body.eta)).unwrap_or_default();
+        idempotent::request_hash(&[b"tracking", id.as_bytes(), &body])
+    });
+    let change = OrderChange {
+        order_id: id,
+        principal,
+        expected,
+        kind: ChangeKind::Tracking {
+            location: body.location,
+            note: body.note,
+            eta,
+        },
+    };
+    make(&state, change, key.zip(request)).await
+}
+
+/// An RFC 3339 time the database can keep, to the millisecond.
+fn parse_eta(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    use chrono::{Datelike, SubsecRound};
+    let eta = chrono::DateTime::parse_from_rfc3339(text)
+        .map_err(|_| "must be an RFC 3339 time, like 2026-11-26T16:00:00Z, or null".to_string())?
+        .with_timezone(&chrono::Utc)
+        .trunc_subsecs(3);
+    if !(2000..=9999).contains(&eta.year()) {
+        return Err("must be a time between the years 2000 and 9999".into());
+    }
+    Ok(eta)
+}
+
+/// Amend an order before pickup: its delivery address, parcels or notes
+/// (the event `order.updated`). A patch that changes nothing answers the
+/// order as it is, at the same version, and writes no event.
+#[utoipa::path(patch, path = "/v1/orders/{id}", operation_id = "amendOrder", tag = "orders",
+    request_body = OrderPatch,
+    params(
+        ("id" = Uuid, Path, description = "Order id"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^\s*(\*|"[0-9]{1,9}"(\s*,\s*"[0-9]{1,9}")*)\s*$"#, description = "The version you last saw, quoted: 412 if the order has changed since"),
+    ),
+    responses(
+        (status = 200, description = "The order, amended (or unchanged)", body = Order,
+            headers(("ETag" = String, description = "The order's version, quoted"))),
+        (status = 404, description = "No such order (or another customer's)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order is past pickup (`wrong-status`): amendments are accepted while it is pending or confirmed", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid or unknown field, or no field at all", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn amend(
+    principal: Principal,
+    State(state): State<AppState>,
+    PathText(id): PathText<String>,
+    headers: HeaderMap,
+    Json(body): Json<OrderPatch>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id, "order")?;
+    let expected = if_match(&headers)?;
+    let amendment =
+        Amendment::parse(body.delivery, body.parcels, body.notes).map_err(ApiError::Validation)?;
+    let change = OrderChange {
+        order_id: id,
+        principal,
+        expected,
+        kind: ChangeKind::Amend(amendment),
+    };
+    make(&state, change, None).await
+}
+
+/// Makes a change: with an idempotency key (and the request's hash) in one
+/// transaction with the key's claim and stored answer, otherwise in a group.
+async fn make(
+    state: &AppState,
+    change: OrderChange,
+    key: Option<(String, [u8; 32])>,
+) -> ApiResult<Response> {
     let order = match key {
-        Some(key) => {
-            // The key's claim, the change and the stored answer commit
-            // together.
+        Some((key, request)) => {
             let mut tx = state.db.begin().await?;
-            let request = status_request_hash(id, &body);
-            let owner = principal.owner_id();
+            let owner = change.principal.owner_id();
             if let Some(answer) = idempotent::claim(&mut tx, owner, Some(&key), request).await? {
                 return Ok(answer);
             }
@@ -327,7 +504,7 @@ pub async fn change_status(
             state.signals.events_committed();
             order
         }
-        None => state.orders.change_status(change).await?,
+        None => state.orders.change(change).await?,
     };
     Ok(([(ETAG, etag(&order))], axum::Json(order)).into_response())
 }

@@ -8,11 +8,11 @@ use axum::Router;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::extract::{parse_id, Invalid, Json, OptionalJson, Params, PathText};
+use super::extract::{parse_id, present, Invalid, Json, OptionalJson, Params, PathText};
 use super::idempotent;
 use super::page::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use super::preconditions::idempotency_key;
@@ -22,10 +22,11 @@ use crate::domain::cursor::{self, CursorKind};
 use crate::domain::text::Checks;
 use crate::domain::time;
 use crate::domain::webhook::{
-    EventFilter, SigningSecret, MAX_ENDPOINTS_PER_CUSTOMER, MAX_RATE_LIMIT,
+    EventFilter, SigningSecret, StatusFilter, MAX_ENDPOINTS_PER_CUSTOMER, MAX_RATE_LIMIT,
 };
 use crate::domain::webhook_headers::CustomHeaders;
 use crate::domain::webhook_url::WebhookUrl;
+use crate::domain::OrderStatus;
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
 use crate::principal::Principal;
 use crate::state::AppState;
@@ -54,9 +55,16 @@ pub struct WebhookIn {
     /// Up to 500 characters.
     #[serde(default)]
     pub description: Option<String>,
-    /// `order.created`, `order.status_changed`; absent or empty: all.
+    /// Any of the subscribable types of `GET /v1/event-types`; absent or
+    /// empty: every `order.*` type, including ones added later.
+    /// `endpoint.disabled` and `delivery.failed` come only when listed.
     #[serde(default)]
     pub event_types: Option<Vec<String>>,
+    /// Only these new statuses' `order.status_changed` events; absent or
+    /// null: every status. Other types are not filtered by it.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<OrderStatus>>, example = json!(["delivered", "exception"]))]
+    pub statuses: Option<Vec<String>>,
     /// Default true.
     #[serde(default)]
     pub enabled: Option<bool>,
@@ -88,6 +96,10 @@ pub struct WebhookPatch {
     pub description: Option<Option<String>>,
     #[serde(default)]
     pub event_types: Option<Vec<String>>,
+    /// `null` sends status changes to every status again.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<OrderStatus>>)]
+    pub statuses: Option<Option<Vec<String>>>,
     /// Re-enabling clears `disabled_reason`.
     #[serde(default)]
     pub enabled: Option<bool>,
@@ -99,13 +111,6 @@ pub struct WebhookPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<BTreeMap<String, String>>)]
     pub headers: Option<Option<BTreeMap<String, String>>>,
-}
-
-/// Tells a field sent as `null` (Some(None)) from one not sent (None).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -125,6 +130,9 @@ pub struct WebhookOut {
     pub description: Option<String>,
     #[schema(example = json!(["order.created", "order.status_changed"]))]
     pub event_types: Vec<&'static str>,
+    /// The new statuses it gets `order.status_changed` for; null: all.
+    #[schema(value_type = Option<Vec<OrderStatus>>)]
+    pub statuses: Option<Vec<&'static str>>,
     pub enabled: bool,
     /// Why the system disabled it (for example, every delivery failing for 5 days).
     pub disabled_reason: Option<String>,
@@ -161,7 +169,8 @@ impl From<&EndpointRow> for WebhookOut {
             customer_id: row.customer_id,
             url: row.url.clone(),
             description: row.description.clone(),
-            event_types: EventFilter(row.event_mask).names(),
+            event_types: row.event_filter().names(),
+            statuses: row.status_filter().names(),
             enabled: row.enabled,
             disabled_reason: row.disabled_reason.clone(),
             rate_limit_per_second: row.rate_limit_per_second,
@@ -270,6 +279,9 @@ pub async fn create(
     let filter = EventFilter::parse(body.event_types.as_deref())
         .map_err(|e| checks.fail("event_types", e))
         .ok();
+    let statuses = StatusFilter::parse(body.statuses.as_deref())
+        .map_err(|e| checks.fail("statuses", e))
+        .ok();
     let secret = parse_secret(body.secret.as_deref())
         .map_err(|e| checks.fail(e.field, e.message))
         .ok();
@@ -278,7 +290,8 @@ pub async fn create(
         .and_then(|limit| check_rate_limit(&mut checks, limit));
     let headers = check_headers(&mut checks, body.headers.clone().unwrap_or_default());
     checks.finish().map_err(ApiError::Validation)?;
-    let (Some(url), Some(filter), Some(secret), Some(headers)) = (url, filter, secret, headers)
+    let (Some(url), Some(filter), Some(statuses), Some(secret), Some(headers)) =
+        (url, filter, statuses, secret, headers)
     else {
         return Err(ApiError::Internal);
     };
@@ -322,7 +335,9 @@ pub async fn create(
         customer_id,
         url: url.as_str().to_string(),
         description: body.description,
-        event_mask: filter.0,
+        event_mask: filter.orders,
+        notice_mask: filter.notices,
+        status_mask: statuses.0,
         enabled: body.enabled.unwrap_or(true),
         disabled_reason: None,
         secret: state.secrets.seal(&secret),
@@ -422,7 +437,7 @@ pub async fn secret(
     }))
 }
 
-/// Change any of url, description, event_types, enabled, rate_limit_per_second, headers.
+/// Change any of url, description, event_types, statuses, enabled, rate_limit_per_second, headers.
 #[utoipa::path(patch, path = "/v1/webhooks/{id}", operation_id = "updateWebhook", tag = "webhooks",
     request_body = WebhookPatch,
     params(("id" = Uuid, Path, description = "Endpoint id")),
@@ -442,13 +457,14 @@ pub async fn update(
     if patch.url.is_none()
         && patch.description.is_none()
         && patch.event_types.is_none()
+        && patch.statuses.is_none()
         && patch.enabled.is_none()
         && patch.rate_limit_per_second.is_none()
         && patch.headers.is_none()
     {
         return Err(ApiError::invalid(
             "body",
-            "name at least one of url, description, event_types, enabled, rate_limit_per_second, headers",
+            "name at least one of url, description, event_types, statuses, enabled, rate_limit_per_second, headers",
         ));
     }
     let mut checks = Checks::default();
@@ -465,6 +481,12 @@ pub async fn update(
     let filter = match &patch.event_types {
         Some(names) => EventFilter::parse(Some(names))
             .map_err(|e| checks.fail("event_types", e))
+            .ok(),
+        None => None,
+    };
+    let statuses = match &patch.statuses {
+        Some(names) => StatusFilter::parse(names.as_deref())
+            .map_err(|e| checks.fail("statuses", e))
             .ok(),
         None => None,
     };
@@ -494,7 +516,11 @@ pub async fn update(
         row.description = description;
     }
     if let Some(filter) = filter {
-        row.event_mask = filter.0;
+        row.event_mask = filter.orders;
+        row.notice_mask = filter.notices;
+    }
+    if let Some(statuses) = statuses {
+        row.status_mask = statuses.0;
     }
     if let Some(enabled) = patch.enabled {
         if enabled && !row.enabled {

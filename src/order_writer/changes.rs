@@ -1,37 +1,75 @@
-//! Status changes in groups: one locking read of their orders, each change
-//! decided in arrival order by `apply`, one `UPDATE`, one `INSERT` of their
-//! events, one commit.
+//! Changes to orders in groups (status changes, tracking updates,
+//! amendments): one locking read of their orders, each change decided in
+//! arrival order by `apply`, one `UPDATE`, one `INSERT` of their events,
+//! one commit.
 
 use std::collections::{HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use sqlx::{MySqlConnection, MySqlPool};
 use uuid::Uuid;
 
 use super::group::{conflict_pause, Answers, GroupFailed, CONFLICT_RETRIES};
 use crate::batch::Group;
 use crate::db;
-use crate::domain::{time, Event, Order, OrderStatus};
+use crate::domain::event::Change;
+use crate::domain::order::Amendment;
+use crate::domain::order_status::list_of;
+use crate::domain::{time, Event, EventType, Order, OrderStatus};
 use crate::error::{ApiError, ApiResult};
 use crate::principal::Principal;
 
-/// A requested status change, checked for form but not yet against the order.
+/// A requested change to an order, checked for form but not yet against
+/// the order.
 #[derive(Debug, Clone)]
-pub struct StatusChange {
+pub struct OrderChange {
     pub order_id: Uuid,
     pub principal: Principal,
-    pub target: OrderStatus,
     /// `If-Match`: the versions the caller accepts.
     pub expected: Option<Vec<u32>>,
-    pub note: Option<String>,
-    pub location: Option<String>,
+    pub kind: ChangeKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum ChangeKind {
+    /// A move through the status machine.
+    Status {
+        target: OrderStatus,
+        note: Option<String>,
+        location: Option<String>,
+    },
+    /// Where the parcel is, and when it should arrive (operator only).
+    Tracking {
+        location: String,
+        note: Option<String>,
+        /// `None`: keep the eta; `Some(None)`: clear it.
+        eta: Option<Option<DateTime<Utc>>>,
+    },
+    /// New contents before pickup.
+    Amend(Amendment),
 }
 
 /// Checks `change` against `order` (as the caller may see it) and applies
-/// it: the status machine, `If-Match`, who may ask for what. Returns the
-/// event to record; on error the order is untouched.
-pub fn apply(order: &mut Order, change: &StatusChange) -> ApiResult<Event> {
+/// it: who may ask for what, `If-Match`, the status machine. Returns the
+/// event to record, or `None` for an amendment that changes nothing (the
+/// order keeps its version); on error the order is untouched.
+pub fn apply(order: &mut Order, change: &OrderChange) -> ApiResult<Option<Event>> {
     if !change.principal.can_see(order.customer_id) {
         return Err(ApiError::NotFound("order"));
+    }
+    let customer = matches!(change.principal, Principal::Customer(_));
+    match &change.kind {
+        ChangeKind::Status { target, .. } if customer && *target != OrderStatus::Cancelled => {
+            return Err(ApiError::Forbidden(
+                "customers may only move their orders to `cancelled`".into(),
+            ));
+        }
+        ChangeKind::Tracking { .. } if customer => {
+            return Err(ApiError::Forbidden(
+                "tracking updates come from the operator".into(),
+            ));
+        }
+        _ => {}
     }
     if let Some(versions) = &change.expected {
         if !versions.contains(&order.version) {
@@ -41,55 +79,111 @@ pub fn apply(order: &mut Order, change: &StatusChange) -> ApiResult<Event> {
             )));
         }
     }
-    if matches!(change.principal, Principal::Customer(_)) && change.target != OrderStatus::Cancelled
-    {
-        return Err(ApiError::Forbidden(
-            "customers may only move their orders to `cancelled`".into(),
-        ));
-    }
-    let (previous, target) = (order.status, change.target);
-    if target == previous {
-        return Err(ApiError::conflict(
-            "invalid-transition",
-            format!("the order is already `{previous}`"),
-        ));
-    }
-    if !previous.can_move_to(target) {
-        return Err(ApiError::conflict(
-            "invalid-transition",
-            format!("cannot move an order from `{previous}` to `{target}`"),
-        ));
-    }
-    order.status = target;
+    let (event_type, detail) = match &change.kind {
+        ChangeKind::Status {
+            target,
+            note,
+            location,
+        } => {
+            let (previous, target) = (order.status, *target);
+            if target == previous {
+                return Err(ApiError::conflict(
+                    "invalid-transition",
+                    format!("the order is already `{previous}`"),
+                ));
+            }
+            if !previous.can_move_to(target) {
+                return Err(ApiError::conflict(
+                    "invalid-transition",
+                    format!("cannot move an order from `{previous}` to `{target}`"),
+                ));
+            }
+            order.status = target;
+            if location.is_some() {
+                order.last_location.clone_from(location);
+            }
+            let detail = Change::Status {
+                previous_status: Some(previous),
+                status: target,
+                note: note.clone(),
+                location: location.clone(),
+            };
+            (EventType::OrderStatusChanged, detail)
+        }
+        ChangeKind::Tracking {
+            location,
+            note,
+            eta,
+        } => {
+            refuse_unless(order.status, &OrderStatus::TRACKABLE, "tracking updates")?;
+            let previous_eta = order.eta;
+            if let Some(eta) = eta {
+                order.eta = *eta;
+            }
+            order.last_location = Some(location.clone());
+            let detail = Change::Tracking {
+                status: order.status,
+                location: location.clone(),
+                note: note.clone(),
+                eta: order.eta,
+                previous_eta,
+            };
+            (EventType::OrderTrackingUpdated, detail)
+        }
+        ChangeKind::Amend(amendment) => {
+            refuse_unless(order.status, &OrderStatus::AMENDABLE, "amendments")?;
+            let (changed, previous) = amendment.apply(order);
+            if changed.is_empty() {
+                return Ok(None);
+            }
+            let detail = Change::Amended {
+                status: order.status,
+                changed,
+                previous,
+            };
+            (EventType::OrderUpdated, detail)
+        }
+    };
     order.version += 1;
     order.updated_at = time::now().max(order.updated_at);
-    Ok(Event::status_changed(
-        order,
-        previous,
-        change.note.clone(),
-        change.location.clone(),
+    Ok(Some(Event::of(event_type, order, detail)))
+}
+
+/// 409 `wrong-status` unless the order is in one of `allowed`.
+fn refuse_unless(status: OrderStatus, allowed: &[OrderStatus], what: &str) -> ApiResult<()> {
+    if allowed.contains(&status) {
+        return Ok(());
+    }
+    Err(ApiError::conflict(
+        "wrong-status",
+        format!(
+            "the order is `{status}`; {what} are accepted while it is {}",
+            list_of(allowed)
+        ),
     ))
 }
 
 /// Locks the order, applies the change and writes it and its event, in the
 /// caller's transaction: the path of a change that shares its transaction
 /// (an idempotency key's claim).
-pub async fn change_one(tx: &mut MySqlConnection, change: &StatusChange) -> ApiResult<Order> {
+pub async fn change_one(tx: &mut MySqlConnection, change: &OrderChange) -> ApiResult<Order> {
     let mut order = db::orders::find_for_update(&mut *tx, change.order_id)
         .await?
         .ok_or(ApiError::NotFound("order"))?;
-    let event = apply(&mut order, change)?;
-    db::orders::update_status(&mut *tx, &order).await?;
-    db::order_events::insert(&mut *tx, &event).await?;
+    if let Some(event) = apply(&mut order, change)? {
+        let amended = event.event_type == EventType::OrderUpdated;
+        db::orders::update_many(&mut *tx, &[&order], amended).await?;
+        db::order_events::insert(&mut *tx, &event).await?;
+    }
     Ok(order)
 }
 
 /// Applies the group's changes; see the module doc for the failures.
 pub(super) async fn write_changes(
     db: &MySqlPool,
-    changes: Vec<StatusChange>,
+    changes: Vec<OrderChange>,
     group: &Group,
-) -> Vec<Result<ApiResult<Order>, StatusChange>> {
+) -> Vec<Result<ApiResult<Order>, OrderChange>> {
     let mut answers = Answers::new(changes.len());
     // Changes to orders another transaction holds: their callers make them
     // (`OrderWriter::change_status`), so that no group task waits on a lock.
@@ -123,8 +217,8 @@ pub(super) async fn write_changes(
         }
     }
     // Each held-elsewhere change goes back to its caller, moved, not copied.
-    let mut changes: Vec<Option<StatusChange>> = changes.into_iter().map(Some).collect();
-    let mut answers: Vec<Result<ApiResult<Order>, StatusChange>> =
+    let mut changes: Vec<Option<OrderChange>> = changes.into_iter().map(Some).collect();
+    let mut answers: Vec<Result<ApiResult<Order>, OrderChange>> =
         answers.into_vec().into_iter().map(Ok).collect();
     for i in held_elsewhere {
         if let Some(change) = changes[i].take() {
@@ -140,7 +234,7 @@ pub(super) async fn write_changes(
 /// up the group.
 async fn change_group(
     db: &MySqlPool,
-    changes: &[StatusChange],
+    changes: &[OrderChange],
     indexes: &[usize],
     group: &Group,
 ) -> Result<Vec<Option<ApiResult<Order>>>, GroupFailed> {
@@ -180,8 +274,10 @@ async fn change_group(
             };
             // A refused change leaves the order as it was.
             Some(apply(order, change).map(|event| {
-                events.push(event);
-                applied.push(i);
+                if let Some(event) = event {
+                    events.push(event);
+                    applied.push(i);
+                }
                 order.clone()
             }))
         })
@@ -194,7 +290,10 @@ async fn change_group(
         .filter_map(|id| orders.get(id))
         .filter(|o| events.iter().any(|e| e.data.order_id == o.id))
         .collect();
-    db::orders::update_statuses(&mut *tx, &changed).await?;
+    let amended = events
+        .iter()
+        .any(|e| e.event_type == EventType::OrderUpdated);
+    db::orders::update_many(&mut *tx, &changed, amended).await?;
     db::order_events::insert_many(&mut *tx, &events.iter().collect::<Vec<_>>()).await?;
     group.hold(&applied).map_err(GroupFailed::CallersGone)?;
     tx.commit().await.map_err(|_| GroupFailed::AtCommit)?;
@@ -225,21 +324,48 @@ mod tests {
             delivery: address,
             parcels: vec![],
             notes: None,
+            eta: None,
+            last_location: None,
             version,
             created_at: now,
             updated_at: now,
         }
     }
 
-    /// Who asks, the order's customer, from, to, `If-Match`, and the
-    /// refusal's status (`None`: applied).
+    fn status(target: OrderStatus) -> ChangeKind {
+        ChangeKind::Status {
+            target,
+            note: None,
+            location: Some("Rotterdam hub".into()),
+        }
+    }
+
+    fn tracking() -> ChangeKind {
+        ChangeKind::Tracking {
+            location: "Antwerp depot".into(),
+            note: None,
+            eta: Some(Some(time::now())),
+        }
+    }
+
+    fn amend(notes: &str) -> ChangeKind {
+        ChangeKind::Amend(Amendment {
+            delivery: None,
+            parcels: None,
+            notes: Some(Some(notes.into())),
+        })
+    }
+
+    /// Who asks, the order's customer, its status, the change, `If-Match`,
+    /// and the answer: `Ok(true)` applied with an event, `Ok(false)`
+    /// nothing to change, `Err(status)` refused.
     type Case = (
         Principal,
         Uuid,
         OrderStatus,
-        OrderStatus,
+        ChangeKind,
         Option<Vec<u32>>,
-        Option<u16>,
+        Result<bool, u16>,
     );
 
     #[test]
@@ -248,42 +374,117 @@ mod tests {
         let (own, other) = (Uuid::now_v7(), Uuid::now_v7());
         let customer = Principal::Customer(own);
         let operator = Principal::Operator;
-        let cases: [Case; 9] = [
-            (operator, own, Pending, Confirmed, None, None),
-            (operator, own, Pending, Confirmed, Some(vec![3]), None),
-            (operator, own, Pending, Confirmed, Some(vec![2]), Some(412)),
-            (operator, own, Pending, Pending, None, Some(409)),
-            (operator, own, Delivered, Pending, None, Some(409)),
-            (customer, own, Pending, Cancelled, None, None),
-            (customer, own, Pending, Confirmed, None, Some(403)),
-            (customer, other, Pending, Cancelled, None, Some(404)),
+        let cases: Vec<Case> = vec![
+            (operator, own, Pending, status(Confirmed), None, Ok(true)),
+            (
+                operator,
+                own,
+                Pending,
+                status(Confirmed),
+                Some(vec![3]),
+                Ok(true),
+            ),
+            (
+                operator,
+                own,
+                Pending,
+                status(Confirmed),
+                Some(vec![2]),
+                Err(412),
+            ),
+            (operator, own, Pending, status(Pending), None, Err(409)),
+            (operator, own, Delivered, status(Pending), None, Err(409)),
+            (customer, own, Pending, status(Cancelled), None, Ok(true)),
+            (customer, own, Pending, status(Confirmed), None, Err(403)),
+            (customer, other, Pending, status(Cancelled), None, Err(404)),
             // Not seeing the order comes before every other check.
             (
                 customer,
                 other,
                 Pending,
-                Confirmed,
+                status(Confirmed),
                 Some(vec![9]),
-                Some(404),
+                Err(404),
+            ),
+            // Tracking: the operator's, while the order is on its way.
+            (operator, own, InTransit, tracking(), None, Ok(true)),
+            (
+                operator,
+                own,
+                Confirmed,
+                tracking(),
+                Some(vec![3]),
+                Ok(true),
+            ),
+            (operator, own, Exception, tracking(), None, Ok(true)),
+            (
+                operator,
+                own,
+                InTransit,
+                tracking(),
+                Some(vec![2]),
+                Err(412),
+            ),
+            (operator, own, Pending, tracking(), None, Err(409)),
+            (operator, own, Delivered, tracking(), None, Err(409)),
+            (operator, own, Cancelled, tracking(), None, Err(409)),
+            (customer, own, InTransit, tracking(), None, Err(403)),
+            (customer, other, InTransit, tracking(), None, Err(404)),
+            // Amendments: before pickup; the same value is no change.
+            (customer, own, Pending, amend("Ring twice"), None, Ok(true)),
+            (
+                operator,
+                own,
+                Confirmed,
+                amend("Ring twice"),
+                None,
+                Ok(true),
+            ),
+            (customer, own, Pending, amend("as before"), None, Ok(false)),
+            (
+                customer,
+                own,
+                Pending,
+                amend("as before"),
+                Some(vec![2]),
+                Err(412),
+            ),
+            (customer, own, PickedUp, amend("Ring twice"), None, Err(409)),
+            (
+                customer,
+                own,
+                Cancelled,
+                amend("Ring twice"),
+                None,
+                Err(409),
+            ),
+            (
+                customer,
+                other,
+                Pending,
+                amend("Ring twice"),
+                None,
+                Err(404),
             ),
         ];
-        for (n, (principal, owner, from, to, expected, refused)) in cases.into_iter().enumerate() {
-            let before = order(owner, from, 3);
+        for (n, (principal, owner, from, kind, expected, answer)) in cases.into_iter().enumerate() {
+            let mut before = order(owner, from, 3);
+            before.notes = Some("as before".into());
             let mut after = before.clone();
-            let change = StatusChange {
+            let change = OrderChange {
                 order_id: before.id,
                 principal,
-                target: to,
                 expected,
-                note: None,
-                location: None,
+                kind,
             };
-            match (apply(&mut after, &change), refused) {
-                (Ok(event), None) => {
-                    assert_eq!((after.status, after.version), (to, 4), "case {n}");
+            match (apply(&mut after, &change), answer) {
+                (Ok(Some(event)), Ok(true)) => {
+                    assert_eq!(after.version, 4, "case {n}");
                     assert_eq!(event.data.sequence, 4, "case {n}");
+                    assert_eq!(event.data.order, after, "case {n}");
                 }
-                (Err(e), Some(status)) => {
+                (Ok(None), Ok(false)) => assert_eq!(after, before, "case {n}"),
+                (Err(e), Err(status)) => {
                     assert_eq!(e.status().as_u16(), status, "case {n}: {e}");
                     assert_eq!(
                         after, before,
@@ -293,5 +494,89 @@ mod tests {
                 (answer, expected) => panic!("case {n}: {answer:?}, expected {expected:?}"),
             }
         }
+    }
+
+    #[test]
+    fn each_kind_records_what_it_changed() {
+        let mut order = order(Uuid::now_v7(), OrderStatus::InTransit, 3);
+        let order_id = order.id;
+        let change = |kind| OrderChange {
+            order_id,
+            principal: Principal::Operator,
+            expected: None,
+            kind,
+        };
+        let event = apply(&mut order, &change(tracking())).unwrap().unwrap();
+        assert_eq!(event.event_type, EventType::OrderTrackingUpdated);
+        assert_eq!(order.last_location.as_deref(), Some("Antwerp depot"));
+        let Change::Tracking {
+            previous_eta,
+            eta: now_eta,
+            ..
+        } = event.data.change
+        else {
+            panic!("{:?}", event.data.change);
+        };
+        assert_eq!((previous_eta, now_eta.is_some()), (None, true));
+        // Leaving `eta` out keeps it; `null` clears it.
+        let keep = ChangeKind::Tracking {
+            location: "Ghent".into(),
+            note: None,
+            eta: None,
+        };
+        apply(&mut order, &change(keep)).unwrap();
+        assert!(order.eta.is_some());
+        let clear = ChangeKind::Tracking {
+            location: "Ghent".into(),
+            note: None,
+            eta: Some(None),
+        };
+        let event = apply(&mut order, &change(clear)).unwrap().unwrap();
+        assert_eq!(order.eta, None);
+        assert!(matches!(
+            event.data.change,
+            Change::Tracking {
+                eta: None,
+                previous_eta: Some(_),
+                ..
+            }
+        ));
+        // A status change with a location moves `last_location`; without, keeps it.
+        apply(&mut order, &change(status(OrderStatus::OutForDelivery))).unwrap();
+        assert_eq!(order.last_location.as_deref(), Some("Rotterdam hub"));
+
+        let mut pending = self::order(order.customer_id, OrderStatus::Pending, 1);
+        let mut parcels = pending.parcels.clone();
+        parcels.push(crate::domain::Parcel {
+            weight_grams: 5,
+            length_mm: 5,
+            width_mm: 5,
+            height_mm: 5,
+        });
+        let amendment = Amendment {
+            delivery: Some(pending.delivery.clone()),
+            parcels: Some(parcels),
+            notes: Some(Some("Back door".into())),
+        };
+        let change = OrderChange {
+            order_id: pending.id,
+            principal: Principal::Customer(pending.customer_id),
+            expected: None,
+            kind: ChangeKind::Amend(amendment),
+        };
+        let event = apply(&mut pending, &change).unwrap().unwrap();
+        let Change::Amended {
+            changed, previous, ..
+        } = event.data.change
+        else {
+            panic!("{:?}", event.data.change);
+        };
+        assert_eq!(
+            changed,
+            ["notes", "parcels"],
+            "the same delivery is no change"
+        );
+        assert_eq!(previous["notes"], serde_json::Value::Null);
+        assert_eq!(previous["parcels"], serde_json::json!([]));
     }
 }

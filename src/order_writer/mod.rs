@@ -1,7 +1,8 @@
 //! Group commit for order writes. Orders created at the same moment are
 //! written together (`batch`): one transaction, one multi-row `INSERT` into
 //! `orders` and one into `order_events`, one commit, instead of a
-//! transaction each. Status changes arriving together likewise: one locking
+//! transaction each. Changes arriving together (status changes, tracking
+//! updates, amendments) likewise: one locking
 //! read of their orders (`SKIP LOCKED`: a change to an order another
 //! transaction holds is handed back to its caller, which waits for that
 //! lock on its own, so one locked order holds up no group), each change
@@ -33,7 +34,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::signals::Signals;
 
 use changes::write_changes;
-pub use changes::{apply, change_one, StatusChange};
+pub use changes::{apply, change_one, ChangeKind, OrderChange};
 use creates::write;
 pub use creates::{insert_error, insert_one};
 
@@ -48,7 +49,7 @@ pub struct OrderWriter {
     creates: Batcher<Order, ApiResult<Order>>,
     /// `Err(change)`: its order is held by another transaction; the
     /// change comes back and its caller makes it on its own.
-    changes: Batcher<StatusChange, Result<ApiResult<Order>, StatusChange>>,
+    changes: Batcher<OrderChange, Result<ApiResult<Order>, OrderChange>>,
     db: MySqlPool,
     signals: Arc<Signals>,
 }
@@ -90,7 +91,7 @@ impl OrderWriter {
 
     /// Applies the change and writes its event; returns the order as it now
     /// is, once committed.
-    pub async fn change_status(&self, change: StatusChange) -> ApiResult<Order> {
+    pub async fn change(&self, change: OrderChange) -> ApiResult<Order> {
         match self.changes.call(change).await {
             Ok(Ok(answer)) => answer,
             // Its order is held by another transaction: waiting for that
