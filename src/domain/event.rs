@@ -99,21 +99,25 @@ pub enum Change {
     /// `order.created` and `order.status_changed`.
     Status {
         /// Null on `order.created`.
+        #[schema(required = true)]
         previous_status: Option<OrderStatus>,
         status: OrderStatus,
+        #[schema(required = true)]
         note: Option<String>,
+        #[schema(required = true)]
         location: Option<String>,
     },
     /// `order.tracking_updated`.
     Tracking {
         status: OrderStatus,
         location: String,
+        #[schema(required = true)]
         note: Option<String>,
         #[serde(with = "super::time::millis_option")]
-        #[schema(value_type = Option<String>, format = DateTime)]
+        #[schema(value_type = Option<String>, format = DateTime, required = true)]
         eta: Option<DateTime<Utc>>,
         #[serde(with = "super::time::millis_option")]
-        #[schema(value_type = Option<String>, format = DateTime)]
+        #[schema(value_type = Option<String>, format = DateTime, required = true)]
         previous_eta: Option<DateTime<Utc>>,
     },
     /// `order.updated`.

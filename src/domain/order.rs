@@ -259,6 +259,22 @@ mod tests {
     }
 
     #[test]
+    fn an_amendment_names_a_field_and_checks_each_one_given() {
+        let errors = Amendment::parse(None, None, None).unwrap_err();
+        assert_eq!(errors[0].field, "body");
+        let mut delivery = address();
+        delivery.country = "XX".into();
+        let mut bad = parcel();
+        bad.width_mm = 0;
+        let errors = Amendment::parse(Some(delivery), Some(vec![bad]), Some(Some("\u{7}".into())))
+            .unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["delivery.country", "parcels[0].width_mm", "notes"]);
+        // Clearing the notes is an amendment of its own.
+        assert!(Amendment::parse(None, None, Some(None)).is_ok());
+    }
+
+    #[test]
     fn parcel_count_is_bounded() {
         for count in [0, MAX_PARCELS + 1] {
             let errors =

@@ -202,10 +202,22 @@ async function formScreen(id) {
   const url = h("input", { id: "f-url", type: "url", required: true, value: endpoint?.url || "", placeholder: "https://example.com/webhooks", autocomplete: "off" });
   const description = h("input", { id: "f-description", type: "text", value: endpoint?.description || "", maxlength: 500 });
   const rate = h("input", { id: "f-rate", type: "number", min: 1, max: 10000, value: endpoint?.rate_limit_per_second ?? "" });
-  const chosen = new Set(endpoint?.event_types || []);
-  const typeBoxes = types.filter((t) => t.subscribable).map((t) =>
-    h("label", { class: "inline" }, h("input", { type: "checkbox", name: "event_types", value: t.type, checked: chosen.has(t.type) }), t.type));
+  // An endpoint that took the default lists every order type: shown as
+  // none ticked, so that it keeps getting order types added later.
+  const orderTypes = types.filter((t) => t.subscribable && t.default);
+  const listed = new Set(endpoint?.event_types || []);
+  const tookDefault = !endpoint || orderTypes.every((t) => listed.has(t.type));
+  const typeBox = (t) => h("label", { class: "inline", title: t.description },
+    h("input", { type: "checkbox", name: "event_types", value: t.type,
+      checked: listed.has(t.type) && !(t.default && tookDefault) }), t.type);
+  const orderBoxes = orderTypes.map(typeBox);
+  const newsBoxes = types.filter((t) => t.subscribable && !t.default).map(typeBox);
   errors.event_types = h("p", { class: "field-error", id: "e-event_types", hidden: true });
+  const statusNames = types.find((t) => t.type === "order.status_changed")?.schema?.$defs?.status?.enum || [];
+  const statusChosen = new Set(endpoint?.statuses || []);
+  const statusBoxes = statusNames.map((s) => h("label", { class: "inline" },
+    h("input", { type: "checkbox", name: "statuses", value: s, checked: statusChosen.has(s) }), s.replaceAll("_", " ")));
+  errors.statuses = h("p", { class: "field-error", id: "e-statuses", hidden: true });
   const headerRows = h("div", { id: "f-headers" });
   const addHeader = (name = "", value = "") => {
     const n = headerRows.children.length;
@@ -226,8 +238,13 @@ async function formScreen(id) {
     status,
     field("url", "URL", url, "https, public; where each event is POSTed."),
     field("description", "Description (optional)", description),
-    h("fieldset", {}, h("legend", {}, h("b", {}, "Event types")),
-      h("p", { class: "hint" }, "None chosen: every type, including ones added later."), typeBoxes, errors.event_types),
+    h("fieldset", { id: "f-event-types" }, h("legend", {}, h("b", {}, "Order events")),
+      h("p", { class: "hint" }, "None chosen: every order event, including kinds added later."), orderBoxes,
+      h("p", { class: "hint" }, "News about your webhooks, sent to this endpoint about your other ones, only when chosen:"), newsBoxes,
+      errors.event_types),
+    h("fieldset", { id: "f-statuses" }, h("legend", {}, h("b", {}, "Status changes to")),
+      h("p", { class: "hint" }, "Only these new statuses' order.status_changed events. None chosen: every status."), statusBoxes,
+      errors.statuses),
     field("rate_limit_per_second", "Rate limit (deliveries per second, optional)", rate, "1 to 10000; empty: as fast as possible."),
     h("div", { class: "block" }, h("b", {}, "Custom headers"), h("p", { class: "hint" }, "Sent with every delivery; up to 10."),
       headerRows, errors.headers,
@@ -249,15 +266,22 @@ async function formScreen(id) {
       url: url.value.trim(),
       description: description.value.trim() || null,
       event_types: [...form.querySelectorAll("input[name=event_types]:checked")].map((b) => b.value),
+      statuses: [...form.querySelectorAll("input[name=statuses]:checked")].map((b) => b.value),
       rate_limit_per_second: rate.value === "" ? null : Number(rate.value),
       headers,
     };
+    // Only news chosen: every order event as well, as when none is chosen.
+    if (body.event_types.length && body.event_types.every((t) => !orderTypes.some((o) => o.type === t))) {
+      body.event_types.push(...orderTypes.map((t) => t.type));
+    }
+    if (!body.statuses.length) body.statuses = null;
     try {
       let saved;
       if (endpoint) saved = await api("PATCH", `/v1/webhooks/${endpoint.id}`, body);
       else {
         if (body.description === null) delete body.description;
         if (body.rate_limit_per_second === null) delete body.rate_limit_per_second;
+        if (body.statuses === null) delete body.statuses;
         saved = await api("POST", "/v1/webhooks", body);
       }
       toast(endpoint ? "Endpoint saved" : "Endpoint created");
@@ -372,7 +396,8 @@ async function detailScreen(id) {
     !endpoint.enabled && endpoint.disabled_reason ? h("p", { class: "notice" }, `Disabled: ${endpoint.disabled_reason}`) : null,
     actions,
     h("div", { class: "grid" },
-      h("div", { class: "card stat" }, h("span", { class: "muted small" }, "Event types"), h("b", {}, endpoint.event_types.join(", "))),
+      h("div", { class: "card stat" }, h("span", { class: "muted small" }, "Event types"), h("b", { id: "event-types" }, endpoint.event_types.join(", "))),
+      h("div", { class: "card stat" }, h("span", { class: "muted small" }, "Status changes to"), h("b", { id: "statuses" }, endpoint.statuses ? endpoint.statuses.join(", ").replaceAll("_", " ") : "every status")),
       h("div", { class: "card stat" }, h("span", { class: "muted small" }, "Rate limit"), h("b", {}, endpoint.rate_limit_per_second ? `${endpoint.rate_limit_per_second}/s` : "none")),
       h("div", { class: "card stat" }, h("span", { class: "muted small" }, "Custom headers"), h("b", {}, headerNames.length ? headerNames.join(", ") : "none"))),
     endpoint.description ? h("p", { class: "muted" }, endpoint.description) : null,
@@ -450,8 +475,9 @@ function deliveryRows(endpointId, d, reload) {
       if (!(error instanceof Stop)) toast(error.message);
     }
   } }, "Retry") : null;
-  const event = h("td", {}, h("b", {}, d.event_type),
-    d.order_id ? h("div", { class: "muted small" }, `order ${d.order_id.slice(0, 8)}… · #${d.sequence}`) : null);
+  const about = d.order_id ? `order ${d.order_id.slice(0, 8)}… · #${d.sequence}`
+    : d.event_type === "webhook.test" ? "test event" : "news about your other endpoints";
+  const event = h("td", {}, h("b", {}, d.event_type), h("div", { class: "muted small" }, about));
   return [
     h("tr", { "data-delivery": d.id }, event, h("td", {}, statusPill(d.status)),
       h("td", { "data-label": "Attempts" }, d.attempts),

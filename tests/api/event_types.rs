@@ -51,12 +51,25 @@ async fn every_envelope_sent_matches_its_types_schema() {
         .collect();
     assert_eq!(
         names,
-        ["order.created", "order.status_changed", "webhook.test"]
+        [
+            "order.created",
+            "order.status_changed",
+            "order.tracking_updated",
+            "order.updated",
+            "endpoint.disabled",
+            "delivery.failed",
+            "webhook.test"
+        ]
     );
     let validators = validators(&catalog);
     for entry in catalog["data"].as_array().unwrap() {
-        assert!(!entry["description"].as_str().unwrap().is_empty());
+        let description = entry["description"].as_str().unwrap();
+        assert!(!description.is_empty());
+        // The portal shows it as text: no Markdown.
+        assert!(!description.contains('`'), "{description}");
         assert_valid(&validators, &entry["example"]);
+        let kind = entry["type"].as_str().unwrap();
+        assert_eq!(entry["default"], kind.starts_with("order."), "{kind}");
     }
     // A schema that accepted anything would pass the rest: it must refuse.
     let mut wrong = catalog["data"][1]["example"].clone();
@@ -68,6 +81,20 @@ async fn every_envelope_sent_matches_its_types_schema() {
 
     let (endpoint, _) = system
         .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    // An endpoint that answers 410 (disabled, its delivery failed) and one
+    // that hears about it.
+    let gone = Receiver::start(|_, _, _| (410, Duration::ZERO)).await;
+    system
+        .endpoint(&tenant.token, &format!("{}/gone?token=x", gone.base), None)
+        .await;
+    let news = serde_json::json!(["endpoint.disabled", "delivery.failed"]);
+    system
+        .endpoint(
+            &tenant.token,
+            &format!("{}/news", receiver.base),
+            Some(news),
+        )
         .await;
     let mut body = order_body();
     body["notes"] = Value::from("Fragile: glass\nRing twice");
@@ -88,6 +115,25 @@ async fn every_envelope_sent_matches_its_types_schema() {
         )
         .await;
     assert_eq!(moved.status(), StatusCode::OK);
+    let tracked = system
+        .app
+        .post(
+            &format!("/v1/orders/{id}/tracking"),
+            ADMIN,
+            &serde_json::json!({"location": "Antwerp depot", "note": "sorted", "eta": "2026-12-24T16:00:00Z"}),
+        )
+        .await;
+    assert_eq!(tracked.status(), StatusCode::OK);
+    let amended = system.app.new_order(&tenant).await;
+    let patched = system
+        .app
+        .patch(
+            &format!("/v1/orders/{}", amended["id"].as_str().unwrap()),
+            &tenant.token,
+            &serde_json::json!({"notes": "Back door", "parcels": [{"weight_grams": 5, "length_mm": 5, "width_mm": 5, "height_mm": 5}]}),
+        )
+        .await;
+    assert_eq!(patched.status(), StatusCode::OK);
     let test = system
         .app
         .post(
@@ -99,7 +145,7 @@ async fn every_envelope_sent_matches_its_types_schema() {
     assert_eq!(test.status(), StatusCode::ACCEPTED);
 
     let hits = receiver
-        .wait_for_successes("/hooks", 6, Duration::from_secs(20))
+        .wait_for_successes("/hooks", 9, Duration::from_secs(20))
         .await;
     let mut kinds: Vec<String> = hits
         .iter()
@@ -111,14 +157,39 @@ async fn every_envelope_sent_matches_its_types_schema() {
         [
             "order.created",
             "order.created",
+            "order.created",
             "order.status_changed",
             "order.status_changed",
             "order.status_changed",
+            "order.tracking_updated",
+            "order.updated",
             "webhook.test"
         ]
     );
     for hit in &hits {
         assert_valid(&validators, &hit.json());
+    }
+    // Every 410 fails its delivery; the first disables the endpoint.
+    let mut notices = vec![];
+    for _ in 0..200 {
+        notices = receiver.hits_on("/news");
+        let has = |t: &str| notices.iter().any(|h| h.json()["type"] == t);
+        if has("endpoint.disabled") && has("delivery.failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kinds: std::collections::BTreeSet<String> = notices
+        .iter()
+        .map(|h| h.json()["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        ["delivery.failed", "endpoint.disabled"]
+    );
+    for hit in &notices {
+        assert_valid(&validators, &hit.json());
+        assert!(!hit.body.contains("token=x"), "{}", hit.body);
     }
     let feed: Value = system
         .app
@@ -127,7 +198,8 @@ async fn every_envelope_sent_matches_its_types_schema() {
         .json()
         .await
         .unwrap();
-    assert_eq!(feed["data"].as_array().unwrap().len(), 5);
+    // Order events only: the notices are not in the feed.
+    assert_eq!(feed["data"].as_array().unwrap().len(), 8);
     for item in feed["data"].as_array().unwrap() {
         assert_valid(&validators, item);
     }

@@ -46,10 +46,17 @@ async fn an_endpoint_is_created_read_changed_and_deleted() {
     assert!(SigningSecret::parse(&secret).unwrap().key().len() == 32);
     assert_eq!(created["url"], HOOK);
     assert_eq!(created["customer_id"], tenant.id.as_str());
+    // Every order type, none of the news about webhooks (SPEC §13).
     assert_eq!(
         created["event_types"],
-        json!(["order.created", "order.status_changed"])
+        json!([
+            "order.created",
+            "order.status_changed",
+            "order.tracking_updated",
+            "order.updated"
+        ])
     );
+    assert_eq!(created["statuses"], Value::Null);
     assert_eq!(created["enabled"], true);
     assert_eq!(created["disabled_reason"], Value::Null);
 

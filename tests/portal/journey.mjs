@@ -213,6 +213,10 @@ async function journey(browser, api, hooks) {
   await page.getByLabel("URL").fill(`${hooks}/ok`);
   await page.getByLabel("Description (optional)").fill("Order updates for the warehouse");
   await page.getByLabel("order.status_changed").check();
+  await page.getByLabel("order.tracking_updated").check();
+  await page.getByLabel("delivery.failed").check();
+  await page.getByLabel("delivered", { exact: true }).check();
+  await page.getByLabel("exception", { exact: true }).check();
   await page.getByLabel(/Rate limit/).fill("5");
   await page.getByRole("button", { name: "Add header" }).click();
   await page.locator("#f-hname-0").fill("X-Partner-Id");
@@ -220,6 +224,8 @@ async function journey(browser, api, hooks) {
   await page.getByRole("button", { name: "Create endpoint" }).click();
   await page.getByRole("heading", { name: `${hooks}/ok` }).waitFor();
   await page.getByText("5/s").waitFor();
+  assert.equal(await page.locator("#event-types").textContent(), "order.status_changed, order.tracking_updated, delivery.failed");
+  assert.equal(await page.locator("#statuses").textContent(), "delivered, exception");
 
   // A test event, seen to succeed in the delivery log, with its attempts.
   await page.getByRole("button", { name: "Send test event" }).click();
@@ -244,9 +250,16 @@ async function journey(browser, api, hooks) {
   // An event that fails, then a retry once the receiver is back.
   await page.getByRole("link", { name: "Edit" }).click();
   await page.getByRole("heading", { name: "Edit endpoint" }).waitFor();
+  // The form shows what the endpoint receives, and saving keeps it.
+  assert.ok(await page.getByLabel("order.tracking_updated").isChecked());
+  assert.ok(!(await page.getByLabel("order.created").isChecked()));
+  assert.ok(await page.getByLabel("delivery.failed").isChecked());
+  assert.ok(await page.getByLabel("exception", { exact: true }).isChecked());
+  assert.ok(!(await page.getByLabel("in transit", { exact: true }).isChecked()));
   await page.getByLabel("URL").fill(`${hooks}/flaky`);
   await page.getByRole("button", { name: "Save changes" }).click();
   await page.getByRole("heading", { name: `${hooks}/flaky` }).waitFor();
+  assert.equal(await page.locator("#statuses").textContent(), "delivered, exception");
   await page.getByRole("button", { name: "Send test event" }).click();
   await until("a failed delivery", async () => {
     await page.getByRole("button", { name: "Refresh" }).click();
@@ -293,7 +306,10 @@ async function journey(browser, api, hooks) {
   await shot(page, "endpoints");
   await page.getByRole("link", { name: "Event catalog" }).click();
   await page.getByRole("heading", { name: "order.status_changed" }).waitFor();
-  assert.equal(await page.locator("main .card").count(), 3);
+  assert.equal(await page.locator("main .card").count(), 7);
+  await page.getByRole("heading", { name: "order.tracking_updated" }).waitFor();
+  // Descriptions read as text: no Markdown left in them.
+  for (const text of await page.locator("main .card > p").allTextContents()) assert.ok(!text.includes("`"), text);
   await accessible(page, "catalog");
   await shot(page, "catalog");
 
@@ -387,7 +403,7 @@ async function main() {
       console.error("the page:", await current?.locator("main").innerText().catch(() => "?"));
       throw error;
     });
-    log("journey: create (field error), test event, attempts, reveal, rotate, retry, recover, catalog, 360 px, delete: ok");
+    log("journey: create (field error, event types and statuses), test event, attempts, reveal, rotate, retry, recover, catalog, 360 px, delete: ok");
     await readOnly(browser, api, hooks, customer);
     log("a session without capabilities is offered no action: ok");
     await proxyAnswersHtml(browser, api, customer);
