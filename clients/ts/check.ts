@@ -49,7 +49,19 @@ export async function everyRoute(): Promise<void> {
     params: { path: { id }, header: { "If-Match": '"1"', "Idempotency-Key": "move-1" } },
     body: { status: "confirmed", location: "Rotterdam hub" },
   });
-  await api.GET("/v1/orders/{id}/events", { params: { path: { id } } });
+  const tracked = await api.POST("/v1/orders/{id}/tracking", {
+    params: { path: { id }, header: { "If-Match": '"2"', "Idempotency-Key": "scan-1" } },
+    body: { location: "Antwerp depot", note: "sorted", eta: "2026-12-24T16:00:00Z" },
+  });
+  const eta: string | null | undefined = tracked.data?.eta;
+  const seen: string | null | undefined = tracked.data?.last_location;
+  await api.POST("/v1/orders/{id}/tracking", { params: { path: { id } }, body: { location: "Ghent", eta: null } });
+  await api.PATCH("/v1/orders/{id}", {
+    params: { path: { id }, header: { "If-Match": '"3"' } },
+    body: { delivery: { ...address, name: "Northwind Depot" }, notes: null },
+  });
+  const history = await api.GET("/v1/orders/{id}/events", { params: { path: { id } } });
+  const kinds: string[] | undefined = history.data?.data.map((e) => e.type);
   await api.GET("/v1/events", { params: { query: { limit: 100, wait: 30 } } });
 
   await api.GET("/v1/orders/{id}/deliveries", { params: { path: { id }, query: { limit: 20 } } });
@@ -57,7 +69,8 @@ export async function everyRoute(): Promise<void> {
   const hook = await api.POST("/v1/webhooks", {
     body: {
       url: "https://partner.example.com/hooks",
-      event_types: ["order.status_changed"],
+      event_types: ["order.status_changed", "order.tracking_updated", "delivery.failed"],
+      statuses: ["delivered", "exception"],
       rate_limit_per_second: 50,
       headers: { "X-Partner-Id": "acme-42" },
     },
@@ -67,7 +80,7 @@ export async function everyRoute(): Promise<void> {
   const hooks = await api.GET("/v1/webhooks");
   const urls: string[] | undefined = hooks.data?.data.map((w) => w.url);
   await api.GET("/v1/webhooks/{id}", { params: { path: { id } } });
-  await api.PATCH("/v1/webhooks/{id}", { params: { path: { id } }, body: { enabled: true } });
+  await api.PATCH("/v1/webhooks/{id}", { params: { path: { id } }, body: { enabled: true, statuses: null } });
   await api.DELETE("/v1/webhooks/{id}", { params: { path: { id } } });
   await api.GET("/v1/webhooks/{id}/secret", { params: { path: { id } } });
   await api.POST("/v1/webhooks/{id}/secret/rotate", { params: { path: { id } }, body: {} });
@@ -101,5 +114,5 @@ export async function everyRoute(): Promise<void> {
     params: { path: { event_id: id } },
   });
 
-  void [customerName, token, version, secret, urls, limit, count, names, link];
+  void [customerName, token, version, secret, urls, limit, count, names, link, eta, seen, kinds];
 }
