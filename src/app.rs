@@ -31,6 +31,7 @@ use crate::error::ApiError;
 use crate::http;
 use crate::key_lookups::KeyLookups;
 use crate::metrics::Metrics;
+use crate::ops_notify::Notifier;
 use crate::order_writer::OrderWriter;
 use crate::outbox::{self, Relay};
 use crate::queue::Queue;
@@ -71,6 +72,8 @@ pub struct App {
     metrics: Arc<Metrics>,
     queue: Option<Queue>,
     request_timeout: Duration,
+    notifier: Notifier,
+    outbox_age: Duration,
 }
 
 impl App {
@@ -113,6 +116,8 @@ impl App {
         };
         let signals = Arc::new(Signals::default());
         let metrics = Arc::new(Metrics::default());
+        let notifier =
+            Notifier::start(&config.ops_notify, pool.clone()).map_err(StartupError::Config)?;
         let state = AppState {
             db: pool.clone(),
             pipeline_db: pipeline_db.clone(),
@@ -143,6 +148,8 @@ impl App {
             metrics,
             queue,
             request_timeout: config.request_timeout,
+            notifier,
+            outbox_age: config.ops_notify.outbox_age,
         })
     }
 
@@ -158,8 +165,21 @@ impl App {
     ) -> std::io::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let mut background = tokio::task::JoinSet::new();
+        if self.notifier.is_on() {
+            background.spawn(outbox::watch_age(
+                self.pipeline_db.clone(),
+                self.notifier.clone(),
+                self.outbox_age,
+                stopped.clone(),
+            ));
+        }
         background.spawn(outbox::run(
-            Relay::new(self.pipeline_db.clone(), self.queue, self.metrics.clone()),
+            Relay::new(
+                self.pipeline_db.clone(),
+                self.queue,
+                self.metrics.clone(),
+                self.notifier,
+            ),
             self.signals.clone(),
             stopped,
         ));

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use crate::ops_notify::OpsNotifyConfig;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Pretty,
@@ -39,6 +41,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Origins that may frame `/portal` (`frame-ancestors`); default none.
     pub portal_frame_ancestors: Vec<String>,
+    /// Operator notifications (`OPS_NOTIFY_*`).
+    pub ops_notify: OpsNotifyConfig,
 }
 
 impl Config {
@@ -72,6 +76,7 @@ impl std::fmt::Debug for Config {
             .field("rate_limit", &self.rate_limit)
             .field("public_url", &self.public_url)
             .field("portal_frame_ancestors", &self.portal_frame_ancestors)
+            .field("ops_notify", &self.ops_notify)
             .finish_non_exhaustive()
     }
 }
@@ -138,6 +143,7 @@ impl Config {
         }
         let rate_limit = keep(&mut errors, rate_limit(&env));
         let public_url = keep(&mut errors, env.queue_url("PUBLIC_URL"));
+        let ops_notify = keep(&mut errors, ops_notify(&env));
         let portal_frame_ancestors = keep(&mut errors, origins(&env, "PORTAL_FRAME_ANCESTORS"));
         let cors_allowed_origins = env
             .optional("CORS_ALLOWED_ORIGINS")
@@ -149,6 +155,9 @@ impl Config {
             })
             .unwrap_or_default();
 
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         match (
             database_url,
             database_max_connections,
@@ -202,11 +211,30 @@ impl Config {
                     rate_limit,
                     public_url,
                     portal_frame_ancestors,
+                    ops_notify: ops_notify.unwrap_or_default(),
                 })
             }
             _ => Err(errors),
         }
     }
+}
+
+/// `OPS_NOTIFY_URL`, `OPS_NOTIFY_OUTBOX_AGE` (default 5 minutes) and
+/// `OPS_NOTIFY_ALLOW_PRIVATE_NETWORKS`, read by both binaries.
+pub fn ops_notify(env: &Env) -> Result<OpsNotifyConfig, String> {
+    let url = env.queue_url("OPS_NOTIFY_URL")?;
+    let outbox_age =
+        crate::delivery::schedule::parse_duration(&env.string("OPS_NOTIFY_OUTBOX_AGE", "5m"))
+            .map_err(|e| format!("OPS_NOTIFY_OUTBOX_AGE: {e}"))?;
+    if outbox_age.is_zero() {
+        return Err("OPS_NOTIFY_OUTBOX_AGE: must be more than 0".into());
+    }
+    let allow_private_networks = env.bool("OPS_NOTIFY_ALLOW_PRIVATE_NETWORKS", false)?;
+    Ok(OpsNotifyConfig {
+        url,
+        outbox_age,
+        allow_private_networks,
+    })
 }
 
 /// `RATE_LIMIT_PER_SECOND` (0 turns limiting off) and `RATE_LIMIT_BURST`
@@ -367,6 +395,8 @@ pub struct DeliveryConfig {
     /// One egress proxy for all webhook traffic (`HTTP_PROXY` and the like
     /// are ignored for webhooks).
     pub webhook_proxy_url: Option<String>,
+    /// Operator notifications (`OPS_NOTIFY_*`).
+    pub ops_notify: OpsNotifyConfig,
 }
 
 impl DeliveryConfig {
@@ -440,6 +470,7 @@ impl DeliveryConfig {
         let log_format = keep(&mut errors, log_format(&env));
         let receivers = keep(&mut errors, env.bounded("WEBHOOK_RECEIVERS", 8, 1, 64));
         let webhook_proxy_url = keep(&mut errors, env.queue_url("WEBHOOK_PROXY_URL")).flatten();
+        let ops_notify = keep(&mut errors, ops_notify(&env)).unwrap_or_default();
         let retention_days = keep(&mut errors, env.bounded("RETENTION_DAYS", 30, 1, 3650));
         let reconcile_every = keep(
             &mut errors,
@@ -505,6 +536,7 @@ impl DeliveryConfig {
                 reconcile_after,
                 webhook_proxy_url,
                 retention: Duration::from_secs(retention_days * 86_400),
+                ops_notify,
             }),
             _ => Err(errors),
         }

@@ -22,7 +22,9 @@ pub mod http;
 pub mod key_lookups;
 /// Request counts and latencies in Prometheus text.
 pub mod metrics;
-/// Group commit for new orders and status changes: `creates`, `changes`, and what a failed `group` answers.
+/// Operator notifications (Slack-compatible), at most one per subject per 10 minutes.
+pub mod ops_notify;
+/// Group commit for new orders and order changes: `creates`, `changes`, and what a failed `group` answers.
 pub mod order_writer;
 /// The relay from the outbox to SQS: a lease, a high-water mark, parking.
 pub mod outbox;

@@ -38,6 +38,7 @@ use crate::db::order_events::OutboxEvent;
 use crate::db::outbox_parked::Park;
 use crate::domain::time;
 use crate::metrics::Metrics;
+use crate::ops_notify::Notifier;
 use crate::queue::{message_size, Outgoing, Queue, Sent, MAX_BATCH_BYTES};
 use crate::sequencer;
 use crate::signals::Signals;
@@ -87,15 +88,23 @@ pub struct Relay {
     /// writes it with the clock (one statement fewer per round).
     mark: Option<u64>,
     last_retry_check: Instant,
+    /// Told when an event is parked.
+    notifier: Notifier,
 }
 
 impl Relay {
     /// `pool` must read committed data (`db::read_committed_pool`).
-    pub fn new(pool: MySqlPool, queue: Option<Queue>, metrics: Arc<Metrics>) -> Relay {
+    pub fn new(
+        pool: MySqlPool,
+        queue: Option<Queue>,
+        metrics: Arc<Metrics>,
+        notifier: Notifier,
+    ) -> Relay {
         Relay {
             pool,
             queue,
             metrics,
+            notifier,
             id: Uuid::now_v7(),
             parked_orders: None,
             held_at: None,
@@ -166,6 +175,19 @@ impl Relay {
                 })
                 .collect();
             db::outbox_parked::insert(&self.pool, &parks, time::now()).await?;
+            if let Some(first) = parks.first() {
+                self.notifier.tell(
+                    "event-parked",
+                    format!(
+                        "Mechanica: {} event(s) parked: SQS refused event {} of order {} ({}), and holds back only that order's later events. List them: GET /v1/admin/outbox/parked; send one again: POST /v1/admin/outbox/parked/{}/retry.",
+                        parks.len(),
+                        first.event_id,
+                        first.order_id,
+                        first.reason,
+                        first.event_id
+                    ),
+                );
+            }
             // Parked rows are written before the mark passes them.
             if published.through.is_some() {
                 self.mark = published.through;
@@ -391,6 +413,35 @@ fn batches(events: &[OutboxEvent], indexes: &[usize]) -> Vec<Vec<usize>> {
 }
 
 /// Runs until `stop` turns true, then gives the turn up.
+/// Tells the operator when the outbox's oldest unpublished event is older
+/// than `max_age`: one statement every half of it (at most every 30 s),
+/// on every instance (the notification's rate limit is shared).
+pub async fn watch_age(
+    pool: MySqlPool,
+    notifier: Notifier,
+    max_age: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = (max_age / 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        match db::order_events::outbox_backlog(&pool).await {
+            Ok((count, age)) if age > max_age.as_secs_f64() => notifier.tell(
+                "outbox-age",
+                format!(
+                    "Mechanica: the outbox's oldest unpublished event is {age:.0} s old ({count} waiting; the limit is {} s). Events are safe in the database; is SQS reachable? See outbox_backlog and the API's logs.",
+                    max_age.as_secs()
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the outbox's age"),
+        }
+    }
+}
+
 pub async fn run(mut relay: Relay, signals: Arc<Signals>, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::ZERO;
     let mut check_first = false;

@@ -7,6 +7,7 @@ pub mod customers;
 pub mod deliveries;
 pub mod feed_clock;
 pub mod idempotency;
+pub mod ops_notifications;
 pub mod order_events;
 pub mod orders;
 pub mod outbox_parked;

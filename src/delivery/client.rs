@@ -104,8 +104,10 @@ impl WebhookClient {
         })
     }
 
-    /// POSTs `body` with the given signature headers and reports what happened.
-    #[tracing::instrument(skip_all, fields(url = %url))]
+    /// POSTs `body` with the given signature headers and reports what
+    /// happened. Its span names the host only: a URL's path or query may
+    /// hold a token (Slack's notification URL does).
+    #[tracing::instrument(skip_all, fields(host = %host_of(url)))]
     pub async fn attempt(&self, url: &str, headers: HeaderMap, body: String) -> AttemptResult {
         let started = Instant::now();
         let failure = |error: String| AttemptResult {
@@ -166,6 +168,13 @@ impl WebhookClient {
             duration: started.elapsed(),
         }
     }
+}
+
+fn host_of(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// IP literals never reach the resolver: check them here.

@@ -87,11 +87,15 @@ async fn handle(
                 failed = failures.len(),
                 "SQS batch delivered"
             );
+            // One flush per invocation: stdout is the function's log,
+            // which CloudWatch (and Datadog's forwarder) read EMF from.
+            println!("{}", runner.metrics_emf(false).await);
             Ok(json!({ "batchItemFailures": failures }))
         }
         Invocation::Scheduled => {
             let attempted = runner.run_due(deadline).await;
             tracing::info!(attempted, "scheduled pass done");
+            println!("{}", runner.metrics_emf(true).await);
             Ok(json!({ "attempted": attempted }))
         }
     }

@@ -1,4 +1,6 @@
-//! The worker's metrics, in the Prometheus text format.
+//! The worker's metrics: in the Prometheus text format for `/metrics`, and
+//! for Lambda, which has no `/metrics`, as CloudWatch Embedded Metric
+//! Format lines with the same names (what happened since the last flush).
 
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -16,6 +18,29 @@ struct Histogram {
 }
 
 impl Histogram {
+    /// What was observed since `before`, as EMF's values and counts: each
+    /// bucket's upper bound with the observations in it (those past the
+    /// last bound at twice it).
+    fn emf_since(&self, before: &Histogram) -> serde_json::Value {
+        let mut values = vec![];
+        let mut counts = vec![];
+        let mut below = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let cumulative = self.buckets[i] - before.buckets[i];
+            if cumulative > below {
+                values.push(*bound);
+                counts.push(cumulative - below);
+            }
+            below = cumulative;
+        }
+        let over = (self.count - before.count).saturating_sub(below);
+        if over > 0 {
+            values.push(BUCKETS[BUCKETS.len() - 1] * 2.0);
+            counts.push(over);
+        }
+        serde_json::json!({ "Values": values, "Counts": counts })
+    }
+
     fn observe(&mut self, seconds: f64) {
         self.count += 1;
         self.sum += seconds;
@@ -36,7 +61,7 @@ impl Histogram {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Inner {
     succeeded: u64,
     failed: u64,
@@ -46,6 +71,8 @@ struct Inner {
     reconciled: u64,
     attempt: Histogram,
     end_to_end: Histogram,
+    /// What the last EMF flush reported.
+    flushed: Option<Box<Inner>>,
 }
 
 #[derive(Default)]
@@ -76,6 +103,92 @@ impl WorkerMetrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .reconciled += count as u64;
+    }
+
+    /// What happened since the last flush (the first: since start), as
+    /// CloudWatch Embedded Metric Format lines under `namespace`, one per
+    /// set of dimensions; the gauges when given. Names as on `/metrics`.
+    pub fn emf_flush(
+        &self,
+        namespace: &str,
+        now_ms: u64,
+        pending: Option<i64>,
+        disabled: Option<i64>,
+    ) -> String {
+        use serde_json::{json, Map, Value};
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let before = inner.flushed.take().map(|b| *b).unwrap_or_default();
+        let line =
+            |dimensions: &[&str], metrics: Vec<(&str, &str, Value)>, tags: &[(&str, &str)]| {
+                let mut root = Map::new();
+                let definitions: Vec<Value> = metrics
+                    .iter()
+                    .map(|(name, unit, _)| json!({"Name": name, "Unit": unit}))
+                    .collect();
+                root.insert(
+                    "_aws".into(),
+                    json!({
+                        "Timestamp": now_ms,
+                        "CloudWatchMetrics": [{
+                            "Namespace": namespace,
+                            "Dimensions": [dimensions],
+                            "Metrics": definitions,
+                        }]
+                    }),
+                );
+                root.insert("service".into(), json!("mechanica-delivery"));
+                for (key, value) in tags {
+                    root.insert((*key).into(), json!(value));
+                }
+                for (name, _, value) in metrics {
+                    root.insert(name.into(), value);
+                }
+                Value::Object(root).to_string()
+            };
+        let mut lines = vec![];
+        for (outcome, count) in [
+            ("succeeded", inner.succeeded - before.succeeded),
+            ("failed", inner.failed - before.failed),
+        ] {
+            lines.push(line(
+                &["service", "outcome"],
+                vec![("webhook_attempts_total", "Count", json!(count))],
+                &[("outcome", outcome)],
+            ));
+        }
+        let mut metrics = vec![
+            (
+                "webhook_messages_unknown_total",
+                "Count",
+                json!(inner.unknown - before.unknown),
+            ),
+            (
+                "webhook_events_reconciled_total",
+                "Count",
+                json!(inner.reconciled - before.reconciled),
+            ),
+            (
+                "webhook_attempt_duration_seconds",
+                "Seconds",
+                inner.attempt.emf_since(&before.attempt),
+            ),
+            (
+                "webhook_end_to_end_seconds",
+                "Seconds",
+                inner.end_to_end.emf_since(&before.end_to_end),
+            ),
+        ];
+        if let Some(pending) = pending {
+            metrics.push(("webhook_deliveries_pending", "Count", json!(pending)));
+        }
+        if let Some(disabled) = disabled {
+            metrics.push(("webhook_endpoints_disabled", "Count", json!(disabled)));
+        }
+        lines.push(line(&["service"], metrics, &[]));
+        let mut now = inner.clone();
+        now.flushed = None;
+        inner.flushed = Some(Box::new(now));
+        lines.join("\n")
     }
 
     pub fn render(&self, pending: Option<i64>, disabled: Option<i64>) -> String {

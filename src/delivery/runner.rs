@@ -14,6 +14,7 @@ use super::reconcile::reconcile_once;
 use super::settle::{write_group, SETTLE_GROUP};
 use super::shared::{self, unreachable, with_retries, Shared, WorkerStartError, HELD_PER_SLOT};
 use crate::config::DeliveryConfig;
+use crate::db;
 
 /// The same core run to completion, one call at a time: what a Lambda
 /// invocation does (see `delivery::lambda`). Each call fans out, attempts and
@@ -46,6 +47,27 @@ impl Runner {
             shared,
             outcomes: tokio::sync::Mutex::new(outcomes),
         })
+    }
+
+    /// The metrics since the last call, as CloudWatch Embedded Metric Format
+    /// lines (namespace `Mechanica`, the names of `/metrics`); with
+    /// `gauges`, also the pending deliveries and disabled endpoints: two
+    /// statements, for the scheduled pass (once a minute), not every batch.
+    pub async fn metrics_emf(&self, gauges: bool) -> String {
+        let (pending, disabled) = if gauges {
+            (
+                db::deliveries::pending_count(&self.shared.pool).await.ok(),
+                db::webhook_endpoints::disabled_count(&self.shared.pool)
+                    .await
+                    .ok(),
+            )
+        } else {
+            (None, None)
+        };
+        let now_ms = crate::domain::time::now().timestamp_millis().max(0) as u64;
+        self.shared
+            .metrics
+            .emf_flush("Mechanica", now_ms, pending, disabled)
     }
 
     /// A batch of message bodies: each event's deliveries are recorded and

@@ -19,7 +19,8 @@ use super::shared::{with_retries, Shared};
 use crate::db;
 use crate::db::deliveries::{Settled, PENDING};
 use crate::db::webhook_attempts::AttemptRow;
-use crate::domain::notice::FailedDelivery;
+use crate::db::webhook_endpoints::EndpointRow;
+use crate::domain::notice::{without_query, FailedDelivery};
 use crate::domain::time;
 
 /// Outcomes written in one transaction at most.
@@ -208,10 +209,10 @@ async fn record_health(shared: &Shared, group: &[Outcome]) {
     for (endpoint_id, health) in seen {
         let result = with_retries(|| async {
             match health {
-                Health::Unchanged | Health::Succeeded { was_failing: false } => Ok(false),
+                Health::Unchanged | Health::Succeeded { was_failing: false } => Ok(None),
                 Health::Succeeded { was_failing: true } => {
                     db::webhook_endpoints::mark_succeeding(&shared.pool, endpoint_id).await?;
-                    Ok(false)
+                    Ok(None)
                 }
                 Health::Gone => gone(shared, endpoint_id, now).await,
                 Health::Failed => failing(shared, endpoint_id, now, disable_after).await,
@@ -219,8 +220,24 @@ async fn record_health(shared: &Shared, group: &[Outcome]) {
         })
         .await;
         match result {
-            Ok(true) => shared.wake.notify_one(),
-            Ok(false) => {}
+            Ok(Some(disabled)) => {
+                if disabled.told > 0 {
+                    shared.wake.notify_one();
+                }
+                let endpoint = &disabled.endpoint;
+                shared.notifier.tell(
+                    format!("endpoint-disabled:{}", endpoint.id),
+                    format!(
+                        "Mechanica: webhook endpoint {} of customer {} ({}) was disabled: {}. Its deliveries wait; the customer re-enables it with PATCH /v1/webhooks/{} {{\"enabled\": true}}.",
+                        endpoint.id,
+                        endpoint.customer_id,
+                        without_query(&endpoint.url),
+                        disabled.reason,
+                        endpoint.id
+                    ),
+                );
+            }
+            Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, %endpoint_id, "recording the endpoint's health failed")
             }
@@ -228,18 +245,30 @@ async fn record_health(shared: &Shared, group: &[Outcome]) {
     }
 }
 
+/// An endpoint this settle disabled, and how many of the customer's other
+/// endpoints were told.
+struct Disabled {
+    endpoint: EndpointRow,
+    reason: String,
+    told: usize,
+}
+
 /// A 410 disables the endpoint; if this did, `endpoint.disabled` goes out
-/// in the same transaction. True if any notice was written.
-async fn gone(shared: &Shared, endpoint_id: Uuid, now: DateTime<Utc>) -> sqlx::Result<bool> {
+/// in the same transaction.
+async fn gone(
+    shared: &Shared,
+    endpoint_id: Uuid,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Option<Disabled>> {
     let reason = "the endpoint answered 410 Gone";
     let mut tx = shared.pool.begin().await?;
-    let told = if db::webhook_endpoints::disable(&mut *tx, endpoint_id, reason, now).await? {
+    let disabled = if db::webhook_endpoints::disable(&mut *tx, endpoint_id, reason, now).await? {
         tell_disabled(&mut tx, endpoint_id, reason, now).await?
     } else {
-        0
+        None
     };
     tx.commit().await?;
-    Ok(told > 0)
+    Ok(disabled)
 }
 
 /// A failed attempt: the endpoint's failure clock, and, once it has failed
@@ -249,16 +278,21 @@ async fn failing(
     endpoint_id: Uuid,
     now: DateTime<Utc>,
     disable_after: chrono::Duration,
-) -> sqlx::Result<bool> {
+) -> sqlx::Result<Option<Disabled>> {
     let mut tx = shared.pool.begin().await?;
-    let disabled =
-        db::webhook_endpoints::mark_failing(&mut tx, endpoint_id, now, disable_after).await?;
-    let told = match disabled {
+    let disabled = match db::webhook_endpoints::mark_failing(
+        &mut tx,
+        endpoint_id,
+        now,
+        disable_after,
+    )
+    .await?
+    {
         Some(reason) => tell_disabled(&mut tx, endpoint_id, &reason, now).await?,
-        None => 0,
+        None => None,
     };
     tx.commit().await?;
-    Ok(told > 0)
+    Ok(disabled)
 }
 
 async fn tell_disabled(
@@ -266,9 +300,14 @@ async fn tell_disabled(
     endpoint_id: Uuid,
     reason: &str,
     now: DateTime<Utc>,
-) -> sqlx::Result<usize> {
-    match db::webhook_endpoints::find(&mut *tx, endpoint_id).await? {
-        Some(endpoint) => notices::endpoint_disabled(tx, &endpoint, reason, now).await,
-        None => Ok(0),
-    }
+) -> sqlx::Result<Option<Disabled>> {
+    let Some(endpoint) = db::webhook_endpoints::find(&mut *tx, endpoint_id).await? else {
+        return Ok(None);
+    };
+    let told = notices::endpoint_disabled(tx, &endpoint, reason, now).await?;
+    Ok(Some(Disabled {
+        endpoint,
+        reason: reason.to_string(),
+        told,
+    }))
 }

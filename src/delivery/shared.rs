@@ -19,6 +19,7 @@ use super::outcome::Outcome;
 use super::pace::Lane;
 use crate::config::DeliveryConfig;
 use crate::db;
+use crate::ops_notify::Notifier;
 use crate::secrets::SecretBox;
 
 /// Leased deliveries a worker (and an endpoint) may hold in memory per
@@ -58,6 +59,8 @@ pub(super) struct Shared {
     /// The dispatcher's last pass left deliveries for lack of room: the
     /// next place freed wakes it (`room_freed`) rather than its idle poll.
     pub(super) short_of_room: AtomicBool,
+    /// Told when an endpoint is disabled.
+    pub(super) notifier: Notifier,
 }
 
 /// What every loop shares, and where attempts' outcomes arrive.
@@ -74,8 +77,11 @@ pub(super) fn build(
         config.webhook_proxy_url.as_deref(),
     )
     .map_err(WorkerStartError::Config)?;
+    let notifier =
+        Notifier::start(&config.ops_notify, pool.clone()).map_err(WorkerStartError::Config)?;
     let (settles, settled) = mpsc::unbounded_channel();
     let shared = Shared {
+        notifier,
         pool,
         client,
         secrets,

@@ -39,6 +39,7 @@ pub fn test_config(database_url: String) -> Config {
         rate_limit: RateLimit::OFF,
         public_url: None,
         portal_frame_ancestors: vec![],
+        ops_notify: Default::default(),
     }
 }
 
@@ -802,6 +803,7 @@ pub fn worker_config(db_name: &str, queue_url: &str) -> mechanica::config::Deliv
         reconcile_after: Duration::from_secs(120),
         webhook_proxy_url: None,
         retention: Duration::from_secs(30 * 86_400),
+        ops_notify: Default::default(),
     }
 }
 

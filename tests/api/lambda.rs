@@ -21,6 +21,8 @@ struct Function {
     client: reqwest::Client,
     _emulator: Child,
     _function: Child,
+    /// What the function wrote to stdout (its log in Lambda), line by line.
+    output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 fn cargo_lambda() -> String {
@@ -62,17 +64,41 @@ impl Function {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let function = function_process(
+        let mut function = function_process(
             &format!("http://127.0.0.1:{port}/.rt"),
             database_url,
             queue_url,
         );
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stdout = function.stdout.take().expect("stdout is piped");
+        let lines = output.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut reader = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                lines.lock().unwrap().push(line);
+            }
+        });
         Function {
             invoke: format!("http://127.0.0.1:{port}/2015-03-31/functions/_/invocations"),
             client: reqwest::Client::new(),
             _emulator: emulator,
             _function: function,
+            output,
         }
+    }
+
+    /// The Embedded Metric Format lines written so far.
+    async fn emf(&self) -> Vec<Value> {
+        // stdout is read by another task: let it catch up.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.output
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("_aws").is_some())
+            .collect()
     }
 
     async fn invoke(&self, event: &Value) -> Value {
@@ -103,7 +129,7 @@ fn function_process(runtime_api: &str, database_url: &str, queue_url: &str) -> C
         .env("WEBHOOK_RETRY_SCHEDULE", "300ms,300ms")
         .env("WEBHOOK_TIMEOUT", "2s")
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("the function starts")
@@ -472,6 +498,48 @@ async fn an_orders_events_in_one_batch_arrive_in_order_within_the_invocation() {
         .map(|h| h.json()["data"]["sequence"].as_u64().unwrap())
         .collect();
     assert_eq!(sequences, [1, 2, 3, 4]);
+
+    // Its metrics, as Embedded Metric Format lines: one flush for the
+    // invocation, the names of /metrics, what happened in it.
+    let emf = function.emf().await;
+    let attempts = |lines: &[Value], outcome: &str| -> Vec<u64> {
+        lines
+            .iter()
+            .filter(|l| l["outcome"] == outcome)
+            .map(|l| l["webhook_attempts_total"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(attempts(&emf, "succeeded"), [4], "{emf:?}");
+    assert_eq!(attempts(&emf, "failed"), [0], "{emf:?}");
+    let main = emf
+        .iter()
+        .find(|l| l.get("webhook_end_to_end_seconds").is_some())
+        .unwrap();
+    let directive = &main["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(directive["Namespace"], "Mechanica");
+    let counts: u64 = main["webhook_attempt_duration_seconds"]["Counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .sum();
+    assert_eq!(counts, 4);
+    let declared: Vec<&str> = directive["Metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["Name"].as_str().unwrap())
+        .collect();
+    for name in &declared {
+        assert!(main.get(*name).is_some(), "{name} declared, not given");
+    }
+    // The scheduled pass flushes again: nothing new, and the gauges.
+    function.invoke(&scheduled_event()).await;
+    let emf = function.emf().await;
+    assert_eq!(attempts(&emf, "succeeded"), [4, 0], "{emf:?}");
+    let last = emf.last().unwrap();
+    assert_eq!(last["webhook_deliveries_pending"], 0);
+    assert_eq!(last["webhook_endpoints_disabled"], 0);
 }
 
 /// Every wait of an invocation is bounded by its deadline: an endpoint
@@ -576,4 +644,98 @@ async fn two_function_containers_share_an_endpoints_rate_limit() {
     let arrivals: Vec<std::time::Instant> = hits.iter().map(|h| h.at).collect();
     let busiest = busiest_second(&arrivals);
     assert!(busiest <= 4, "{busiest} requests in one second");
+}
+
+/// Every order type goes through the function as a status change does, in
+/// order; and the news of a 410 (the endpoint disabled, its delivery
+/// failed) reaches the endpoint that listens, at the next scheduled pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_order_type_and_the_news_about_webhooks_go_through_the_function() {
+    let system = System::without_worker().await;
+    let receiver = Receiver::start(|path, _, _| match path {
+        "/gone" => (410, Duration::ZERO),
+        _ => (200, Duration::ZERO),
+    })
+    .await;
+    let tenant = system.app.tenant("Serverless").await;
+    system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    let (gone, _) = system
+        .endpoint(&tenant.token, &format!("{}/gone", receiver.base), None)
+        .await;
+    let news = json!(["endpoint.disabled", "delivery.failed"]);
+    system
+        .endpoint(
+            &tenant.token,
+            &format!("{}/news", receiver.base),
+            Some(news),
+        )
+        .await;
+    let order = system.app.new_order(&tenant).await;
+    let id = order["id"].as_str().unwrap();
+    let amended = system
+        .app
+        .patch(
+            &format!("/v1/orders/{id}"),
+            &tenant.token,
+            &json!({"notes": "Back door"}),
+        )
+        .await;
+    assert_eq!(amended.status(), reqwest::StatusCode::OK);
+    system.app.drive(id, &["confirmed"]).await;
+    let tracked = system
+        .app
+        .post(
+            &format!("/v1/orders/{id}/tracking"),
+            ADMIN,
+            &json!({"location": "Depot"}),
+        )
+        .await;
+    assert_eq!(tracked.status(), reqwest::StatusCode::OK);
+    let mut records = published(&system, 4).await;
+    records.reverse();
+    let function = Function::start(
+        &format!("{}/{}", server_url(), system.db_name),
+        &system.queue.url,
+    )
+    .await;
+    let arn = system.queue.arn().await;
+    let answer = function.invoke(&sqs_event(&arn, &records)).await;
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+    let hooks: Vec<(String, u64)> = receiver
+        .hits_on("/hooks")
+        .iter()
+        .map(|h| {
+            let e = h.json();
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["data"]["sequence"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hooks,
+        [
+            ("order.created".to_string(), 1),
+            ("order.updated".to_string(), 2),
+            ("order.status_changed".to_string(), 3),
+            ("order.tracking_updated".to_string(), 4),
+        ]
+    );
+    // The news was written with the outcomes; the scheduled pass sends it.
+    function.invoke(&scheduled_event()).await;
+    let notices: Vec<Value> = receiver.hits_on("/news").iter().map(|h| h.json()).collect();
+    let kinds: std::collections::BTreeSet<&str> = notices
+        .iter()
+        .map(|n| n["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        ["delivery.failed", "endpoint.disabled"],
+        "{notices:?}"
+    );
+    for notice in &notices {
+        assert_eq!(notice["data"]["endpoint_id"], gone.as_str());
+    }
 }

@@ -4,6 +4,7 @@ mod helpers;
 
 mod answers;
 mod api_keys;
+mod dashboards;
 mod delivery;
 mod deploy;
 mod endpoint_options;
@@ -20,6 +21,7 @@ mod limits;
 mod notices;
 mod openapi;
 mod operations;
+mod ops_notify;
 mod order_life;
 mod orders;
 mod pipeline;
