@@ -109,6 +109,8 @@ fn concrete_path(template: &str, fixture: &Fixture) -> String {
 fn valid_body(method: &Method, template: &str) -> Value {
     match (method.as_str(), template) {
         ("POST", "/v1/orders/{id}/status") => json!({ "status": "cancelled" }),
+        ("PATCH", "/v1/orders/{id}") => json!({ "notes": "changed" }),
+        ("POST", "/v1/orders/{id}/tracking") => json!({ "location": "Depot" }),
         ("PATCH", "/v1/webhooks/{id}") => json!({ "description": "changed" }),
         ("POST", "/v1/webhooks/{id}/recover") => {
             json!({ "since": (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339() })

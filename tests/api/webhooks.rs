@@ -190,6 +190,35 @@ async fn bad_input_names_every_field_and_changes_nothing() {
         fields(&assert_problem(bad_patch, StatusCode::UNPROCESSABLE_ENTITY).await),
         ["secret"]
     );
+    // The statuses filter: a status that does not exist, an empty list (it
+    // would match nothing; null means every status), a type a customer
+    // cannot subscribe to; each named, nothing changed.
+    for (body, field) in [
+        (json!({ "statuses": ["lost"] }), "statuses"),
+        (json!({ "statuses": [] }), "statuses"),
+        (json!({ "statuses": "delivered" }), "statuses"),
+        (json!({ "event_types": ["webhook.test"] }), "event_types"),
+    ] {
+        let refused = patch(&app, &tenant.token, id, body.clone()).await;
+        let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(fields(&problem), [field], "{body}");
+        let refused = create(&app, &tenant.token, {
+            let mut create = body.clone();
+            create["url"] = json!(HOOK);
+            create
+        })
+        .await;
+        let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(fields(&problem), [field], "create {body}");
+    }
+    let unchanged: Value = app
+        .get(&format!("/v1/webhooks/{id}"), &tenant.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unchanged["statuses"], Value::Null);
+    assert_eq!(unchanged["updated_at"], created["updated_at"]);
     let bad_url = patch(
         &app,
         &tenant.token,
