@@ -213,7 +213,9 @@ async function formScreen(id) {
   const orderBoxes = orderTypes.map(typeBox);
   const newsBoxes = types.filter((t) => t.subscribable && !t.default).map(typeBox);
   errors.event_types = h("p", { class: "field-error", id: "e-event_types", hidden: true });
-  const statusNames = types.find((t) => t.type === "order.status_changed")?.schema?.$defs?.status?.enum || [];
+  // No change ever moves an order to pending: not offered.
+  const statusNames = (types.find((t) => t.type === "order.status_changed")?.schema?.$defs?.status?.enum || [])
+    .filter((s) => s !== "pending");
   const statusChosen = new Set(endpoint?.statuses || []);
   const statusBoxes = statusNames.map((s) => h("label", { class: "inline" },
     h("input", { type: "checkbox", name: "statuses", value: s, checked: statusChosen.has(s) }), s.replaceAll("_", " ")));
