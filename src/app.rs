@@ -256,7 +256,24 @@ pub fn router(state: AppState, config: &Config) -> Router {
                     .get(&REQUEST_ID)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("-");
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
+                // No query in any field: it may hold a token. The route is
+                // filled in once known (`record_metrics`).
+                let span = tracing::info_span!(
+                    "request",
+                    method = %req.method(),
+                    path = %req.uri().path(),
+                    request_id,
+                    otel.name = %req.method(),
+                    otel.kind = "server",
+                    http.request.method = %req.method(),
+                    http.route = tracing::field::Empty,
+                    http.response.status_code = tracing::field::Empty,
+                );
+                crate::telemetry::continue_trace(
+                    &span,
+                    crate::telemetry::traceparent_header(req.headers()),
+                );
+                span
             })
             .on_response(DefaultOnResponse::new().level(Level::INFO)),
     )
@@ -346,6 +363,12 @@ async fn record_metrics(State(state): State<AppState>, req: Request, next: Next)
         response.status().as_u16(),
         started.elapsed(),
     );
+    // The request's span (`router`): named by its route, not its path,
+    // which holds ids.
+    let span = tracing::Span::current();
+    crate::telemetry::rename(&span, format!("{method} {route}"));
+    span.record("http.route", route.as_str());
+    span.record("http.response.status_code", response.status().as_u16());
     response
 }
 

@@ -33,12 +33,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(config.log_format);
+    let traces = telemetry::init(config.log_format, "mechanica-api");
     let result = if command == "migrate" {
         migrate(&config).await
     } else {
         serve(config).await
     };
+    tokio::task::spawn_blocking(move || traces.shutdown())
+        .await
+        .ok();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -42,6 +42,7 @@ use crate::ops_notify::Notifier;
 use crate::queue::{message_size, Outgoing, Queue, Sent, MAX_BATCH_BYTES};
 use crate::sequencer;
 use crate::signals::Signals;
+use tracing::Instrument;
 
 /// SQS's batch limit.
 const BATCH: usize = 10;
@@ -163,7 +164,21 @@ impl Relay {
             vec![]
         };
         if !events.is_empty() {
-            let published = publish(&queue, &events, &mut parked_orders).await;
+            // One publish serves many requests' events: it links to
+            // their traces rather than joining one (SPEC §15).
+            let span = tracing::info_span!(
+                "outbox publish",
+                otel.kind = "producer",
+                messaging.system = "aws_sqs",
+                messaging.batch.message_count = events.len(),
+            );
+            crate::telemetry::link_traces(
+                &span,
+                events.iter().filter_map(|e| e.traceparent.as_deref()),
+            );
+            let published = publish(&queue, &events, &mut parked_orders)
+                .instrument(span)
+                .await;
             let parks: Vec<Park<'_>> = published
                 .parked
                 .iter()
@@ -282,6 +297,7 @@ fn outgoing(e: &OutboxEvent) -> Outgoing<'_> {
         event_type: &e.event_type,
         customer_id: e.customer_id.to_string(),
         group: e.order_id.to_string(),
+        traceparent: e.traceparent.as_deref(),
     }
 }
 
@@ -524,6 +540,7 @@ mod tests {
             customer_id: Uuid::nil(),
             event_type: "order.created".into(),
             payload: "{}".into(),
+            traceparent: None,
         }
     }
 

@@ -28,6 +28,9 @@ pub struct Outgoing<'a> {
     pub customer_id: String,
     /// FIFO group: events of one order stay in order.
     pub group: String,
+    /// The W3C trace context of the request that made the event, carried
+    /// as the `traceparent` message attribute.
+    pub traceparent: Option<&'a str>,
 }
 
 impl Queue {
@@ -90,6 +93,9 @@ impl Queue {
                 .message_body(m.body)
                 .message_attributes("event_type", string_attribute(m.event_type))
                 .message_attributes("customer_id", string_attribute(&m.customer_id));
+            if let Some(traceparent) = m.traceparent {
+                entry = entry.message_attributes("traceparent", string_attribute(traceparent));
+            }
             if self.fifo {
                 entry = entry
                     .message_group_id(&m.group)

@@ -28,17 +28,22 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(config.log_format);
+    let traces = telemetry::init(config.log_format, "mechanica-delivery");
     if lambda {
         if std::env::var_os("DATABASE_MAX_CONNECTIONS").is_none() {
             config.database_max_connections = LAMBDA_CONNECTIONS;
         }
-        return run_lambda(config).await;
+        let code = run_lambda(config).await;
+        tokio::task::spawn_blocking(move || traces.shutdown())
+            .await
+            .ok();
+        return code;
     }
     let worker = match Worker::build(config.clone()).await {
         Ok(worker) => worker,
         Err(e) => {
             eprintln!("mechanica-delivery: {e}");
+            traces.shutdown();
             return ExitCode::FAILURE;
         }
     };
@@ -48,6 +53,9 @@ async fn main() -> ExitCode {
         "mechanica-delivery running"
     );
     worker.run_until_stopped(shutdown_signal()).await;
+    tokio::task::spawn_blocking(move || traces.shutdown())
+        .await
+        .ok();
     ExitCode::SUCCESS
 }
 

@@ -30,6 +30,8 @@ pub struct DeliveryRow {
     pub lease_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The trace of its fan-out, which every attempt of it joins.
+    pub traceparent: Option<String>,
 }
 
 /// What a new delivery is of: one event, for one endpoint.
@@ -69,13 +71,14 @@ impl DeliveryRow {
             lease_id: None,
             created_at: now,
             updated_at: now,
+            traceparent: None,
         }
     }
 }
 
 const COLUMNS: &str = "id, endpoint_id, customer_id, event_id, event_type, order_id, sequence, \
      payload, event_created_at, status, attempts, last_response_status, last_error, \
-     next_attempt_at, manual_requested_at, lease_until, lease_id, created_at, updated_at";
+     next_attempt_at, manual_requested_at, lease_until, lease_id, created_at, updated_at, traceparent";
 
 /// Creates the delivery unless one exists for this (event, endpoint);
 /// true if it did.
@@ -111,7 +114,8 @@ pub async fn insert_many(db: impl MySqlExecutor<'_>, rows: &[DeliveryRow]) -> sq
             .push_bind(row.lease_until)
             .push_bind(row.lease_id)
             .push_bind(row.created_at)
-            .push_bind(row.updated_at);
+            .push_bind(row.updated_at)
+            .push_bind(&row.traceparent);
     });
     Ok(sql.build().execute(db).await?.rows_affected())
 }

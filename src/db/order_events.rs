@@ -14,7 +14,8 @@ pub async fn insert(db: impl MySqlExecutor<'_>, event: &Event) -> sqlx::Result<(
 /// call it in the transaction of the changes they record.
 pub async fn insert_many(db: impl MySqlExecutor<'_>, events: &[&Event]) -> sqlx::Result<()> {
     let mut sql = QueryBuilder::new(
-        "INSERT INTO order_events (id, order_id, customer_id, sequence, event_type, status, payload, created_at) ",
+        "INSERT INTO order_events (id, order_id, customer_id, sequence, event_type, status, payload, created_at,
+                                   traceparent) ",
     );
     let mut payloads = Vec::with_capacity(events.len());
     for event in events {
@@ -28,7 +29,8 @@ pub async fn insert_many(db: impl MySqlExecutor<'_>, events: &[&Event]) -> sqlx:
             .push_bind(event.event_type.as_str())
             .push_bind(event.data.order.status.as_str())
             .push_bind(payload)
-            .push_bind(event.timestamp);
+            .push_bind(event.timestamp)
+            .push_bind(event.traceparent.as_deref());
     });
     sql.build().execute(db).await?;
     Ok(())
@@ -64,7 +66,8 @@ pub async fn history(
 /// table on every pass.
 pub async fn unsequenced(db: impl MySqlExecutor<'_>, limit: i64) -> sqlx::Result<Vec<OutboxEvent>> {
     sqlx::query_as(
-        "SELECT position, CAST(0 AS UNSIGNED) AS feed_position, id, order_id, customer_id, event_type, payload
+        "SELECT position, CAST(0 AS UNSIGNED) AS feed_position, id, order_id, customer_id, event_type, payload,
+                traceparent
          FROM order_events FORCE INDEX (order_events_feed)
          WHERE feed_position IS NULL ORDER BY position LIMIT ?",
     )
@@ -145,6 +148,8 @@ pub struct OutboxEvent {
     pub customer_id: Uuid,
     pub event_type: String,
     pub payload: String,
+    /// The request's trace (see `Event::traceparent`).
+    pub traceparent: Option<String>,
 }
 
 /// Numbered events in `(after, before)`, in feed order: what the relay has
@@ -156,7 +161,7 @@ pub async fn numbered_between(
     limit: i64,
 ) -> sqlx::Result<Vec<OutboxEvent>> {
     sqlx::query_as(
-        "SELECT position, feed_position, id, order_id, customer_id, event_type, payload
+        "SELECT position, feed_position, id, order_id, customer_id, event_type, payload, traceparent
          FROM order_events WHERE feed_position > ? AND feed_position < ?
          ORDER BY feed_position LIMIT ?",
     )
@@ -177,7 +182,7 @@ pub async fn outbox_by_ids(
     }
     let mut sql = QueryBuilder::new(
         "SELECT position, COALESCE(feed_position, CAST(0 AS UNSIGNED)) AS feed_position, id, order_id, customer_id,
-                event_type, payload
+                event_type, payload, traceparent
          FROM order_events WHERE id IN (",
     );
     let mut list = sql.separated(", ");
@@ -224,6 +229,8 @@ pub struct FanOutEvent {
     pub status: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub payload: Option<String>,
+    /// The trace of the request that made it.
+    pub traceparent: Option<String>,
 }
 
 /// The events named by `ids` and every event of their orders, in one
@@ -240,7 +247,7 @@ pub async fn for_fan_out(
     }
     let mut sql = QueryBuilder::new(format!(
         "SELECT e.id, e.order_id, e.customer_id, e.sequence, e.event_type, {STATUS} AS status,
-                e.created_at, IF(e.id IN ("
+                e.created_at, e.traceparent, IF(e.id IN ("
     ));
     let mut list = sql.separated(", ");
     for id in ids {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::fan_out::Leased as LeasedDelivery;
@@ -208,10 +209,27 @@ pub(super) async fn attempt(
             headers.insert(name, value);
         }
     }
+    // In the trace of the event's fan-out (and so of the request that made
+    // the event); ids and the status only, never the URL.
+    let span = tracing::info_span!(
+        "webhook attempt",
+        otel.kind = "client",
+        endpoint_id = %endpoint.id,
+        event_id = %row.event_id,
+        event_type = %row.event_type,
+        attempt = row.attempts + 1,
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, row.traceparent.as_deref());
     let result = shared
         .client
         .attempt(&endpoint.url, headers, row.payload.clone())
+        .instrument(span.clone())
         .await;
+    if let Some(status) = result.response_status {
+        span.record("http.response.status_code", status);
+    }
+    drop(span);
     let succeeded = result.succeeded();
     let now = time::now();
     let since_commit = succeeded

@@ -195,6 +195,24 @@ pub async fn fan_out<P>(
         }
     }
     let by_id: HashMap<Uuid, &EndpointRow> = endpoints.iter().map(|e| (e.id, e)).collect();
+    // A span per event fanned out, in the trace of the request that made
+    // it; its deliveries' attempts join it (the row keeps its context).
+    let mut spans: HashMap<Uuid, (tracing::Span, Option<String>)> = HashMap::new();
+    for p in &planned {
+        let event = &events[p.event];
+        spans.entry(event.id).or_insert_with(|| {
+            let span = tracing::info_span!(
+                "fan-out",
+                event_id = %event.id,
+                event_type = %event.event_type,
+                order_id = %event.order_id,
+                sequence = event.sequence,
+            );
+            crate::telemetry::continue_trace(&span, event.traceparent.as_deref());
+            let traceparent = crate::telemetry::traceparent_of(&span);
+            (span, traceparent)
+        });
+    }
     let mut rows = Vec::with_capacity(planned.len());
     let mut permits = Vec::with_capacity(planned.len());
     for p in &planned {
@@ -214,6 +232,7 @@ pub async fn fan_out<P>(
             now,
             p.due,
         );
+        row.traceparent = spans.get(&event.id).and_then(|(_, t)| t.clone());
         let granted = if p.due { permit(endpoint) } else { None };
         if granted.is_some() {
             row.lease_until = Some(lease.until);
@@ -263,6 +282,7 @@ mod tests {
             status: Some("in_transit".into()),
             created_at: crate::domain::time::now() - chrono::Duration::seconds(age_s),
             payload: named.then(|| "{}".into()),
+            traceparent: None,
         }
     }
 

@@ -90,12 +90,19 @@ async fn handle(
             // One flush per invocation: stdout is the function's log,
             // which CloudWatch (and Datadog's forwarder) read EMF from.
             println!("{}", runner.metrics_emf(false).await);
+            // Frozen until the next invocation: the spans go now.
+            tokio::task::spawn_blocking(crate::telemetry::flush)
+                .await
+                .ok();
             Ok(json!({ "batchItemFailures": failures }))
         }
         Invocation::Scheduled => {
             let attempted = runner.run_due(deadline).await;
             tracing::info!(attempted, "scheduled pass done");
             println!("{}", runner.metrics_emf(true).await);
+            tokio::task::spawn_blocking(crate::telemetry::flush)
+                .await
+                .ok();
             Ok(json!({ "attempted": attempted }))
         }
     }

@@ -76,6 +76,10 @@ pub struct Event {
     #[schema(value_type = String, format = DateTime, example = "2026-11-24T19:20:56.123Z")]
     pub timestamp: DateTime<Utc>,
     pub data: OrderEventData,
+    /// The W3C `traceparent` of the request that made it: stored beside
+    /// the envelope, never in it.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -179,7 +183,14 @@ impl Event {
                 change,
                 order: order.clone(),
             },
+            traceparent: None,
         }
+    }
+
+    /// The event, made in the trace `traceparent` names.
+    pub fn traced(mut self, traceparent: Option<String>) -> Event {
+        self.traceparent = traceparent;
+        self
     }
 }
 

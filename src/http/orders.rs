@@ -168,7 +168,7 @@ pub async fn create(
             {
                 return Ok(answer);
             }
-            order_writer::insert_one(&mut tx, &order)
+            order_writer::insert_one(&mut tx, &order, crate::telemetry::current_traceparent())
                 .await
                 .map_err(|e| order_writer::insert_error(e, &order))?;
             let owner = principal.owner_id();
@@ -353,6 +353,7 @@ pub async fn change_status(
         order_id: id,
         principal,
         expected,
+        trace: crate::telemetry::current_traceparent(),
         kind: ChangeKind::Status {
             target,
             note: body.note.clone(),
@@ -424,6 +425,7 @@ pub async fn track(
         order_id: id,
         principal,
         expected,
+        trace: crate::telemetry::current_traceparent(),
         kind: ChangeKind::Tracking {
             location: body.location,
             note: body.note,
@@ -479,6 +481,7 @@ pub async fn amend(
         order_id: id,
         principal,
         expected,
+        trace: crate::telemetry::current_traceparent(),
         kind: ChangeKind::Amend(amendment),
     };
     make(&state, change, None).await

@@ -28,6 +28,8 @@ pub struct OrderChange {
     /// `If-Match`: the versions the caller accepts.
     pub expected: Option<Vec<u32>>,
     pub kind: ChangeKind,
+    /// The trace of the request that asks for it (`telemetry`).
+    pub trace: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -146,7 +148,9 @@ pub fn apply(order: &mut Order, change: &OrderChange) -> ApiResult<Option<Event>
     };
     order.version += 1;
     order.updated_at = time::now().max(order.updated_at);
-    Ok(Some(Event::of(event_type, order, detail)))
+    Ok(Some(
+        Event::of(event_type, order, detail).traced(change.trace.clone()),
+    ))
 }
 
 /// 409 `wrong-status` unless the order is in one of `allowed`.
@@ -476,6 +480,7 @@ mod tests {
                 principal,
                 expected,
                 kind,
+                trace: None,
             };
             match (apply(&mut after, &change), answer) {
                 (Ok(Some(event)), Ok(true)) => {
@@ -505,6 +510,7 @@ mod tests {
             principal: Principal::Operator,
             expected: None,
             kind,
+            trace: None,
         };
         let event = apply(&mut order, &change(tracking())).unwrap().unwrap();
         assert_eq!(event.event_type, EventType::OrderTrackingUpdated);
@@ -563,6 +569,7 @@ mod tests {
             principal: Principal::Customer(pending.customer_id),
             expected: None,
             kind: ChangeKind::Amend(amendment),
+            trace: None,
         };
         let event = apply(&mut pending, &change).unwrap().unwrap();
         let Change::Amended {

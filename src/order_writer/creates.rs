@@ -34,15 +34,16 @@ fn duplicate(order: &Order) -> ApiError {
 /// Writes the group; see the module doc for what each failure answers.
 pub(super) async fn write(
     db: &MySqlPool,
-    orders: Vec<Order>,
+    orders: Vec<(Order, Option<String>)>,
     group: &Group,
 ) -> Vec<ApiResult<Order>> {
+    let (orders, traces): (Vec<Order>, Vec<Option<String>>) = orders.into_iter().unzip();
     let mut answers = Answers::new(orders.len());
     let mut left: Vec<usize> = (0..orders.len()).collect();
     let mut conflicts = 0;
     let mut duplicates_found = false;
     while !left.is_empty() {
-        match write_group(db, &orders, &left, group).await {
+        match write_group(db, &orders, &traces, &left, group).await {
             Ok(()) => {
                 for i in left.drain(..) {
                     answers.set(i, Ok(orders[i].clone()));
@@ -64,7 +65,7 @@ pub(super) async fn write(
             // Taken again meanwhile: each alone, so each gets its own answer.
             Err(GroupFailed::Duplicate) => {
                 for i in left.drain(..) {
-                    let written = write_one(db, &orders[i], group, i).await;
+                    let written = write_one(db, &orders[i], &traces[i], group, i).await;
                     answers.set(i, written.map(|()| orders[i].clone()));
                 }
             }
@@ -89,11 +90,15 @@ pub(super) async fn write(
 async fn write_group(
     db: &MySqlPool,
     orders: &[Order],
+    traces: &[Option<String>],
     indexes: &[usize],
     group: &Group,
 ) -> Result<(), GroupFailed> {
     let chosen: Vec<&Order> = indexes.iter().map(|&i| &orders[i]).collect();
-    let events: Vec<Event> = chosen.iter().map(|o| Event::created(o)).collect();
+    let events: Vec<Event> = indexes
+        .iter()
+        .map(|&i| Event::created(&orders[i]).traced(traces[i].clone()))
+        .collect();
     let mut tx = db.begin().await?;
     db::orders::insert_many(&mut *tx, &chosen).await?;
     db::order_events::insert_many(&mut *tx, &events.iter().collect::<Vec<_>>()).await?;
@@ -136,16 +141,26 @@ async fn taken_references(
 /// Writes an order and its first event in the caller's transaction: the
 /// path of a creation that must share its transaction (an idempotency key's
 /// claim).
-pub async fn insert_one(tx: &mut MySqlConnection, order: &Order) -> Result<(), InsertError> {
+pub async fn insert_one(
+    tx: &mut MySqlConnection,
+    order: &Order,
+    trace: Option<String>,
+) -> Result<(), InsertError> {
     db::orders::insert(&mut *tx, order).await?;
-    db::order_events::insert(&mut *tx, &Event::created(order))
+    db::order_events::insert(&mut *tx, &Event::created(order).traced(trace))
         .await
         .map_err(InsertError::Db)
 }
 
-async fn write_one(db: &MySqlPool, order: &Order, group: &Group, i: usize) -> ApiResult<()> {
+async fn write_one(
+    db: &MySqlPool,
+    order: &Order,
+    trace: &Option<String>,
+    group: &Group,
+    i: usize,
+) -> ApiResult<()> {
     let mut tx = db.begin().await?;
-    insert_one(&mut tx, order)
+    insert_one(&mut tx, order, trace.clone())
         .await
         .map_err(|e| insert_error(e, order))?;
     if group.hold(&[i]).is_err() {

@@ -46,7 +46,8 @@ const MAX_GROUP: usize = 32;
 /// Hands order writes to the group writers; cheap to clone.
 #[derive(Clone)]
 pub struct OrderWriter {
-    creates: Batcher<Order, ApiResult<Order>>,
+    /// Each new order with the trace of the request that places it.
+    creates: Batcher<(Order, Option<String>), ApiResult<Order>>,
     /// `Err(change)`: its order is held by another transaction; the
     /// change comes back and its caller makes it on its own.
     changes: Batcher<OrderChange, Result<ApiResult<Order>, OrderChange>>,
@@ -86,7 +87,11 @@ impl OrderWriter {
     /// Writes the order and its `order.created` event; returns the order
     /// once both are committed.
     pub async fn create(&self, order: Order) -> ApiResult<Order> {
-        self.creates.call(order).await.unwrap_or_else(not_done)
+        let trace = crate::telemetry::current_traceparent();
+        self.creates
+            .call((order, trace))
+            .await
+            .unwrap_or_else(not_done)
     }
 
     /// Applies the change and writes its event; returns the order as it now

@@ -32,4 +32,5 @@ mod relay;
 mod retention;
 mod status_machine;
 mod tenancy;
+mod traces;
 mod webhooks;

@@ -43,6 +43,7 @@ async fn a_batch_with_one_oversized_message_sends_the_others(endpoint: &str) {
             event_type: "order.created",
             customer_id: "c".into(),
             group: format!("g{i}"),
+            traceparent: None,
         })
         .collect();
 
