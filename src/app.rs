@@ -365,10 +365,12 @@ async fn record_metrics(State(state): State<AppState>, req: Request, next: Next)
     );
     // The request's span (`router`): named by its route, not its path,
     // which holds ids.
-    let span = tracing::Span::current();
-    crate::telemetry::rename(&span, format!("{method} {route}"));
-    span.record("http.route", route.as_str());
-    span.record("http.response.status_code", response.status().as_u16());
+    if crate::telemetry::exporting_traces() {
+        let span = tracing::Span::current();
+        crate::telemetry::rename(&span, format!("{method} {route}"));
+        span.record("http.route", route.as_str());
+        span.record("http.response.status_code", response.status().as_u16());
+    }
     response
 }
 

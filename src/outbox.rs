@@ -166,16 +166,21 @@ impl Relay {
         if !events.is_empty() {
             // One publish serves many requests' events: it links to
             // their traces rather than joining one (SPEC §15).
-            let span = tracing::info_span!(
-                "outbox publish",
-                otel.kind = "producer",
-                messaging.system = "aws_sqs",
-                messaging.batch.message_count = events.len(),
-            );
-            crate::telemetry::link_traces(
-                &span,
-                events.iter().filter_map(|e| e.traceparent.as_deref()),
-            );
+            let span = if crate::telemetry::exporting_traces() {
+                let span = tracing::info_span!(
+                    "outbox publish",
+                    otel.kind = "producer",
+                    messaging.system = "aws_sqs",
+                    messaging.batch.message_count = events.len(),
+                );
+                crate::telemetry::link_traces(
+                    &span,
+                    events.iter().filter_map(|e| e.traceparent.as_deref()),
+                );
+                span
+            } else {
+                tracing::Span::none()
+            };
             let published = publish(&queue, &events, &mut parked_orders)
                 .instrument(span)
                 .await;

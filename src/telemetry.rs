@@ -23,6 +23,14 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
+/// Whether spans are exported: spans that only tracing would see (one per
+/// event fanned out, one per attempt) are not made otherwise.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn exporting_traces() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The exporting provider, for `flush` (Lambda, before it is frozen).
 static PROVIDER: std::sync::OnceLock<SdkTracerProvider> = std::sync::OnceLock::new();
 
@@ -118,11 +126,15 @@ fn exporting(service: &str) -> Option<SdkTracerProvider> {
         )
         .build();
     let _ = PROVIDER.set(provider.clone());
+    EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
     Some(provider)
 }
 
 /// The W3C `traceparent` of the current span, if a trace is being recorded.
 pub fn current_traceparent() -> Option<String> {
+    if !exporting_traces() {
+        return None;
+    }
     traceparent_of(&tracing::Span::current())
 }
 
@@ -140,7 +152,7 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
 /// Makes the span a child of the trace `traceparent` names (a malformed
 /// or absent one leaves it where it is).
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
-    let Some(traceparent) = traceparent else {
+    let Some(traceparent) = traceparent.filter(|_| exporting_traces()) else {
         return;
     };
     let carrier = Carrier {

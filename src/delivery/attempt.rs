@@ -211,16 +211,21 @@ pub(super) async fn attempt(
     }
     // In the trace of the event's fan-out (and so of the request that made
     // the event); ids and the status only, never the URL.
-    let span = tracing::info_span!(
-        "webhook attempt",
-        otel.kind = "client",
-        endpoint_id = %endpoint.id,
-        event_id = %row.event_id,
-        event_type = %row.event_type,
-        attempt = row.attempts + 1,
-        http.response.status_code = tracing::field::Empty,
-    );
-    crate::telemetry::continue_trace(&span, row.traceparent.as_deref());
+    let span = if crate::telemetry::exporting_traces() {
+        let span = tracing::info_span!(
+            "webhook attempt",
+            otel.kind = "client",
+            endpoint_id = %endpoint.id,
+            event_id = %row.event_id,
+            event_type = %row.event_type,
+            attempt = row.attempts + 1,
+            http.response.status_code = tracing::field::Empty,
+        );
+        crate::telemetry::continue_trace(&span, row.traceparent.as_deref());
+        span
+    } else {
+        tracing::Span::none()
+    };
     let result = shared
         .client
         .attempt(&endpoint.url, headers, row.payload.clone())

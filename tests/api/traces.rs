@@ -121,6 +121,72 @@ fn start(binary: &str, env: &[(&str, String)], log: Arc<Mutex<Vec<String>>>) -> 
     child
 }
 
+/// The trace as a tree (`cargo test -- --nocapture traces` prints it; the
+/// README shows one): each span under its parent, the relay's publish
+/// beside it with its link.
+fn tree(all: &[Got], trace: &str) -> String {
+    let in_trace: Vec<&Got> = all.iter().filter(|g| g.trace() == trace).collect();
+    let ids: std::collections::HashSet<String> =
+        in_trace.iter().map(|g| hex(&g.span.span_id)).collect();
+    let mut out = format!("trace {trace}\n");
+    fn walk(out: &mut String, all: &[&Got], parent: &str, depth: usize) {
+        let mut children: Vec<&&Got> = all
+            .iter()
+            .filter(|g| hex(&g.span.parent_span_id) == parent)
+            .collect();
+        children.sort_by_key(|g| g.span.start_time_unix_nano);
+        for child in children {
+            let took =
+                (child.span.end_time_unix_nano - child.span.start_time_unix_nano) as f64 / 1e6;
+            let mut attributes: Vec<String> = [
+                "http.route",
+                "http.response.status_code",
+                "event_type",
+                "sequence",
+                "attempt",
+                "host",
+            ]
+            .iter()
+            .filter_map(|k| child.attribute(k).map(|v| format!("{k}={v}")))
+            .collect();
+            attributes.dedup();
+            out.push_str(&format!(
+                "{}└─ {:<18} {:<18} {:>6.1} ms  {}\n",
+                "   ".repeat(depth),
+                child.service,
+                child.span.name,
+                took,
+                attributes.join(" ")
+            ));
+            walk(out, all, &hex(&child.span.span_id), depth + 1);
+        }
+    }
+    let roots: std::collections::BTreeSet<String> = in_trace
+        .iter()
+        .map(|g| hex(&g.span.parent_span_id))
+        .filter(|p| !ids.contains(p))
+        .collect();
+    for root in roots {
+        out.push_str(&format!("(parent {root}, the client's)\n"));
+        walk(&mut out, &in_trace, &root, 0);
+    }
+    for publish in all
+        .iter()
+        .filter(|g| g.span.links.iter().any(|l| hex(&l.trace_id) == trace))
+    {
+        out.push_str(&format!(
+            "linked from trace {}: {} {} ({} message(s))\n",
+            publish.trace(),
+            publish.service,
+            publish.span.name,
+            publish
+                .attribute("messaging.batch.message_count")
+                .unwrap_or_default()
+        ));
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_runs_from_the_request_to_the_attempt() {
     let (otlp, spans) = otlp_receiver().await;
@@ -302,6 +368,8 @@ async fn one_trace_runs_from_the_request_to_the_attempt() {
         .unwrap_or_else(|| panic!("no publish span linked to the trace: {all:?}"));
     assert_ne!(publish.trace(), trace);
     assert_eq!(publish.service, "mechanica-api");
+
+    println!("{}", tree(&all, trace));
 
     // Nothing secret in any attribute of any span.
     for got in &all {
