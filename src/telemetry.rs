@@ -14,6 +14,7 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -67,10 +68,13 @@ pub fn init(format: LogFormat, service: &str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
     let provider = exporting(service);
+    // Spans are exported whatever `RUST_LOG` says (it filters the logs
+    // only): this crate's spans, at info and above.
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("mechanica"))
             .with_tracked_inactivity(false)
+            .with_filter(Targets::new().with_target("mechanica", tracing::Level::INFO))
     });
     let logs = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -86,10 +90,10 @@ pub fn init(format: LogFormat, service: &str) -> Telemetry {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .boxed(),
-    };
+    }
+    .with_filter(filter);
     // Already set (tests start several apps in one process): keep the first.
     let _ = tracing_subscriber::registry()
-        .with(filter)
         .with(otel)
         .with(logs)
         .try_init();

@@ -38,6 +38,11 @@ async fn free_port() -> u16 {
 
 impl Function {
     async fn start(database_url: &str, queue_url: &str) -> Function {
+        Function::start_with(database_url, queue_url, &[]).await
+    }
+
+    /// `start`, with more settings for the function.
+    async fn start_with(database_url: &str, queue_url: &str, extra: &[(&str, String)]) -> Function {
         let port = free_port().await;
         let emulator = Command::new(cargo_lambda())
             .args([
@@ -68,6 +73,7 @@ impl Function {
             &format!("http://127.0.0.1:{port}/.rt"),
             database_url,
             queue_url,
+            extra,
         );
         let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stdout = function.stdout.take().expect("stdout is piped");
@@ -116,8 +122,17 @@ impl Function {
 }
 
 /// `mechanica-delivery lambda` polling the Runtime API at `runtime_api`.
-fn function_process(runtime_api: &str, database_url: &str, queue_url: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_mechanica-delivery"))
+fn function_process(
+    runtime_api: &str,
+    database_url: &str,
+    queue_url: &str,
+    extra: &[(&str, String)],
+) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mechanica-delivery"));
+    for (key, value) in extra {
+        command.env(key, value);
+    }
+    command
         .arg("lambda")
         .env("AWS_LAMBDA_RUNTIME_API", runtime_api)
         .env("AWS_LAMBDA_FUNCTION_NAME", "_")
@@ -567,6 +582,7 @@ async fn an_invocation_answers_before_its_deadline_with_every_attempt_recorded()
         &runtime.base,
         &format!("{}/{}", server_url(), system.db_name),
         &system.queue.url,
+        &[],
     );
 
     let answer = runtime
@@ -628,8 +644,8 @@ async fn two_function_containers_share_an_endpoints_rate_limit() {
         DeadlineRuntime::start().await,
     );
     let _functions = [
-        function_process(&first.base, &database_url, &system.queue.url),
-        function_process(&second.base, &database_url, &system.queue.url),
+        function_process(&first.base, &database_url, &system.queue.url, &[]),
+        function_process(&second.base, &database_url, &system.queue.url, &[]),
     ];
     let (a, b) = records.split_at(8);
     let (a, b) = (sqs_event(&arn, a), sqs_event(&arn, b));
@@ -738,4 +754,60 @@ async fn every_order_type_and_the_news_about_webhooks_go_through_the_function() 
     for notice in &notices {
         assert_eq!(notice["data"]["endpoint_id"], gone.as_str());
     }
+}
+
+/// The function continues the trace the API stored with the event, and
+/// its spans leave before the invocation answers (Lambda freezes the
+/// container after: a batch exporter's timer would never fire). The
+/// function logs at `RUST_LOG=warn`: spans do not depend on the log level
+/// (they did, at first: every span was an info span the filter dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_function_continues_the_events_trace_and_flushes_before_it_answers() {
+    let (otlp, spans) = crate::traces::otlp_receiver().await;
+    let system = System::without_worker().await;
+    let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
+    let tenant = system.app.tenant("Traced function").await;
+    system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    system.app.new_order(&tenant).await;
+    let records = published(&system, 1).await;
+    // What the API stores when it exports traces (this in-process API does not).
+    let (trace, parent) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    sqlx::query("UPDATE order_events SET traceparent = ?")
+        .bind(format!("00-{trace}-{parent}-01"))
+        .execute(&system.app.db)
+        .await
+        .unwrap();
+    // The batch exporter's own timer is a minute away: only the flush can
+    // send the spans in time.
+    let function = Function::start_with(
+        &format!("{}/{}", server_url(), system.db_name),
+        &system.queue.url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp),
+            ("OTEL_BSP_SCHEDULE_DELAY", "60000".to_string()),
+        ],
+    )
+    .await;
+    let arn = system.queue.arn().await;
+    let answer = function.invoke(&sqs_event(&arn, &records)).await;
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = spans.lock().unwrap().clone();
+    let fan_out = got
+        .iter()
+        .find(|g| g.span.name == "fan-out")
+        .unwrap_or_else(|| {
+            panic!("no fan-out span exported by the end of the invocation: {got:?}")
+        });
+    assert_eq!(fan_out.service, "mechanica-delivery");
+    assert_eq!(fan_out.trace(), trace);
+    assert_eq!(crate::traces::hex(&fan_out.span.parent_span_id), parent);
+    let attempt = got
+        .iter()
+        .find(|g| g.span.name == "webhook attempt")
+        .expect("the attempt's span was exported too");
+    assert_eq!(attempt.trace(), trace);
+    assert_eq!(attempt.span.parent_span_id, fan_out.span.span_id);
 }

@@ -22,13 +22,13 @@ use crate::helpers::*;
 
 /// A span as received, with the service that sent it.
 #[derive(Clone, Debug)]
-struct Got {
-    service: String,
-    span: Span,
+pub struct Got {
+    pub service: String,
+    pub span: Span,
 }
 
 impl Got {
-    fn trace(&self) -> String {
+    pub fn trace(&self) -> String {
         hex(&self.span.trace_id)
     }
 
@@ -49,12 +49,12 @@ impl Got {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An OTLP/HTTP receiver: decodes each `POST /v1/traces` body.
-async fn otlp_receiver() -> (String, Arc<Mutex<Vec<Got>>>) {
+pub async fn otlp_receiver() -> (String, Arc<Mutex<Vec<Got>>>) {
     use axum::body::Bytes;
     use axum::extract::State;
     type Spans = Arc<Mutex<Vec<Got>>>;
