@@ -16,6 +16,7 @@ pub mod page;
 pub mod portal_page;
 pub mod portal_sessions;
 pub mod preconditions;
+pub mod webhook_secrets;
 pub mod webhooks;
 
 use axum::Router;
@@ -31,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .merge(events::router())
         .merge(event_types::router())
         .merge(webhooks::router())
+        .merge(webhook_secrets::router())
         .merge(deliveries::router())
         .merge(outbox::router())
         .merge(portal_sessions::router())

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::{
     api_keys, customers, deliveries, event_types, events, ops, orders, outbox, portal_sessions,
-    webhooks,
+    webhook_secrets, webhooks,
 };
 use crate::domain::event::Change;
 use crate::domain::{Address, Event, EventType, Order, OrderEventData, OrderStatus, Parcel};
@@ -29,7 +29,7 @@ use crate::error::{FieldError, Problem};
         orders::track, orders::history,
         events::feed,
         webhooks::create, webhooks::list, webhooks::show, webhooks::update, webhooks::remove,
-        webhooks::secret, webhooks::rotate,
+        webhook_secrets::secret, webhook_secrets::rotate,
         deliveries::list, deliveries::attempts, deliveries::retry, deliveries::test,
         deliveries::recover, deliveries::for_order, event_types::list,
         portal_sessions::create, portal_sessions::end_all,

@@ -1,18 +1,19 @@
-//! `/v1/webhooks`: a customer's webhook endpoints and their signing secrets.
+//! `/v1/webhooks`: a customer's webhook endpoints (their signing secrets'
+//! routes are `webhook_secrets`).
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::extract::{parse_id, present, Invalid, Json, OptionalJson, Params, PathText};
+use super::extract::{parse_id, present, Invalid, Json, Params, PathText};
 use super::idempotent;
 use super::page::{Page, DEFAULT_LIMIT, MAX_LIMIT};
 use super::preconditions::idempotency_key;
@@ -35,12 +36,8 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/webhooks", get(list).post(create))
         .route("/v1/webhooks/{id}", get(show).patch(update).delete(remove))
-        .route("/v1/webhooks/{id}/secret", get(secret))
-        .route("/v1/webhooks/{id}/secret/rotate", post(rotate))
 }
 
-/// How long a rotated-out secret keeps signing beside the new one.
-pub const ROTATION_GRACE: Duration = Duration::hours(24);
 const MAX_DESCRIPTION_CHARS: usize = 500;
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -113,14 +110,6 @@ pub struct WebhookPatch {
     pub headers: Option<Option<BTreeMap<String, String>>>,
 }
 
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RotateIn {
-    /// Your own new secret; generated if absent.
-    #[serde(default)]
-    pub secret: Option<String>,
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookOut {
     pub id: Uuid,
@@ -152,12 +141,6 @@ pub struct WebhookOut {
 pub struct WebhookCreated {
     #[serde(flatten)]
     pub endpoint: WebhookOut,
-    #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
-    pub secret: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SecretOut {
     #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
     pub secret: String,
 }
@@ -218,7 +201,7 @@ fn check_headers(checks: &mut Checks, headers: BTreeMap<String, String>) -> Opti
         .ok()
 }
 
-fn parse_secret(raw: Option<&str>) -> Result<SigningSecret, FieldError> {
+pub(super) fn parse_secret(raw: Option<&str>) -> Result<SigningSecret, FieldError> {
     match raw {
         None => Ok(SigningSecret::generate()),
         Some(raw) => SigningSecret::parse(raw).map_err(|e| FieldError::new("secret", e)),
@@ -235,13 +218,6 @@ pub(super) async fn visible_endpoint(
         Some(row) if principal.can_see(row.customer_id) => Ok(row),
         _ => Err(ApiError::NotFound("webhook endpoint")),
     }
-}
-
-fn open_secret(state: &AppState, stored: &str) -> ApiResult<SigningSecret> {
-    state
-        .secrets
-        .open(stored)
-        .map_err(|e| ApiError::internal("cannot open a webhook secret", e))
 }
 
 /// Register a webhook endpoint. The response holds its signing secret.
@@ -417,26 +393,6 @@ pub async fn show(
     Ok(axum::Json((&row).into()))
 }
 
-/// The endpoint's current signing secret.
-#[utoipa::path(get, path = "/v1/webhooks/{id}/secret", operation_id = "getWebhookSecret", tag = "webhooks",
-    params(("id" = Uuid, Path, description = "Endpoint id")),
-    responses(
-        (status = 200, description = "The current secret", body = SecretOut),
-        (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = [])))]
-pub async fn secret(
-    principal: Principal,
-    State(state): State<AppState>,
-    PathText(id): PathText<String>,
-) -> ApiResult<axum::Json<SecretOut>> {
-    let row = visible_endpoint(&state, principal, &id).await?;
-    let secret = open_secret(&state, &row.secret)?;
-    Ok(axum::Json(SecretOut {
-        secret: secret.expose().to_string(),
-    }))
-}
-
 /// Change any of url, description, event_types, statuses, enabled, rate_limit_per_second, headers.
 #[utoipa::path(patch, path = "/v1/webhooks/{id}", operation_id = "updateWebhook", tag = "webhooks",
     request_body = WebhookPatch,
@@ -553,72 +509,4 @@ pub async fn remove(
     let row = visible_endpoint(&state, principal, &id).await?;
     db::webhook_endpoints::delete(&state.db, row.id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Rotate the signing secret. The previous one keeps signing beside the new
-/// one for 24 hours; a second rotation within that time drops the oldest.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/secret/rotate", operation_id = "rotateWebhookSecret", tag = "webhooks",
-    request_body(content = Option<RotateIn>, description = "Optional: your own new secret"),
-    params(("id" = Uuid, Path, description = "Endpoint id"),
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
-            description = "1..255 printable ASCII characters; the same key within 24 h replays the first response, its secret included, when the server has SECRETS_ENCRYPTION_KEY (the answer is sealed under it and this key); without it the replay is refused with 409 replay-withheld and nothing is done twice")),
-    responses(
-        (status = 200, description = "The new secret", body = SecretOut),
-        (status = 404, description = "No such endpoint (or another customer's)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A replay whose secret this server does not keep (`replay-withheld`: no SECRETS_ENCRYPTION_KEY)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The supplied secret is malformed, or a malformed or reused `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = [])))]
-pub async fn rotate(
-    principal: Principal,
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    PathText(id): PathText<String>,
-    OptionalJson(body): OptionalJson<RotateIn>,
-) -> ApiResult<Response> {
-    let key = idempotency_key(&headers)?;
-    let id = parse_id(&id, "webhook endpoint")?;
-    let requested = body.and_then(|b| b.secret);
-    let new = parse_secret(requested.as_deref()).map_err(|e| ApiError::Validation(vec![e]))?;
-    let request = idempotent::request_hash(&[
-        b"rotate secret",
-        id.as_bytes(),
-        requested.as_deref().unwrap_or_default().as_bytes(),
-    ]);
-    let owner = principal.owner_id();
-    let mut tx = state.db.begin().await?;
-    let mut row = match db::webhook_endpoints::find_for_update(&mut *tx, id).await? {
-        Some(row) if principal.can_see(row.customer_id) => row,
-        _ => return Err(ApiError::NotFound("webhook endpoint")),
-    };
-    if let Some(answer) = idempotent::claim_sealed(
-        &mut tx,
-        owner,
-        key.as_deref(),
-        request,
-        state.secrets.replay_key(),
-    )
-    .await?
-    {
-        return Ok(answer);
-    }
-    let now = time::now();
-    row.previous_secret = Some(std::mem::replace(&mut row.secret, state.secrets.seal(&new)));
-    row.previous_secret_expires_at = Some(now + ROTATION_GRACE);
-    row.updated_at = now;
-    db::webhook_endpoints::update(&mut *tx, &row).await?;
-    let rotated = SecretOut {
-        secret: new.expose().to_string(),
-    };
-    idempotent::complete_sealed(
-        &mut tx,
-        owner,
-        key.as_deref(),
-        StatusCode::OK,
-        &rotated,
-        state.secrets.replay_key(),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(axum::Json(rotated).into_response())
 }
