@@ -198,10 +198,12 @@ pub async fn fan_out<P>(
     // A span per event fanned out, in the trace of the request that made
     // it; its deliveries' attempts join it (the row keeps its context).
     let mut spans: HashMap<Uuid, (tracing::Span, Option<String>)> = HashMap::new();
-    for p in planned
-        .iter()
-        .filter(|_| crate::telemetry::exporting_traces())
-    {
+    let traced = if crate::telemetry::exporting_traces() {
+        planned.as_slice()
+    } else {
+        &[]
+    };
+    for p in traced {
         let event = &events[p.event];
         spans.entry(event.id).or_insert_with(|| {
             let span = tracing::info_span!(

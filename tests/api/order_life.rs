@@ -40,13 +40,7 @@ async fn state(app: &TestApp, id: &str) -> (Value, usize) {
         .json()
         .await
         .unwrap();
-    let history: Value = app
-        .get(&format!("/v1/orders/{id}/events?limit=100"), ADMIN)
-        .await
-        .json()
-        .await
-        .unwrap();
-    (order, history["data"].as_array().unwrap().len())
+    (order, history(app, id).await.len())
 }
 
 async fn history(app: &TestApp, id: &str) -> Vec<Value> {
