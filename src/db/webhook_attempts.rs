@@ -40,6 +40,16 @@ pub async fn insert_many(db: impl MySqlExecutor<'_>, rows: &[AttemptRow]) -> sql
     Ok(())
 }
 
+/// Whether this attempt is recorded. A group's attempts are written in one
+/// transaction, so one of them tells whether the group was.
+pub async fn recorded(db: impl MySqlExecutor<'_>, id: Uuid) -> sqlx::Result<bool> {
+    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM webhook_attempts WHERE id = ?")
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    Ok(found.is_some())
+}
+
 /// A delivery's attempts, oldest first, after the given attempt number.
 pub async fn list(
     db: impl MySqlExecutor<'_>,

@@ -71,7 +71,12 @@ fn leases_last(shared: &Shared) -> tokio::time::Instant {
 /// attempted again: at least once); for a Lambda invocation, its deadline.
 pub(super) async fn write_group(shared: &Shared, group: &[Outcome], give_up: tokio::time::Instant) {
     let mut pause = Duration::from_millis(20);
+    let mut tried = false;
     let released = loop {
+        if tried && written_before(shared, group).await {
+            break true;
+        }
+        tried = true;
         match write_outcomes(&shared.pool, group).await {
             Ok(released) => break released,
             Err(e) if tokio::time::Instant::now() + pause < give_up => {
@@ -101,6 +106,26 @@ pub(super) async fn write_group(shared: &Shared, group: &[Outcome], give_up: tok
         shared.wake.notify_one();
     }
     record_health(shared, group).await;
+}
+
+/// Whether a try that failed had written the group after all: the answer
+/// to its commit was lost (a cut connection). Written again, its attempts
+/// would meet themselves as duplicate keys until the leases ran out, every
+/// other outcome waiting behind it.
+async fn written_before(shared: &Shared, group: &[Outcome]) -> bool {
+    let Some(attempt) = group.iter().find_map(|o| o.attempt.as_ref()) else {
+        return false;
+    };
+    match db::webhook_attempts::recorded(&shared.pool, attempt.id).await {
+        Ok(true) => {
+            tracing::info!(
+                count = group.len(),
+                "a group of attempts whose commit went unanswered had been recorded"
+            );
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Attempts, new states, releases and `delivery.failed` notices of one

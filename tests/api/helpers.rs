@@ -1,6 +1,8 @@
 //! `TestApp`: the real app, started through `App::build` on port 0 against
 //! a fresh database of its own on the local MariaDB, with one method per route.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mechanica::app::App;
@@ -314,7 +316,11 @@ pub struct Tunnel {
     pub port: u16,
     task: Option<tokio::task::JoinHandle<()>>,
     paused: tokio::sync::watch::Sender<bool>,
+    lose_commit: Arc<AtomicBool>,
 }
+
+/// MySQL's `COM_QUERY "COMMIT"` packet, as sqlx sends it.
+const COMMIT_PACKET: &[u8] = b"\x07\x00\x00\x00\x03COMMIT";
 
 impl Tunnel {
     /// Listens on `port` (0: any) and forwards every connection to `target`.
@@ -324,6 +330,8 @@ impl Tunnel {
             .unwrap();
         let port = listener.local_addr().unwrap().port();
         let (paused, pause) = tokio::sync::watch::channel(false);
+        let lose_commit = Arc::new(AtomicBool::new(false));
+        let armed = lose_commit.clone();
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             loop {
@@ -331,13 +339,34 @@ impl Tunnel {
                     break;
                 };
                 let pause = pause.clone();
+                let armed = armed.clone();
                 connections.spawn(async move {
                     if let Ok(outbound) = tokio::net::TcpStream::connect(target).await {
                         let (from_client, to_client) = inbound.into_split();
                         let (from_server, to_server) = outbound.into_split();
+                        // Set once this connection's COMMIT went through
+                        // with its answer to be lost.
+                        let dropping = Arc::new(AtomicBool::new(false));
+                        let seen = dropping.clone();
                         tokio::join!(
-                            pump(from_client, to_server, pause.clone()),
-                            pump(from_server, to_client, pause)
+                            pump(from_client, to_server, pause.clone(), move |bytes| {
+                                let commit = bytes
+                                    .windows(COMMIT_PACKET.len())
+                                    .any(|w| w == COMMIT_PACKET);
+                                if commit && armed.swap(false, Ordering::SeqCst) {
+                                    seen.store(true, Ordering::SeqCst);
+                                    Flow::ForwardThenClose
+                                } else {
+                                    Flow::Forward
+                                }
+                            }),
+                            pump(from_server, to_client, pause, move |_| {
+                                if dropping.load(Ordering::SeqCst) {
+                                    Flow::Close
+                                } else {
+                                    Flow::Forward
+                                }
+                            })
                         );
                     }
                 });
@@ -347,6 +376,7 @@ impl Tunnel {
             port,
             task: Some(task),
             paused,
+            lose_commit,
         }
     }
 
@@ -366,6 +396,20 @@ impl Tunnel {
             task.abort();
         }
     }
+
+    /// Once set, the next COMMIT through the tunnel reaches the server and
+    /// its connection is cut before the answer comes back: the client
+    /// cannot tell whether it committed (it did).
+    pub fn commit_answer_loser(&self) -> Arc<AtomicBool> {
+        self.lose_commit.clone()
+    }
+}
+
+/// What a pump does with what it read.
+enum Flow {
+    Forward,
+    ForwardThenClose,
+    Close,
 }
 
 /// Copies `from` to `to`, holding what it read while the tunnel is paused.
@@ -373,6 +417,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut pause: tokio::sync::watch::Receiver<bool>,
+    flow: impl Fn(&[u8]) -> Flow,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buffer = vec![0; 16 * 1024];
@@ -384,7 +429,11 @@ async fn pump(
         if pause.wait_for(|paused| !paused).await.is_err() {
             break;
         }
-        if to.write_all(&buffer[..read]).await.is_err() {
+        let flow = flow(&buffer[..read]);
+        if matches!(flow, Flow::Close) || to.write_all(&buffer[..read]).await.is_err() {
+            break;
+        }
+        if matches!(flow, Flow::ForwardThenClose) {
             break;
         }
     }

@@ -738,3 +738,54 @@ async fn a_settle_holds_the_order_index_before_it_waits_for_a_row() {
     )
     .await;
 }
+
+/// The answer to a settle's commit lost on a cut connection: the group was
+/// written, so writing it again met its own attempts as duplicate keys. The
+/// settle used to retry that for as long as the leases lasted (32 s here),
+/// every other outcome waiting behind it; now it finds its attempts
+/// recorded and moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_whose_commit_went_unanswered_does_not_hold_up_the_next() {
+    let mut system = System::without_worker().await;
+    let tunnel = Tunnel::open(0, "127.0.0.1:3306").await;
+    let mut config = worker_config(&system.db_name, &system.queue.url);
+    config.database_url = format!("mysql://root@127.0.0.1:{}/{}", tunnel.port, system.db_name);
+    system.worker = Some(TestWorker::start(config).await);
+    // The first webhook's settle is the worker's next commit.
+    let lose = tunnel.commit_answer_loser();
+    let receiver = Receiver::start(move |_, n, _| {
+        if n == 0 {
+            lose.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        (200, Duration::ZERO)
+    })
+    .await;
+    let tenant = system.app.tenant("Unanswered").await;
+    let (endpoint, _) = system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    let order = system.app.new_order(&tenant).await;
+    let id = order["id"].as_str().unwrap().to_string();
+    receiver
+        .wait_for_successes("/hooks", 1, Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    system.app.drive(&id, &["confirmed"]).await;
+    receiver
+        .wait_for_successes("/hooks", 2, Duration::from_secs(10))
+        .await;
+    // Both recorded delivered soon after: nothing waits behind the first.
+    let recorded = wait_for(
+        "both deliveries recorded",
+        Duration::from_secs(5),
+        || async {
+            let rows = deliveries(&system.app, &tenant.token, &endpoint, "").await;
+            (rows.len() == 2 && rows.iter().all(|d| d["status"] == "succeeded")).then_some(rows)
+        },
+    )
+    .await;
+    for row in recorded {
+        assert_eq!(row["attempts"], 1, "{row}");
+    }
+    assert_eq!(sequences(&receiver.hits(), &id), [1, 2]);
+}
