@@ -214,7 +214,7 @@ pub async fn find_many(db: impl MySqlExecutor<'_>, ids: &[Uuid]) -> sqlx::Result
 
 /// Reserves the next turn to start an attempt to a rate-limited endpoint,
 /// `interval` after the turn reserved before it (by any worker or Lambda
-/// container) and not before now: how long to wait for it. `None` if that
+/// container) and not before now. `None` if that
 /// turn is more than `within` away (or the endpoint is gone): nothing is
 /// reserved then, so a delivery that cannot wait takes no one's turn. The
 /// reservation is one atomic `UPDATE` on the endpoint's row; both
@@ -226,7 +226,7 @@ pub async fn reserve_turn(
     id: Uuid,
     interval: std::time::Duration,
     within: std::time::Duration,
-) -> sqlx::Result<Option<std::time::Duration>> {
+) -> sqlx::Result<Option<Turn>> {
     let interval_us = interval.as_micros() as u64;
     let reserved = sqlx::query(
         "UPDATE webhook_endpoints SET pace_next_us = LAST_INSERT_ID(
@@ -248,9 +248,17 @@ pub async fn reserve_turn(
     .fetch_one(&mut *db)
     .await?;
     let turn = next.saturating_sub(interval_us);
-    Ok(Some(std::time::Duration::from_micros(
-        turn.saturating_sub(now),
-    )))
+    Ok(Some(Turn {
+        in_us: turn as i64 - now as i64,
+    }))
+}
+
+/// A reserved turn, as the database's clock saw it when answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turn {
+    /// Microseconds until it; negative if it had passed (the answer was
+    /// held up, the database paused).
+    pub in_us: i64,
 }
 
 /// After a 2xx: the endpoint is healthy again.

@@ -105,26 +105,10 @@ pub(super) async fn run_held(
         return;
     };
     if let Some(per_second) = rate_limit {
-        // Its turn, reserved now that it can start: never two attempts to
-        // the endpoint closer than the interval, from any process.
-        let interval = pace::interval(per_second);
-        let turn = || async {
-            let within = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let mut conn = shared.pool.acquire().await?;
-            db::webhook_endpoints::reserve_turn(&mut conn, row.endpoint_id, interval, within).await
-        };
-        match with_retries(turn).await {
-            Ok(Some(wait)) => tokio::time::sleep(wait).await,
-            Ok(None) => {
-                // No turn comes in time: the lease goes back, no turn taken.
-                give_back(shared, held, &row).await;
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, endpoint_id = %row.endpoint_id, "reserving a turn under the endpoint's rate limit failed; the lease goes back");
-                give_back(shared, held, &row).await;
-                return;
-            }
+        if !await_turn(shared, &row, per_second, deadline).await {
+            // No turn comes in time: the lease goes back, no turn taken.
+            give_back(shared, held, &row).await;
+            return;
         }
     }
     drop(pacer);
@@ -133,6 +117,46 @@ pub(super) async fn run_held(
     let _ = shared.settles.send(outcome);
     drop(held);
     room_freed(shared);
+}
+
+/// Reserves the endpoint's next turn, now that the delivery can start, and
+/// waits for it: never two attempts to the endpoint closer than the
+/// interval, from any process. A turn found passed by more than the pace
+/// allows is left unused and another reserved. False if none comes by
+/// `deadline` (or the reservation failed).
+async fn await_turn(
+    shared: &Shared,
+    row: &DeliveryRow,
+    per_second: u32,
+    deadline: tokio::time::Instant,
+) -> bool {
+    let interval = pace::interval(per_second);
+    loop {
+        let reserve = || async {
+            let within = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let mut conn = shared.pool.acquire().await?;
+            db::webhook_endpoints::reserve_turn(&mut conn, row.endpoint_id, interval, within).await
+        };
+        let turn = match with_retries(reserve).await {
+            Ok(Some(turn)) => turn,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, endpoint_id = %row.endpoint_id, "reserving a turn under the endpoint's rate limit failed; the lease goes back");
+                return false;
+            }
+        };
+        let now = tokio::time::Instant::now();
+        let at = now + Duration::from_micros(turn.in_us.max(0) as u64);
+        let late_already = Duration::from_micros(turn.in_us.min(0).unsigned_abs());
+        if pace::still_on_time(late_already) {
+            tokio::time::sleep_until(at).await;
+            let late = late_already + tokio::time::Instant::now().saturating_duration_since(at);
+            if pace::still_on_time(late) {
+                return true;
+            }
+        }
+        shared.metrics.turn_missed();
+    }
 }
 
 /// Gives a held delivery's lease back: it did not start.

@@ -69,6 +69,8 @@ struct Inner {
     unknown: u64,
     /// Events fanned out again by reconciliation (their message was lost).
     reconciled: u64,
+    /// Turns under a rate limit left unused: their delivery came too late.
+    turns_missed: u64,
     attempt: Histogram,
     end_to_end: Histogram,
     /// What the last EMF flush reported.
@@ -96,6 +98,15 @@ impl WorkerMetrics {
 
     pub fn unknown_events(&self, count: usize) {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).unknown += count as u64;
+    }
+
+    /// A turn under an endpoint's rate limit passed before its delivery
+    /// could take it (see `pace::LATE_AT_MOST`).
+    pub fn turn_missed(&self) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .turns_missed += 1;
     }
 
     pub fn reconciled(&self, count: usize) {
@@ -168,6 +179,11 @@ impl WorkerMetrics {
                 json!(inner.reconciled - before.reconciled),
             ),
             (
+                "webhook_rate_limit_turns_missed_total",
+                "Count",
+                json!(inner.turns_missed - before.turns_missed),
+            ),
+            (
                 "webhook_attempt_duration_seconds",
                 "Seconds",
                 inner.attempt.emf_since(&before.attempt),
@@ -205,8 +221,10 @@ impl WorkerMetrics {
             "# HELP webhook_messages_unknown_total SQS messages naming no committed event, dropped.\n# TYPE webhook_messages_unknown_total counter\n\
              webhook_messages_unknown_total {}\n\
              # HELP webhook_events_reconciled_total Events given their deliveries by reconciliation (message lost or dead-lettered).\n# TYPE webhook_events_reconciled_total counter\n\
-             webhook_events_reconciled_total {}",
-            inner.unknown, inner.reconciled
+             webhook_events_reconciled_total {}\n\
+             # HELP webhook_rate_limit_turns_missed_total Turns under an endpoint's rate limit left unused because the delivery came too late for them.\n# TYPE webhook_rate_limit_turns_missed_total counter\n\
+             webhook_rate_limit_turns_missed_total {}",
+            inner.unknown, inner.reconciled, inner.turns_missed
         );
         inner.attempt.render(
             &mut out,

@@ -24,11 +24,24 @@ pub(super) struct Lane {
 }
 
 /// How far apart attempts to an endpoint limited to `per_second` start:
-/// 1/limit, plus a little (2 %, at most 5 ms), so that arrivals jittered by
-/// the network still fit in any one-second window.
+/// 5 % more than 1/limit. Any `per_second + 1` turns then span 1.05 s, so
+/// requests that start up to 50 ms after their turn (a busy process, the
+/// network, the receiver's own clock) still never make `per_second + 1` in
+/// one second.
 pub(super) fn interval(per_second: u32) -> Duration {
-    let interval = Duration::from_secs_f64(1.0 / f64::from(per_second.max(1)));
-    interval + (interval / 50).min(Duration::from_millis(5))
+    Duration::from_nanos(1_050_000_000 / u64::from(per_second.max(1)))
+}
+
+/// How late a delivery may be for its turn and still take it: half of the
+/// 50 ms the interval leaves, the other half for the network and the
+/// receiver. Later than that (the database paused between the reservation
+/// and its answer, a process starved of CPU), sending would crowd the turns
+/// after it: the turn is left unused and another reserved.
+pub(super) const LATE_AT_MOST: Duration = Duration::from_millis(25);
+
+/// Whether a turn found `late` after its time may still be taken.
+pub(super) fn still_on_time(late: Duration) -> bool {
+    late <= LATE_AT_MOST
 }
 
 #[cfg(test)]
@@ -36,8 +49,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn turns_are_a_little_more_than_one_over_the_limit_apart() {
-        for (per_second, micros) in [(1, 1_005_000), (4, 255_000), (100, 10_200), (10_000, 102)] {
+    fn turns_are_five_percent_more_than_one_over_the_limit_apart() {
+        for (per_second, micros) in [(1, 1_050_000), (4, 262_500), (100, 10_500), (10_000, 105)] {
             assert_eq!(
                 interval(per_second),
                 Duration::from_micros(micros),
@@ -45,5 +58,31 @@ mod tests {
             );
         }
         assert_eq!(interval(0), interval(1));
+    }
+
+    #[test]
+    fn a_late_turn_is_left_once_it_would_crowd_the_next_second() {
+        // `per_second + 1` turns span `per_second` intervals: what a late
+        // first one may use up without the last one joining its second.
+        for per_second in [1, 4, 10, 1000] {
+            let span = interval(per_second) * per_second;
+            assert!(
+                span >= Duration::from_secs(1) + LATE_AT_MOST * 2,
+                "{per_second}/s"
+            );
+        }
+        for (late, takes) in [
+            (0, true),
+            (10, true),
+            (25, true),
+            (26, false),
+            (8000, false),
+        ] {
+            assert_eq!(
+                still_on_time(Duration::from_millis(late)),
+                takes,
+                "{late} ms"
+            );
+        }
     }
 }
