@@ -30,6 +30,9 @@ pub struct Fate {
     pub delivered: usize,
     /// Visibly failed: the delivery row says so, and the log shows it.
     pub failed: usize,
+    /// Later events of an order taken past one that failed for good: what
+    /// a check blind to the delivery rows would call order broken.
+    pub passed_failed: usize,
     /// Still pending (a retry due later): late, not lost.
     pub late: usize,
     /// No delivery, or one recorded delivered that the receiver never took.
@@ -168,7 +171,12 @@ pub async fn check(
                         }
                         before = Some(before.map_or(*at, |b| b.max(*at)));
                     }
-                    None if status == Some("failed") => {}
+                    None if status == Some("failed") => {
+                        fate.passed_failed += seqs
+                            .range(seq + 1..)
+                            .filter(|(_, l)| taken.contains_key(l.to_string().as_str()))
+                            .count();
+                    }
                     None => {
                         // Nothing later may have been taken.
                         if let Some(later) = seqs

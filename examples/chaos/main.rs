@@ -142,8 +142,10 @@ async fn main() {
             // failing for 10–15 s does not exhaust them.
             (
                 "WEBHOOK_RETRY_SCHEDULE".into(),
-                "1s,2s,4s,8s,10s,10s,10s,10s,10s,10s,10s,10s,10s,10s,10s,10s,10s,10s,10s,10s"
-                    .into(),
+                env(
+                    "CHAOS_RETRY_SCHEDULE",
+                    "1s,2s,4s,8s,10s,10s,10s,10s,10s,10s,10s,10s,10s,10s,10s,10s,10s,10s,10s,10s",
+                ),
             ),
             ("WEBHOOK_TIMEOUT".into(), "5s".into()),
             ("WEBHOOK_RECONCILE_INTERVAL".into(), "5s".into()),
@@ -269,7 +271,7 @@ async fn main() {
     for e in &exited {
         println!("- {e}");
     }
-    println!("\n### Per endpoint\n\n| receiver | events | delivered | visibly failed | late | lost | out of order | duplicates | bad signatures | busiest second | p50 / p99 answer→webhook |\n|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("\n### Per endpoint\n\n| receiver | events | delivered | visibly failed (later ones sent past it) | late | lost | out of order | duplicates | bad signatures | busiest second | p50 / p99 answer→webhook |\n|---|---|---|---|---|---|---|---|---|---|---|");
     for (endpoint, (kind, limit, f)) in endpoints.iter().zip(&report.fates) {
         let lat = check::latencies(&endpoint.receiver.hits(), &answered);
         let (p50, p99) = if lat.is_empty() {
@@ -281,11 +283,12 @@ async fn main() {
             format!("{} (limit {l})", f.busiest_second)
         });
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {busiest} | {p50:.0} / {p99:.0} ms |",
+            "| {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} | {busiest} | {p50:.0} / {p99:.0} ms |",
             kind.name(),
             f.events,
             f.delivered,
             f.failed,
+            f.passed_failed,
             f.late,
             f.lost.len(),
             f.out_of_order.len(),
