@@ -42,6 +42,8 @@ pub struct Fate {
     pub out_of_order: Vec<String>,
     pub bad_signatures: usize,
     pub busiest_second: usize,
+    /// When that second began.
+    pub busiest_at: Option<Instant>,
     /// The gaps between the requests of that second, in ms.
     pub busiest_gaps: Vec<u128>,
 }
@@ -73,11 +75,12 @@ impl Report {
     }
 }
 
-/// The most requests in any one-second window, and their gaps in ms.
-pub fn busiest_second(at: &[Instant]) -> (usize, Vec<u128>) {
+/// The most requests in any one-second window, its start, and the gaps
+/// between them in ms.
+pub fn busiest_second(at: &[Instant]) -> (usize, Option<Instant>, Vec<u128>) {
     let mut at = at.to_vec();
     at.sort();
-    let mut busiest = (0, vec![]);
+    let mut busiest = (0, None, vec![]);
     let mut first = 0;
     for last in 0..at.len() {
         while at[last] - at[first] >= Duration::from_secs(1) {
@@ -88,7 +91,7 @@ pub fn busiest_second(at: &[Instant]) -> (usize, Vec<u128>) {
                 .windows(2)
                 .map(|w| (w[1] - w[0]).as_millis())
                 .collect();
-            busiest = (last - first + 1, gaps);
+            busiest = (last - first + 1, Some(at[first]), gaps);
         }
     }
     busiest
@@ -130,7 +133,7 @@ pub async fn check(
             ..Fate::default()
         };
         if endpoint.rate_limit.is_some() {
-            (fate.busiest_second, fate.busiest_gaps) =
+            (fate.busiest_second, fate.busiest_at, fate.busiest_gaps) =
                 busiest_second(&hits.iter().map(|h| h.at).collect::<Vec<_>>());
         }
         // When each event was first taken (2xx), and how often.

@@ -253,7 +253,7 @@ async fn main() {
     for (what, n) in &tally.refused {
         println!("- answered {what}: {n}");
     }
-    println!("\n### Faults\n\n| # | fault | recovered (first fresh webhook at the fast receiver) |\n|---|---|---|");
+    println!("\n### Faults\n\n| # | at | fault | recovered (first fresh webhook at the fast receiver) |\n|---|---|---|---|");
     let fast = endpoints
         .iter()
         .find(|e| e.receiver.kind == Kind::Fast)
@@ -266,7 +266,12 @@ async fn main() {
         .enumerate()
     {
         let r = r.map_or("never".to_string(), |d| format!("{:.2} s", d.as_secs_f64()));
-        println!("| {} | {} | {r} |", i + 1, f.what);
+        println!(
+            "| {} | {:.0} s | {} | {r} |",
+            i + 1,
+            (f.ended - start).as_secs_f64(),
+            f.what
+        );
     }
     for e in &exited {
         println!("- {e}");
@@ -303,8 +308,9 @@ async fn main() {
     for (kind, limit, f) in &report.fates {
         if limit.is_some_and(|l| f.busiest_second > l as usize) {
             println!(
-                "{}: the busiest second's requests came {:?} ms apart",
+                "{}: the busiest second, from {:.1} s, had requests {:?} ms apart",
                 kind.name(),
+                f.busiest_at.map_or(0.0, |at| (at - start).as_secs_f64()),
                 f.busiest_gaps
             );
         }

@@ -120,7 +120,8 @@ async fn receive(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> St
 
 impl Receiver {
     pub async fn start(kind: Kind, start: Instant) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
         let url = format!(
             "http://127.0.0.1:{}/{}",
             listener.local_addr().unwrap().port(),
@@ -141,7 +142,20 @@ impl Receiver {
             calm: shared.calm.clone(),
         };
         let app = axum::Router::new().fallback(receive).with_state(shared);
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        // A thread and runtime of its own, as a partner's server would be:
+        // its arrival times are not held up behind the load generator's
+        // tasks (a burst of answers after a database pause made requests
+        // look closer together than they were sent).
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app).await
+            })
+        });
         receiver
     }
 

@@ -242,6 +242,7 @@ pub async fn reserve_turn(
     if reserved.rows_affected() == 0 {
         return Ok(None);
     }
+    let asked = std::time::Instant::now();
     let (next, now): (u64, u64) = sqlx::query_as(
         "SELECT CAST(LAST_INSERT_ID() AS UNSIGNED), CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS UNSIGNED)",
     )
@@ -250,6 +251,7 @@ pub async fn reserve_turn(
     let turn = next.saturating_sub(interval_us);
     Ok(Some(Turn {
         in_us: turn as i64 - now as i64,
+        read_in: asked.elapsed(),
     }))
 }
 
@@ -259,6 +261,10 @@ pub struct Turn {
     /// Microseconds until it; negative if it had passed (the answer was
     /// held up, the database paused).
     pub in_us: i64,
+    /// How long the read-back took: the database's clock was read at some
+    /// moment of it, so the turn may be up to that much nearer than
+    /// `in_us` says by the time the answer is here.
+    pub read_in: std::time::Duration,
 }
 
 /// After a 2xx: the endpoint is healthy again.

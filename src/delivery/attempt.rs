@@ -147,7 +147,8 @@ async fn await_turn(
         };
         let now = tokio::time::Instant::now();
         let at = now + Duration::from_micros(turn.in_us.max(0) as u64);
-        let late_already = Duration::from_micros(turn.in_us.min(0).unsigned_abs());
+        // Waiting from now could be late by as long as the answer took.
+        let late_already = Duration::from_micros(turn.in_us.min(0).unsigned_abs()) + turn.read_in;
         if pace::still_on_time(late_already) {
             tokio::time::sleep_until(at).await;
             let late = late_already + tokio::time::Instant::now().saturating_duration_since(at);
