@@ -24,6 +24,18 @@ enum Fault {
     RestartSqs,
 }
 
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::KillApi => "an API SIGKILLed",
+            Fault::KillWorker => "a worker SIGKILLed",
+            Fault::PauseMariadb => "MariaDB paused",
+            Fault::RestartMariadb => "MariaDB restarted",
+            Fault::RestartSqs => "the SQS emulator restarted",
+        }
+    }
+}
+
 const KINDS: [Fault; 5] = [
     Fault::KillApi,
     Fault::KillWorker,
@@ -32,9 +44,10 @@ const KINDS: [Fault; 5] = [
     Fault::RestartSqs,
 ];
 
-/// A fault as it happened: what, and when all was back.
+/// A fault as it happened: its kind, what exactly, and when all was back.
 #[derive(Clone, Debug)]
 pub struct Record {
+    pub kind: &'static str,
     pub what: String,
     pub ended: Instant,
 }
@@ -116,7 +129,11 @@ impl System {
                 "chaos: {what} ({:.1} s)",
                 ended.duration_since(began).as_secs_f64()
             );
-            records.push(Record { what, ended });
+            records.push(Record {
+                kind: fault.name(),
+                what,
+                ended,
+            });
         }
         (records, exited)
     }

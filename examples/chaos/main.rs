@@ -260,17 +260,39 @@ async fn main() {
         .unwrap()
         .receiver
         .hits();
-    for (i, (f, r)) in faults
-        .iter()
-        .zip(check::recovery(&faults, &fast, &answered))
-        .enumerate()
-    {
+    let recovered = check::recovery(&faults, &fast, &answered);
+    for (i, (f, r)) in faults.iter().zip(&recovered).enumerate() {
         let r = r.map_or("never".to_string(), |d| format!("{:.2} s", d.as_secs_f64()));
         println!(
             "| {} | {:.0} s | {} | {r} |",
             i + 1,
             (f.ended - start).as_secs_f64(),
             f.what
+        );
+    }
+    // By kind: how many, and the median and worst recovery.
+    let mut kinds: std::collections::BTreeMap<&str, Vec<Duration>> = Default::default();
+    for (f, r) in faults.iter().zip(&recovered) {
+        kinds
+            .entry(f.kind)
+            .or_default()
+            .push(r.unwrap_or(Duration::MAX));
+    }
+    println!("\n| fault | times | recovered: median | worst |\n|---|---|---|---|");
+    for (kind, mut times) in kinds {
+        times.sort();
+        let show = |d: Duration| {
+            if d == Duration::MAX {
+                "never".to_string()
+            } else {
+                format!("{:.2} s", d.as_secs_f64())
+            }
+        };
+        println!(
+            "| {kind} | {} | {} | {} |",
+            times.len(),
+            show(times[(times.len() - 1) / 2]),
+            show(times[times.len() - 1])
         );
     }
     for e in &exited {
