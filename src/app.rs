@@ -16,6 +16,7 @@ use sqlx::MySqlPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -275,7 +276,8 @@ pub fn router(state: AppState, config: &Config) -> Router {
                 );
                 span
             })
-            .on_response(DefaultOnResponse::new().level(Level::INFO)),
+            .on_response(DefaultOnResponse::new().level(Level::INFO))
+            .on_failure(log_failure),
     )
     .layer(PropagateRequestIdLayer::new(REQUEST_ID))
     .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -297,6 +299,19 @@ fn cors(origins: &[String]) -> CorsLayer {
             REQUEST_ID,
             HeaderName::from_static("idempotent-replayed"),
         ])
+}
+
+/// A 5xx answer, logged once. A 503 is the retryable answer to an outage,
+/// overload or a time limit (its cause is logged where it is met): a
+/// warning, not an error, or every database blip would page the operator
+/// once per request. Anything else is a bug: an error.
+fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _: &tracing::Span) {
+    match class {
+        ServerErrorsFailureClass::StatusCode(StatusCode::SERVICE_UNAVAILABLE) => {
+            tracing::warn!(?latency, "answered 503: retry later");
+        }
+        other => tracing::error!(classification = %other, ?latency, "response failed"),
+    }
 }
 
 /// No request runs longer than the configured bound.

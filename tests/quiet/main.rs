@@ -3,7 +3,7 @@
 //! found "database unavailable" logged after every successful status
 //! change). A test binary of its own, since it installs the process's log
 //! subscriber and counts what the API and the worker log while orders are
-//! created, moved and delivered.
+//! created, moved and delivered; and what an outage's 503s log.
 
 #[allow(dead_code)]
 #[path = "../api/helpers.rs"]
@@ -18,8 +18,8 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
-/// Keeps every event of ours at WARN or above, as "target: fields". (Not
-/// the libraries': sqlx warns of any statement slower than a second, which
+/// Keeps every event of ours (and tower-http's, which logs answers) at WARN
+/// or above, as "LEVEL target: fields". (Not the other libraries': sqlx warns of any statement slower than a second, which
 /// a loaded machine may produce.)
 #[derive(Clone, Default)]
 struct Loud(Arc<Mutex<Vec<String>>>);
@@ -34,20 +34,39 @@ impl Visit for Text {
 
 impl<S: Subscriber> Layer<S> for Loud {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        let ours = event.metadata().target().starts_with("mechanica");
+        let target = event.metadata().target();
+        let ours = target.starts_with("mechanica") || target.starts_with("tower_http");
         if ours && *event.metadata().level() <= Level::WARN {
-            let mut text = Text(event.metadata().target().to_string() + ":");
+            let mut text = Text(format!("{} {target}:", event.metadata().level()));
             event.record(&mut text);
             self.0.lock().unwrap().push(text.0);
         }
     }
 }
 
+/// The process's subscriber, installed once; the tests take turns (each
+/// reads everything logged while it runs).
+async fn loud() -> (Loud, tokio::sync::MutexGuard<'static, ()>) {
+    static LOUD: std::sync::OnceLock<Loud> = std::sync::OnceLock::new();
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let loud = LOUD
+        .get_or_init(|| {
+            let loud = Loud::default();
+            tracing::subscriber::set_global_default(
+                tracing_subscriber::registry().with(loud.clone()),
+            )
+            .expect("the only subscriber of this test binary");
+            loud
+        })
+        .clone();
+    let turn = TURN.lock().await;
+    loud.0.lock().unwrap().clear();
+    (loud, turn)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_created_moved_and_delivered_log_no_warning() {
-    let loud = Loud::default();
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(loud.clone()))
-        .expect("the only subscriber of this test binary");
+    let (loud, _turn) = loud().await;
 
     let system = System::start().await;
     let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
@@ -86,5 +105,41 @@ async fn orders_created_moved_and_delivered_log_no_warning() {
     assert!(
         logged.is_empty(),
         "warnings on the ordinary path: {logged:#?}"
+    );
+}
+
+/// A database outage answers 503 ("retry"), logged as a warning with its
+/// cause, never as an error: tower-http logged every 5xx as an error, so
+/// each request during a database blip paged whoever watches errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outages_503s_are_warnings_not_errors() {
+    let (loud, _turn) = loud().await;
+    let db_name = format!("mechanica_test_{}", uuid::Uuid::new_v4().simple());
+    let direct = TestApp::spawn_with(
+        test_config(format!("{}/{db_name}", server_url())),
+        db_name.clone(),
+    )
+    .await;
+    let tenant = direct.tenant("Outage").await;
+    let mut tunnel = Tunnel::open(0, "127.0.0.1:3306").await;
+    let mut config = test_config(format!("mysql://root@127.0.0.1:{}/{db_name}", tunnel.port));
+    config.auto_migrate = false;
+    let app = TestApp::spawn_with(config, format!("{db_name}_unused")).await;
+    tunnel.cut();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        let answer = app.get("/v1/orders", &tenant.token).await;
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let logged = loud.0.lock().unwrap().clone();
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.starts_with("WARN") && l.contains("database unavailable")),
+        "the cause is logged: {logged:#?}"
+    );
+    assert!(
+        !logged.iter().any(|l| l.starts_with("ERROR")),
+        "a 503 is not an error: {logged:#?}"
     );
 }
