@@ -121,8 +121,8 @@ fn start(binary: &str, env: &[(&str, String)], log: Arc<Mutex<Vec<String>>>) -> 
     child
 }
 
-/// The trace as a tree (`cargo test -- --nocapture traces` prints it; the
-/// README shows one): each span under its parent, the relay's publish
+/// The trace as a tree (`cargo test -- --nocapture traces` prints it;
+/// docs/pipeline.md shows one): each span under its parent, the relay's publish
 /// beside it with its link.
 fn tree(all: &[Got], trace: &str) -> String {
     let in_trace: Vec<&Got> = all.iter().filter(|g| g.trace() == trace).collect();
