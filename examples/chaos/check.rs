@@ -145,8 +145,7 @@ pub async fn check(
         }
         fate.duplicates = taken.values().map(|(_, n)| n - 1).sum();
         let mut orders: HashMap<Uuid, BTreeMap<u32, Uuid>> = HashMap::new();
-        for (id, order, customer, seq) in events.iter().filter(|e| e.2 == endpoint.customer_id) {
-            let _ = customer;
+        for (id, order, _, seq) in events.iter().filter(|e| e.2 == endpoint.customer_id) {
             orders.entry(*order).or_default().insert(*seq, *id);
             fate.events += 1;
             let status = statuses.get(&(*id, endpoint.id)).map(String::as_str);
@@ -204,39 +203,43 @@ pub async fn check(
     })
 }
 
+/// When the API answered each change, by (order, sequence).
+type AnsweredAt<'a> = HashMap<(&'a str, u64), Instant>;
+
+fn answered_at(answered: &[Answered]) -> AnsweredAt<'_> {
+    answered
+        .iter()
+        .map(|a| ((a.order_id.as_str(), a.sequence), a.at))
+        .collect()
+}
+
+/// When the change a hit carries was answered, if it was answered 2xx.
+fn answer_of(at: &AnsweredAt<'_>, hit: &Hit) -> Option<Instant> {
+    at.get(&(hit.order_id.as_deref()?, hit.sequence?)).copied()
+}
+
 /// For each fault: from its end until the fast receiver took an event
 /// answered after that end.
 pub fn recovery(faults: &[Record], fast: &[Hit], answered: &[Answered]) -> Vec<Option<Duration>> {
-    let answered_at: HashMap<(&str, u64), Instant> = answered
-        .iter()
-        .map(|a| ((a.order_id.as_str(), a.sequence), a.at))
-        .collect();
+    let at = answered_at(answered);
     faults
         .iter()
         .map(|f| {
             fast.iter()
-                .filter(|h| h.accepted())
-                .filter(|h| {
-                    let key = (h.order_id.as_deref().unwrap_or(""), h.sequence.unwrap_or(0));
-                    answered_at.get(&key).is_some_and(|a| *a >= f.ended)
-                })
-                .map(|h| h.at - f.ended)
+                .filter(|h| h.accepted() && answer_of(&at, h).is_some_and(|a| a >= f.ended))
+                .map(|h| h.at.saturating_duration_since(f.ended))
                 .min()
         })
         .collect()
 }
 
-/// Milliseconds from the API's answer to the first 2xx at the receiver.
+/// From the API's answer to the first 2xx at the receiver, sorted.
 pub fn latencies(hits: &[Hit], answered: &[Answered]) -> Vec<Duration> {
-    let answered_at: HashMap<(&str, u64), Instant> = answered
-        .iter()
-        .map(|a| ((a.order_id.as_str(), a.sequence), a.at))
-        .collect();
+    let at = answered_at(answered);
     let mut first: HashMap<&str, Duration> = HashMap::new();
     for h in hits.iter().filter(|h| h.accepted()) {
-        let key = (h.order_id.as_deref().unwrap_or(""), h.sequence.unwrap_or(0));
-        if let Some(a) = answered_at.get(&key) {
-            let d = h.at.saturating_duration_since(*a);
+        if let Some(a) = answer_of(&at, h) {
+            let d = h.at.saturating_duration_since(a);
             first
                 .entry(&h.webhook_id)
                 .and_modify(|x| *x = (*x).min(d))
