@@ -4,7 +4,7 @@
 //! relay → SQS emulator → then, by MODE:
 //!
 //! - `lambda`: an event source mapping played by this program (long polls,
-//!   batches of 10, partial batch failures honoured) → cargo-lambda's Runtime
+//!   batches of 10, partial batch failures honoured, one delete per batch) → cargo-lambda's Runtime
 //!   API emulator → FUNCTIONS `mechanica-delivery lambda` processes;
 //! - `worker`: one long-running `mechanica-delivery`.
 //!
@@ -100,7 +100,9 @@ async fn post(client: &reqwest::Client, path: &str, token: &str, body: Value) ->
 
 /// The event source mapping: `pollers` long polls, each batch invoked
 /// through the Runtime API emulator, the records not reported failed
-/// deleted. Runs while `on` is true.
+/// deleted in one call. Runs while `on` is true. Like AWS's mapping, it
+/// polls apart from the invocations: with twice as many polls as
+/// functions, a batch waits in the emulator when a function frees up.
 async fn mapping(
     queue: aws_sdk_sqs::Client,
     queue_url: String,
@@ -166,15 +168,27 @@ async fn mapping(
                             .collect()
                     })
                     .unwrap_or_default();
-                for m in messages {
-                    if !failed.contains(&m.message_id().unwrap_or_default()) {
-                        let _ = queue
-                            .delete_message()
-                            .queue_url(&queue_url)
+                // As the real mapping does: one DeleteMessageBatch for the
+                // records not reported failed.
+                let done: Vec<_> = messages
+                    .iter()
+                    .filter(|m| !failed.contains(&m.message_id().unwrap_or_default()))
+                    .enumerate()
+                    .filter_map(|(i, m)| {
+                        aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
                             .receipt_handle(m.receipt_handle().unwrap_or_default())
-                            .send()
-                            .await;
-                    }
+                            .build()
+                            .ok()
+                    })
+                    .collect();
+                if !done.is_empty() {
+                    let _ = queue
+                        .delete_message_batch()
+                        .queue_url(&queue_url)
+                        .set_entries(Some(done))
+                        .send()
+                        .await;
                 }
             }
         });
@@ -206,7 +220,7 @@ impl Delivery {
         let mapping = tokio::spawn(mapping(
             queue.clone(),
             queue_url.to_string(),
-            functions,
+            functions * 2,
             on.clone(),
         ));
         Delivery::Lambda { on, mapping }

@@ -46,6 +46,11 @@ pub struct Fate {
     pub busiest_at: Option<Instant>,
     /// The gaps between the requests of that second, in ms.
     pub busiest_gaps: Vec<u128>,
+    /// The busiest second by the receiver's own clock (when its handler
+    /// ran), and the most its handler ran after the kernel's arrival: what
+    /// a receiver's clock alone would have made of the rate limit.
+    pub busiest_handled: usize,
+    pub handler_lag_max: Duration,
 }
 
 pub struct Report {
@@ -135,6 +140,9 @@ pub async fn check(
         if endpoint.rate_limit.is_some() {
             (fate.busiest_second, fate.busiest_at, fate.busiest_gaps) =
                 busiest_second(&hits.iter().map(|h| h.at).collect::<Vec<_>>());
+            fate.busiest_handled =
+                busiest_second(&hits.iter().map(|h| h.at + h.lag).collect::<Vec<_>>()).0;
+            fate.handler_lag_max = hits.iter().map(|h| h.lag).max().unwrap_or_default();
         }
         // When each event was first taken (2xx), and how often.
         let mut taken: HashMap<&str, (Instant, usize)> = HashMap::new();

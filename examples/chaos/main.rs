@@ -14,6 +14,7 @@ mod check;
 mod faults;
 mod load;
 mod receivers;
+mod stamped;
 mod system;
 
 use std::path::PathBuf;
@@ -328,6 +329,15 @@ async fn main() {
         report.answers_lost
     );
     for (kind, limit, f) in &report.fates {
+        if limit.is_some() {
+            println!(
+                "{}: busiest second {} by the kernel's arrival stamps, {} by the receiver's handler, which ran up to {} ms after arrival",
+                kind.name(),
+                f.busiest_second,
+                f.busiest_handled,
+                f.handler_lag_max.as_millis()
+            );
+        }
         if limit.is_some_and(|l| f.busiest_second > l as usize) {
             println!(
                 "{}: the busiest second, from {:.1} s, had requests {:?} ms apart",

@@ -6,9 +6,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
+
+use crate::stamped::{Arrival, StampedListener};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -55,8 +57,10 @@ impl Kind {
 /// One request as the receiver saw it.
 #[derive(Clone, Debug)]
 pub struct Hit {
-    /// When it arrived.
+    /// When it arrived: the kernel's stamp of its bytes.
     pub at: Instant,
+    /// How long after that the receiver's handler got to it.
+    pub lag: Duration,
     pub webhook_id: String,
     pub order_id: Option<String>,
     pub sequence: Option<u64>,
@@ -89,8 +93,14 @@ struct Shared {
     calm: Arc<std::sync::atomic::AtomicBool>,
 }
 
-async fn receive(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let at = Instant::now();
+async fn receive(
+    State(s): State<Shared>,
+    ConnectInfo(arrival): ConnectInfo<Arrival>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let handled = Instant::now();
+    let at = arrival.latest().unwrap_or(handled).min(handled);
     let signature_ok = s.secret.get().is_some_and(|secret| {
         standardwebhooks::Webhook::new(secret)
             .and_then(|w| w.verify(&body, &headers))
@@ -104,6 +114,7 @@ async fn receive(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> St
     };
     s.hits.lock().unwrap().push(Hit {
         at,
+        lag: handled - at,
         webhook_id: headers
             .get("webhook-id")
             .and_then(|v| v.to_str().ok())
@@ -143,9 +154,8 @@ impl Receiver {
         };
         let app = axum::Router::new().fallback(receive).with_state(shared);
         // A thread and runtime of its own, as a partner's server would be:
-        // its arrival times are not held up behind the load generator's
-        // tasks (a burst of answers after a database pause made requests
-        // look closer together than they were sent).
+        // its answers are not held up behind the load generator's tasks.
+        // Arrival times come from the kernel (`stamped`), not this thread.
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -153,7 +163,8 @@ impl Receiver {
                 .unwrap();
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(listener, app).await
+                let app = app.into_make_service_with_connect_info::<Arrival>();
+                axum::serve(StampedListener(listener), app).await
             })
         });
         receiver
