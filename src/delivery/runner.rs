@@ -128,13 +128,16 @@ impl Runner {
         }
         // Deliveries this call could not hold, and those released by the
         // ones it settled (the next event of an order), go now too.
-        delivered.attempted += self.drain(deadline).await;
+        delivered.attempted += self.drain(deadline, false).await;
         delivered
     }
 
     /// Finishes what is in flight, then claims and runs what fell due
     /// meanwhile, until nothing is left or `deadline`. How many it started.
-    async fn drain(&self, deadline: tokio::time::Instant) -> usize {
+    /// After the first pass (or from the start unless `claim`), it claims
+    /// only when something asked for it (`claim_wanted`): a batch whose
+    /// deliveries all went and were taken costs no claim.
+    async fn drain(&self, deadline: tokio::time::Instant, mut claim: bool) -> usize {
         let mut started = 0;
         let mut last = 0;
         loop {
@@ -142,6 +145,9 @@ impl Runner {
             if tokio::time::Instant::now() >= deadline || (last > 0 && settled == 0) {
                 // Out of time, or all it claimed went back (no turn under a
                 // rate limit came in time): claiming again would only spin.
+                return started;
+            }
+            if !std::mem::take(&mut claim) && !self.claim_wanted() {
                 return started;
             }
             last = self.start_due(deadline).await;
@@ -163,6 +169,11 @@ impl Runner {
         match with_retries(|| ingest_batch(&self.shared, ids, lease_id)).await {
             Ok(out) => {
                 let started = out.leased.len();
+                if out.created > started {
+                    // Made but not leased (an order's earlier event is
+                    // pending, or no room): for `drain` to claim.
+                    self.shared.wake.notify_one();
+                }
                 for leased in out.leased {
                     spawn_attempt(&self.shared, leased, Some(deadline));
                 }
@@ -194,7 +205,17 @@ impl Runner {
             }
         }
         sweep(&self.shared).await;
-        self.drain(deadline).await
+        self.drain(deadline, true).await
+    }
+
+    /// Whether anything asked for a claim since the last look: the
+    /// dispatcher's wake-up (`Shared::wake`), which a runner has no
+    /// dispatcher to take. A fan-out that made deliveries it could not
+    /// lease, an outcome that released an order's next event or falls due
+    /// again within a second, room freed after a claim ran short of it.
+    fn claim_wanted(&self) -> bool {
+        let mut asked = std::pin::pin!(self.shared.wake.notified());
+        asked.as_mut().enable()
     }
 
     /// Claims and starts due deliveries until none is left or `deadline`.
