@@ -100,20 +100,37 @@ pub(super) async fn run_held(
         Some((endpoint, worker, pacer))
     })
     .await;
-    let Ok(Some((_endpoint_slot, _worker_slot, pacer))) = slots else {
+    let Ok(Some((_endpoint_slot, _worker_slot, mut pacer))) = slots else {
         give_back(shared, held, &row).await;
         return;
     };
-    if let Some(per_second) = rate_limit {
-        if !await_turn(shared, &row, per_second, deadline).await {
-            // No turn comes in time: the lease goes back, no turn taken.
-            give_back(shared, held, &row).await;
-            return;
-        }
-    }
-    drop(pacer);
     let leased_at = leased_at.unwrap_or_else(time::now);
-    let outcome = attempt(shared, row, endpoint, leased_at).await;
+    let outcome = loop {
+        let leave_by = match rate_limit {
+            Some(per_second) => {
+                let Some(by) = await_turn(shared, &row, per_second, deadline).await else {
+                    // No turn comes in time: the lease goes back, no turn taken.
+                    give_back(shared, held, &row).await;
+                    return;
+                };
+                Some(by)
+            }
+            None => None,
+        };
+        drop(pacer.take());
+        if let Some(outcome) = attempt(shared, &row, endpoint.as_ref(), leased_at, leave_by).await {
+            break outcome;
+        }
+        // Held up on its way out past its turn, and not sent: another turn.
+        shared.metrics.turn_missed();
+        match tokio::time::timeout_at(deadline, held.lane.pacer.clone().lock_owned()).await {
+            Ok(guard) => pacer = Some(guard),
+            Err(_) => {
+                give_back(shared, held, &row).await;
+                return;
+            }
+        }
+    };
     let _ = shared.settles.send(outcome);
     drop(held);
     room_freed(shared);
@@ -122,14 +139,15 @@ pub(super) async fn run_held(
 /// Reserves the endpoint's next turn, now that the delivery can start, and
 /// waits for it: never two attempts to the endpoint closer than the
 /// interval, from any process. A turn found passed by more than the pace
-/// allows is left unused and another reserved. False if none comes by
-/// `deadline` (or the reservation failed).
+/// allows is left unused and another reserved. The time by which the
+/// request must leave, or `None` if no turn comes by `deadline` (or the
+/// reservation failed).
 async fn await_turn(
     shared: &Shared,
     row: &DeliveryRow,
     per_second: u32,
     deadline: tokio::time::Instant,
-) -> bool {
+) -> Option<tokio::time::Instant> {
     let interval = pace::interval(per_second);
     loop {
         let reserve = || async {
@@ -139,10 +157,10 @@ async fn await_turn(
         };
         let turn = match with_retries(reserve).await {
             Ok(Some(turn)) => turn,
-            Ok(None) => return false,
+            Ok(None) => return None,
             Err(e) => {
                 tracing::warn!(error = %e, endpoint_id = %row.endpoint_id, "reserving a turn under the endpoint's rate limit failed; the lease goes back");
-                return false;
+                return None;
             }
         };
         let now = tokio::time::Instant::now();
@@ -153,7 +171,7 @@ async fn await_turn(
             tokio::time::sleep_until(at).await;
             let late = late_already + tokio::time::Instant::now().saturating_duration_since(at);
             if pace::still_on_time(late) {
-                return true;
+                return Some(tokio::time::Instant::now() + (pace::LATE_AT_MOST - late));
             }
         }
         shared.metrics.turn_missed();
@@ -177,13 +195,15 @@ fn room_freed(shared: &Shared) {
     }
 }
 
-/// One attempt of one leased delivery.
+/// One attempt of one leased delivery; `None` if its request would have
+/// left after `leave_by` (its turn under a rate limit) and was not sent.
 pub(super) async fn attempt(
     shared: &Shared,
-    row: DeliveryRow,
-    endpoint: Option<EndpointRow>,
+    row: &DeliveryRow,
+    endpoint: Option<&EndpointRow>,
     leased_at: DateTime<Utc>,
-) -> Outcome {
+    leave_by: Option<tokio::time::Instant>,
+) -> Option<Outcome> {
     let manual = row.manual_requested_at.is_some();
     let endpoint = match endpoint {
         Some(endpoint) if endpoint.enabled || manual => endpoint,
@@ -193,18 +213,18 @@ pub(super) async fn attempt(
             } else {
                 "the endpoint was deleted"
             };
-            return unattempted(row, leased_at, reason.into());
+            return Some(unattempted(row, leased_at, reason.into()));
         }
     };
-    let secrets = match live_secrets(&shared.secrets, &endpoint, time::now()) {
+    let secrets = match live_secrets(&shared.secrets, endpoint, time::now()) {
         Ok(secrets) => secrets,
         Err(e) => {
             tracing::error!(error = %e, endpoint_id = %endpoint.id, "cannot open the endpoint's signing secret");
-            return unattempted(
+            return Some(unattempted(
                 row,
                 leased_at,
                 format!("the endpoint's signing secret cannot be opened: {e}"),
-            );
+            ));
         }
     };
     let started_at = time::now();
@@ -251,11 +271,19 @@ pub(super) async fn attempt(
     } else {
         tracing::Span::none()
     };
-    let result = shared
-        .client
-        .attempt(&endpoint.url, headers, row.payload.clone())
-        .instrument(span.clone())
-        .await;
+    let payload = row.payload.clone();
+    let client = &shared.client;
+    let result = async {
+        match leave_by {
+            Some(by) => client.attempt_by(&endpoint.url, headers, payload, by).await,
+            None => client.attempt(&endpoint.url, headers, payload).await,
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    if result.left_late {
+        return None;
+    }
     if let Some(status) = result.response_status {
         span.record("http.response.status_code", status);
     }
@@ -316,7 +344,7 @@ pub(super) async fn attempt(
         }
         _ => None,
     };
-    Outcome {
+    Some(Outcome {
         settled: Settled {
             id: row.id,
             lease_id: row.lease_id.unwrap_or_default(),
@@ -341,7 +369,7 @@ pub(super) async fn attempt(
         order_id: row.order_id,
         health,
         failed,
-    }
+    })
 }
 
 fn status_name(status: &str) -> &'static str {
@@ -353,7 +381,7 @@ fn status_name(status: &str) -> &'static str {
 }
 
 /// A delivery that cannot be attempted fails visibly, unattempted.
-fn unattempted(row: DeliveryRow, leased_at: DateTime<Utc>, reason: String) -> Outcome {
+fn unattempted(row: &DeliveryRow, leased_at: DateTime<Utc>, reason: String) -> Outcome {
     Outcome {
         settled: Settled {
             id: row.id,

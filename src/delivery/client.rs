@@ -6,6 +6,8 @@
 //! resolver, are checked before sending.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -26,6 +28,8 @@ pub struct AttemptResult {
     pub error: Option<String>,
     pub retry_after: Option<Duration>,
     pub duration: Duration,
+    /// Not sent: it would have left after the time `attempt_by` gave it.
+    pub left_late: bool,
 }
 
 impl AttemptResult {
@@ -107,8 +111,31 @@ impl WebhookClient {
     /// POSTs `body` with the given signature headers and reports what
     /// happened. Its span names the host only: a URL's path or query may
     /// hold a token (Slack's notification URL does).
-    #[tracing::instrument(skip_all, fields(host = %host_of(url)))]
     pub async fn attempt(&self, url: &str, headers: HeaderMap, body: String) -> AttemptResult {
+        self.post(url, headers, body.into()).await
+    }
+
+    /// The same, for a turn under a rate limit: the request leaves by `by`
+    /// or not at all (`left_late`). The connection checks the time as it
+    /// writes the request, so a request held up on its way out (a busy
+    /// runtime, a new connection) is not sent late, crowding the turns
+    /// after it.
+    pub async fn attempt_by(
+        &self,
+        url: &str,
+        headers: HeaderMap,
+        body: String,
+        by: tokio::time::Instant,
+    ) -> AttemptResult {
+        let body = LeavesBy {
+            payload: Some(body.into()),
+            by,
+        };
+        self.post(url, headers, reqwest::Body::wrap(body)).await
+    }
+
+    #[tracing::instrument(skip_all, fields(host = %host_of(url)))]
+    async fn post(&self, url: &str, headers: HeaderMap, body: reqwest::Body) -> AttemptResult {
         let started = Instant::now();
         let failure = |error: String| AttemptResult {
             response_status: None,
@@ -116,6 +143,7 @@ impl WebhookClient {
             error: Some(error),
             retry_after: None,
             duration: started.elapsed(),
+            left_late: false,
         };
         if !self.allow_private {
             if let Err(reason) = check_literal(url) {
@@ -136,6 +164,12 @@ impl WebhookClient {
             .body(body);
         let mut response = match request.send().await {
             Ok(response) => response,
+            Err(e) if caused_by::<LeftLate>(&e) => {
+                return AttemptResult {
+                    left_late: true,
+                    ..failure(LeftLate.to_string())
+                }
+            }
             Err(e) => return failure(describe(&e)),
         };
         let status = response.status().as_u16();
@@ -166,8 +200,66 @@ impl WebhookClient {
             }),
             retry_after,
             duration: started.elapsed(),
+            left_late: false,
         }
     }
+}
+
+/// A request body that will not go after `by`: the connection polls it
+/// for its bytes right after it has buffered the request's head and before
+/// it writes either, so refusing drops the request unsent.
+struct LeavesBy {
+    payload: Option<bytes::Bytes>,
+    by: tokio::time::Instant,
+}
+
+#[derive(Debug)]
+struct LeftLate;
+
+impl std::fmt::Display for LeftLate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("held up past its turn under the endpoint's rate limit; not sent")
+    }
+}
+
+impl std::error::Error for LeftLate {}
+
+impl http_body::Body for LeavesBy {
+    type Data = bytes::Bytes;
+    type Error = LeftLate;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, LeftLate>>> {
+        let Some(payload) = self.payload.take() else {
+            return Poll::Ready(None);
+        };
+        if tokio::time::Instant::now() > self.by {
+            return Poll::Ready(Some(Err(LeftLate)));
+        }
+        Poll::Ready(Some(Ok(http_body::Frame::data(payload))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.payload.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.payload.as_ref().map_or(0, |p| p.len() as u64))
+    }
+}
+
+/// Whether `E` is somewhere in the error's chain of causes.
+fn caused_by<E: std::error::Error + 'static>(err: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if cause.is::<E>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn host_of(url: &str) -> String {
@@ -242,5 +334,58 @@ mod tests {
             check_literal("https://example.com/").is_ok(),
             "names go to the resolver"
         );
+    }
+
+    /// A request past its time is dropped unsent: a real server on
+    /// loopback gets not one byte of it. One on time goes, whole.
+    #[tokio::test]
+    async fn a_request_past_its_time_is_not_sent() {
+        use std::sync::{Arc, Mutex};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let received = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let got = received.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let got = got.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                        got.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if buf[..n].ends_with(b"}") {
+                            let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
+                            let _ = stream.write_all(answer).await;
+                        }
+                    }
+                });
+            }
+        });
+        let client = WebhookClient::new(Duration::from_secs(2), true, None).unwrap();
+        let passed = tokio::time::Instant::now() - Duration::from_millis(1);
+        let late = client
+            .attempt_by(&url, HeaderMap::new(), r#"{"late":1}"#.into(), passed)
+            .await;
+        assert!(late.left_late, "{late:?}");
+        assert_eq!(late.response_status, None);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            received.lock().unwrap().is_empty(),
+            "{}",
+            String::from_utf8_lossy(&received.lock().unwrap())
+        );
+
+        let by = tokio::time::Instant::now() + Duration::from_secs(5);
+        let on_time = client
+            .attempt_by(&url, HeaderMap::new(), r#"{"on_time":1}"#.into(), by)
+            .await;
+        assert!(!on_time.left_late);
+        assert_eq!(on_time.response_status, Some(204), "{on_time:?}");
+        let sent = String::from_utf8_lossy(&received.lock().unwrap()).to_lowercase();
+        assert!(sent.starts_with("post /hook http/1.1"), "{sent}");
+        assert!(sent.contains("content-length: 13"), "{sent}");
+        assert!(sent.ends_with(r#"{"on_time":1}"#), "{sent}");
     }
 }

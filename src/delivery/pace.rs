@@ -32,11 +32,13 @@ pub(super) fn interval(per_second: u32) -> Duration {
     Duration::from_nanos(1_050_000_000 / u64::from(per_second.max(1)))
 }
 
-/// How late a delivery may be for its turn and still take it: half of the
+/// How late a delivery's request may leave after its turn: half of the
 /// 50 ms the interval leaves, the other half for the network and the
 /// receiver. Later than that (the database paused between the reservation
-/// and its answer, a process starved of CPU), sending would crowd the turns
-/// after it: the turn is left unused and another reserved.
+/// and its answer, a process starved of CPU, a request held up in the HTTP
+/// client), sending would crowd the turns after it: the turn is left
+/// unused and another reserved. Checked when the turn comes, and again by
+/// the connection as it writes the request (`WebhookClient::attempt_by`).
 pub(super) const LATE_AT_MOST: Duration = Duration::from_millis(25);
 
 /// Whether a turn found `late` after its time may still be taken.
