@@ -108,7 +108,7 @@ async fn mapping(
     queue_url: String,
     pollers: usize,
     on: Arc<AtomicBool>,
-) {
+) -> Vec<Duration> {
     let invoke = format!("http://127.0.0.1:{RUNTIME_PORT}/2015-03-31/functions/_/invocations");
     let http = reqwest::Client::new();
     let mut set = tokio::task::JoinSet::new();
@@ -121,6 +121,9 @@ async fn mapping(
             http.clone(),
         );
         set.spawn(async move {
+            // How long each invocation of a full batch took, as the mapping
+            // saw it (the Runtime API's round trip included).
+            let mut full = vec![];
             while on.load(Ordering::Relaxed) {
                 let Ok(out) = queue
                     .receive_message()
@@ -151,6 +154,7 @@ async fn mapping(
                         })
                     })
                     .collect();
+                let invoked = Instant::now();
                 let answer: Value = http
                     .post(&invoke)
                     .json(&json!({ "Records": records }))
@@ -160,6 +164,9 @@ async fn mapping(
                     .json()
                     .await
                     .expect("a JSON answer");
+                if messages.len() == 10 {
+                    full.push(invoked.elapsed());
+                }
                 let failed: Vec<&str> = answer["batchItemFailures"]
                     .as_array()
                     .map(|f| {
@@ -191,16 +198,21 @@ async fn mapping(
                         .await;
                 }
             }
+            full
         });
     }
-    while set.join_next().await.is_some() {}
+    let mut full = vec![];
+    while let Some(Ok(mut some)) = set.join_next().await {
+        full.append(&mut some);
+    }
+    full
 }
 
 /// Delivery, started in the chosen mode; dropping it stops it.
 enum Delivery {
     Lambda {
         on: Arc<AtomicBool>,
-        mapping: tokio::task::JoinHandle<()>,
+        mapping: tokio::task::JoinHandle<Vec<Duration>>,
     },
     Worker(common::Proc),
 }
@@ -226,17 +238,20 @@ impl Delivery {
         Delivery::Lambda { on, mapping }
     }
 
-    async fn stop(self) {
+    /// Stops it; in Lambda mode, how long each invocation of a full
+    /// batch took.
+    async fn stop(self) -> Vec<Duration> {
         match self {
             Delivery::Lambda { on, mapping } => {
                 on.store(false, Ordering::Relaxed);
-                let _ = mapping.await;
+                mapping.await.unwrap_or_default()
             }
             Delivery::Worker(process) => {
                 drop(process);
                 // A long poll the stopped worker left open would be handed
                 // the first messages and hide them: let it run out.
                 tokio::time::sleep(Duration::from_secs(21)).await;
+                vec![]
             }
         }
     }
@@ -320,6 +335,10 @@ async fn main() {
                     ("AWS_LAMBDA_FUNCTION_NAME", "_".into()),
                     ("AWS_LAMBDA_FUNCTION_VERSION", "1".into()),
                     ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024".into()),
+                    // Each invocation's split, with FUNCTION_LOG set to
+                    // `mechanica::delivery::lambda=info` (JSON lines).
+                    ("RUST_LOG", env("FUNCTION_LOG", "warn")),
+                    ("LOG_FORMAT", "json".into()),
                 ]),
             ));
         }
@@ -458,7 +477,19 @@ async fn main() {
         stats["received"]
     );
     if let Delivery::Lambda { .. } = delivery {
-        delivery.stop().await;
+        let mut full = delivery.stop().await;
+        full.sort();
+        if full.is_empty() {
+            return;
+        }
+        // The functions' own split of the same time is in their
+        // "SQS batch delivered" lines (RUST_LOG=mechanica=info).
+        println!(
+            "{label}: drain: an invocation of 10 records took p50 {:.1} ms, p90 {:.1} ms through the Runtime API ({} invocations)",
+            percentile(&full, 0.5),
+            percentile(&full, 0.9),
+            full.len()
+        );
     }
     drop(lambda_processes);
 }

@@ -80,11 +80,15 @@ async fn handle(
                 .filter_map(|&i| sqs.records[i].message_id.clone())
                 .map(|id| json!({ "itemIdentifier": id }))
                 .collect();
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
             tracing::info!(
                 records = bodies.len(),
                 attempted = delivered.attempted,
                 unknown = delivered.unknown,
                 failed = failures.len(),
+                recording_ms = ms(delivered.phases.recording),
+                attempting_ms = ms(delivered.phases.attempting),
+                writing_ms = ms(delivered.phases.writing),
                 "SQS batch delivered"
             );
             // One flush per invocation: stdout is the function's log,

@@ -2,6 +2,7 @@
 //! invocation does (`lambda` speaks the Runtime API around it).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -38,6 +39,18 @@ pub struct Delivered {
     /// Messages naming no committed event (dropped, like the worker does).
     pub unknown: usize,
     pub attempted: usize,
+    pub phases: Phases,
+}
+
+/// Where a call's time went, for its log line.
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+pub struct Phases {
+    /// Fanning out (deliveries recorded, leased) and claiming.
+    pub recording: Duration,
+    /// Waiting for the attempts to end.
+    pub attempting: Duration,
+    /// Writing their outcomes.
+    pub writing: Duration,
 }
 
 impl Runner {
@@ -87,6 +100,7 @@ impl Runner {
         let mut ids: Vec<Uuid> = named.iter().flatten().copied().collect();
         ids.sort();
         ids.dedup();
+        let recording = Instant::now();
         match self.fan_out(&ids, deadline).await {
             Ok((unknown, started)) => {
                 delivered.unknown += named
@@ -123,12 +137,13 @@ impl Runner {
                 }
             }
         }
+        delivered.phases.recording = recording.elapsed();
         if delivered.unknown > 0 {
             shared.metrics.unknown_events(delivered.unknown);
         }
         // Deliveries this call could not hold, and those released by the
         // ones it settled (the next event of an order), go now too.
-        delivered.attempted += self.drain(deadline, false).await;
+        delivered.attempted += self.drain(deadline, false, &mut delivered.phases).await;
         delivered
     }
 
@@ -137,11 +152,16 @@ impl Runner {
     /// After the first pass (or from the start unless `claim`), it claims
     /// only when something asked for it (`claim_wanted`): a batch whose
     /// deliveries all went and were taken costs no claim.
-    async fn drain(&self, deadline: tokio::time::Instant, mut claim: bool) -> usize {
+    async fn drain(
+        &self,
+        deadline: tokio::time::Instant,
+        mut claim: bool,
+        phases: &mut Phases,
+    ) -> usize {
         let mut started = 0;
         let mut last = 0;
         loop {
-            let settled = self.finish(deadline).await;
+            let settled = self.finish(deadline, phases).await;
             if tokio::time::Instant::now() >= deadline || (last > 0 && settled == 0) {
                 // Out of time, or all it claimed went back (no turn under a
                 // rate limit came in time): claiming again would only spin.
@@ -150,7 +170,9 @@ impl Runner {
             if !std::mem::take(&mut claim) && !self.claim_wanted() {
                 return started;
             }
+            let claiming = Instant::now();
             last = self.start_due(deadline).await;
+            phases.recording += claiming.elapsed();
             if last == 0 {
                 return started;
             }
@@ -205,7 +227,7 @@ impl Runner {
             }
         }
         sweep(&self.shared).await;
-        self.drain(deadline, true).await
+        self.drain(deadline, true, &mut Phases::default()).await
     }
 
     /// Whether anything asked for a claim since the last look: the
@@ -241,10 +263,13 @@ impl Runner {
     /// Waits for every attempt started to finish (each started by `deadline`
     /// and bounded by `WEBHOOK_TIMEOUT`), then writes their outcomes, trying
     /// no later than the invocation's own end allows. How many it wrote.
-    async fn finish(&self, deadline: tokio::time::Instant) -> usize {
+    async fn finish(&self, deadline: tokio::time::Instant, phases: &mut Phases) -> usize {
         let shared = &self.shared;
         let all = (shared.config.max_in_flight * HELD_PER_SLOT) as u32;
+        let attempting = Instant::now();
         drop(shared.held.acquire_many(all).await);
+        phases.attempting += attempting.elapsed();
+        let writing = Instant::now();
         let mut outcomes = self.outcomes.lock().await;
         let mut finished = vec![];
         while let Ok(outcome) = outcomes.try_recv() {
@@ -254,6 +279,7 @@ impl Runner {
         for group in finished.chunks(SETTLE_GROUP) {
             write_group(shared, group, give_up).await;
         }
+        phases.writing += writing.elapsed();
         finished.len()
     }
 }
