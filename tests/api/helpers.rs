@@ -323,11 +323,15 @@ pub struct Tunnel {
 const COMMIT_PACKET: &[u8] = b"\x07\x00\x00\x00\x03COMMIT";
 
 impl Tunnel {
-    /// Listens on `port` (0: any) and forwards every connection to `target`.
+    /// Listens on `port` (0: any free port below the kernel's ephemeral
+    /// range) and forwards every connection to `target`.
     pub async fn open(port: u16, target: &'static str) -> Tunnel {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
+        let listener = match port {
+            0 => bind_below_ephemeral().await,
+            port => tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        };
         let port = listener.local_addr().unwrap().port();
         let (paused, pause) = tokio::sync::watch::channel(false);
         let lose_commit = Arc::new(AtomicBool::new(false));
@@ -402,6 +406,19 @@ impl Tunnel {
     /// cannot tell whether it committed (it did).
     pub fn commit_answer_loser(&self) -> Arc<AtomicBool> {
         self.lose_commit.clone()
+    }
+}
+
+/// A listener on a free port below the kernel's ephemeral range (32768
+/// and up here). A tunnel cut and reopened on its port needs the port to
+/// stay free meanwhile; in the ephemeral range, any test's outgoing
+/// connection could take it as its source port (seen once: `AddrInUse`).
+async fn bind_below_ephemeral() -> tokio::net::TcpListener {
+    loop {
+        let port = rand::random_range(20_000..32_000);
+        if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            return listener;
+        }
     }
 }
 
