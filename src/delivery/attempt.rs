@@ -107,29 +107,26 @@ pub(super) async fn run_held(
     let leased_at = leased_at.unwrap_or_else(time::now);
     let outcome = loop {
         let leave_by = match rate_limit {
-            Some(per_second) => {
-                let Some(by) = await_turn(shared, &row, per_second, deadline).await else {
-                    // No turn comes in time: the lease goes back, no turn taken.
-                    give_back(shared, held, &row).await;
-                    return;
-                };
-                Some(by)
-            }
+            Some(per_second) => match await_turn(shared, &row, per_second, deadline).await {
+                Some(by) => Some(by),
+                None => break None,
+            },
             None => None,
         };
         drop(pacer.take());
         if let Some(outcome) = attempt(shared, &row, endpoint.as_ref(), leased_at, leave_by).await {
-            break outcome;
+            break Some(outcome);
         }
         // Held up on its way out past its turn, and not sent: another turn.
+        // Reserved without the pacer: each reservation is atomic on the
+        // endpoint's row, and waiting for the pacer while holding a worker
+        // slot could hold up the delivery that has it.
         shared.metrics.turn_missed();
-        match tokio::time::timeout_at(deadline, held.lane.pacer.clone().lock_owned()).await {
-            Ok(guard) => pacer = Some(guard),
-            Err(_) => {
-                give_back(shared, held, &row).await;
-                return;
-            }
-        }
+    };
+    let Some(outcome) = outcome else {
+        // No turn came in time: the lease goes back, no turn taken.
+        give_back(shared, held, &row).await;
+        return;
     };
     let _ = shared.settles.send(outcome);
     drop(held);
@@ -171,7 +168,7 @@ async fn await_turn(
             tokio::time::sleep_until(at).await;
             let late = late_already + tokio::time::Instant::now().saturating_duration_since(at);
             if pace::still_on_time(late) {
-                return Some(tokio::time::Instant::now() + (pace::LATE_AT_MOST - late));
+                return Some(tokio::time::Instant::now() + pace::LATE_AT_MOST.saturating_sub(late));
             }
         }
         shared.metrics.turn_missed();

@@ -5,7 +5,9 @@
 //! (`db::webhook_endpoints::reserve_turn`), at least `interval` after the
 //! turn before it, once it holds its slots and is about to start. In one
 //! worker, one delivery per endpoint at a time reserves and waits for its
-//! turn (`Lane::pacer`), so turns are taken in order and none is wasted.
+//! turn (`Lane::pacer`), so turns are taken in order and none is wasted; a
+//! delivery whose request was held up past its turn, and not sent, reserves
+//! its next one without the pacer (it already holds a worker slot).
 
 use std::sync::Arc;
 use std::time::Duration;
