@@ -121,7 +121,18 @@ impl Relay {
             lease: LEASE,
             published_through: self.mark.take(),
         });
-        let pass = sequencer::pass(&self.pool, turn).await?;
+        let (pass, numbering) = sequencer::begin(&self.pool, turn).await?;
+        // The events just numbered are next after the mark: they go out
+        // while the numbering commits, one disk flush sooner. Anything else
+        // (a backlog, no turn) waits for the commit.
+        let fresh = pass.relay
+            && pass.numbered.first().map(|e| e.feed_position) == Some(pass.published_through + 1);
+        let mut numbering = Some(numbering);
+        if !fresh || self.queue.is_none() {
+            if let Some(numbering) = numbering.take() {
+                numbering.commit().await?;
+            }
+        }
         self.metrics.relay_holding(pass.relay);
         let mut round = Round {
             numbered: pass.numbered.len(),
@@ -146,8 +157,7 @@ impl Relay {
                 .into_iter()
                 .collect(),
         };
-        let first_new = pass.numbered.first().map(|e| e.feed_position);
-        let events = if first_new == Some(pass.published_through + 1) {
+        let events = if fresh {
             pass.numbered
         } else if pass.published_through + 1 < pass.next_position {
             // Left over from a failure or another relay: read back by position.
@@ -181,9 +191,22 @@ impl Relay {
             } else {
                 tracing::Span::none()
             };
-            let published = publish(&queue, &events, &mut parked_orders)
-                .instrument(span)
-                .await;
+            let publishing = publish(&queue, &events, &mut parked_orders).instrument(span);
+            let published = match numbering.take() {
+                Some(numbering) => {
+                    let (committed, published) = tokio::join!(numbering.commit(), publishing);
+                    if let Err(e) = committed {
+                        // The numbering and the turn did not hold: nothing
+                        // learnt from this publish is kept (the mark, parked
+                        // orders); its events go out again with the next pass.
+                        self.held_at = None;
+                        self.metrics.relay_holding(false);
+                        return Err(e);
+                    }
+                    published
+                }
+                None => publishing.await,
+            };
             let parks: Vec<Park<'_>> = published
                 .parked
                 .iter()
@@ -215,6 +238,9 @@ impl Relay {
             round.published = published.sent;
             round.parked = parks.len();
             round.failure = published.failure;
+        }
+        if let Some(numbering) = numbering.take() {
+            numbering.commit().await?;
         }
         if self.last_retry_check.elapsed() >= RETRY_CHECK {
             self.last_retry_check = Instant::now();

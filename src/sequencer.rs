@@ -23,7 +23,7 @@
 
 use std::time::Duration;
 
-use sqlx::MySqlPool;
+use sqlx::{MySql, MySqlPool, Transaction};
 use uuid::Uuid;
 
 use crate::db;
@@ -59,6 +59,26 @@ pub struct Pass {
 /// renews the relay's turn if it is free or already the caller's, and
 /// writes the caller's mark.
 pub async fn pass(pool: &MySqlPool, turn: Option<Turn>) -> sqlx::Result<Pass> {
+    let (pass, numbering) = begin(pool, turn).await?;
+    numbering.commit().await?;
+    Ok(pass)
+}
+
+/// A pass's transaction, done but for its commit: what `Pass` says holds
+/// once `commit` succeeds, and the `feed_clock` row stays locked until then.
+pub struct Numbering(Transaction<'static, MySql>);
+
+impl Numbering {
+    pub async fn commit(self) -> sqlx::Result<()> {
+        self.0.commit().await
+    }
+}
+
+/// `pass` up to its commit, which the caller makes, so that it can publish
+/// the events while the commit is on its way to disk: if the commit fails,
+/// they go out again with the next pass (SQS delivers at least once anyway,
+/// and fan-out is idempotent), and nothing learnt from them may be kept.
+pub async fn begin(pool: &MySqlPool, turn: Option<Turn>) -> sqlx::Result<(Pass, Numbering)> {
     let mut tx = pool.begin().await?;
     let me = turn.map_or(Uuid::nil(), |t| t.relay);
     let clock = db::feed_clock::lock(&mut *tx, me).await?;
@@ -75,15 +95,15 @@ pub async fn pass(pool: &MySqlPool, turn: Option<Turn>) -> sqlx::Result<Pass> {
         });
         db::feed_clock::advance(&mut *tx, next_position, relay).await?;
     }
-    tx.commit().await?;
     let mark = ours.and_then(|t| t.published_through).unwrap_or(0);
-    Ok(Pass {
+    let pass = Pass {
         numbered,
         published_through: clock.published_through.max(mark),
         next_position,
         relay: ours.is_some(),
         took_over_from: ours.and(clock.lapsed_holder),
-    })
+    };
+    Ok((pass, Numbering(tx)))
 }
 
 /// Numbers every event committed before the call (for read-your-writes in

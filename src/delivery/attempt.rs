@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -60,17 +60,34 @@ pub(super) fn hold(shared: &Shared, endpoint_id: Uuid) -> Option<Held> {
     })
 }
 
+/// Whether the deliveries of a batch still committing were committed: told
+/// once the commit answers. An attempt made meanwhile has its outcome
+/// written only if they were; if not, its event is fanned out and sent
+/// again (the same `webhook-id`), and that first request goes unrecorded.
+pub(super) type Committed = watch::Receiver<Option<bool>>;
+
 /// Starts a leased delivery's attempt in a task of its own; it must start
 /// by `start_by` if given (a Lambda invocation's), else within `HOLD_WAIT`.
 pub(super) fn spawn_attempt(
     shared: &Arc<Shared>,
     leased: LeasedDelivery<Held>,
     start_by: Option<tokio::time::Instant>,
+    committed: Option<Committed>,
 ) {
     let shared = shared.clone();
     tokio::spawn(async move {
         let endpoint = Some(leased.endpoint);
-        run_held(&shared, leased.permit, leased.row, endpoint, None, start_by).await;
+        let row = leased.row;
+        run_held(
+            &shared,
+            leased.permit,
+            row,
+            endpoint,
+            None,
+            start_by,
+            committed,
+        )
+        .await;
     });
 }
 
@@ -85,6 +102,7 @@ pub(super) async fn run_held(
     endpoint: Option<EndpointRow>,
     leased_at: Option<DateTime<Utc>>,
     start_by: Option<tokio::time::Instant>,
+    committed: Option<Committed>,
 ) {
     let rate_limit = endpoint.as_ref().and_then(|e| e.rate_limit_per_second);
     let hold_until = tokio::time::Instant::now() + HOLD_WAIT;
@@ -128,6 +146,18 @@ pub(super) async fn run_held(
         give_back(shared, held, &row).await;
         return;
     };
+    if let Some(mut committed) = committed {
+        let kept = matches!(
+            committed.wait_for(Option::is_some).await.as_deref(),
+            Ok(Some(true))
+        );
+        if !kept {
+            tracing::info!(delivery_id = %row.id, event_id = %row.event_id, "a request went out while its delivery's commit failed: not recorded; the event is fanned out and sent again");
+            drop(held);
+            room_freed(shared);
+            return;
+        }
+    }
     let _ = shared.settles.send(outcome);
     drop(held);
     room_freed(shared);

@@ -85,7 +85,16 @@ pub(super) async fn claim_and_start(
         started += 1;
         let shared = shared.clone();
         tokio::spawn(async move {
-            run_held(&shared, held, row, endpoint, Some(leased_at), start_by).await;
+            run_held(
+                &shared,
+                held,
+                row,
+                endpoint,
+                Some(leased_at),
+                start_by,
+                None,
+            )
+            .await;
         });
     }
     if saturated.is_empty() && busy.is_empty() && claimed < free {

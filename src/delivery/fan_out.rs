@@ -128,16 +128,31 @@ pub struct Lease {
     pub id: Uuid,
 }
 
+/// A fan-out's transaction, done but for its commit: its deliveries exist
+/// (and the rows it locked stay locked) once `commit` succeeds.
+pub struct Recording(Option<sqlx::Transaction<'static, sqlx::MySql>>);
+
+impl Recording {
+    pub async fn commit(self) -> sqlx::Result<()> {
+        match self.0 {
+            Some(tx) => tx.commit().await,
+            None => Ok(()),
+        }
+    }
+}
+
 /// Fans out the events `ids` name. `permit` is asked, for each due
 /// delivery, whether it can be attempted now; those that get one are
-/// created under `lease` and returned.
-pub async fn fan_out<P>(
+/// created under `lease` and returned. The caller commits: the leased
+/// deliveries can be attempted while the commit is on its way to disk, as
+/// long as what comes of them is written only once it held.
+pub async fn fan_out_uncommitted<P>(
     pool: &MySqlPool,
     ids: &[Uuid],
     now: DateTime<Utc>,
     lease: &Lease,
     mut permit: impl FnMut(&EndpointRow) -> Option<P>,
-) -> sqlx::Result<FanOut<P>> {
+) -> sqlx::Result<(FanOut<P>, Recording)> {
     let mut events = db::order_events::for_fan_out(pool, ids).await?;
     events.sort_by_key(|e| (e.order_id, e.sequence));
     events.dedup_by_key(|e| e.id);
@@ -163,7 +178,7 @@ pub async fn fan_out<P>(
         created: 0,
     };
     if endpoints.is_empty() || named.is_empty() {
-        return Ok(out);
+        return Ok((out, Recording(None)));
     }
     let endpoint_ids: Vec<Uuid> = endpoints.iter().map(|e| e.id).collect();
     let mut orders: Vec<Uuid> = named.iter().map(|&i| events[i].order_id).collect();
@@ -174,8 +189,7 @@ pub async fn fan_out<P>(
     let slots = db::deliveries::order_slots(&mut *tx, &endpoint_ids, &orders).await?;
     let planned = plan(&events, &named, &endpoints, &slots);
     if planned.is_empty() {
-        tx.commit().await?;
-        return Ok(out);
+        return Ok((out, Recording(Some(tx))));
     }
     // Earlier events pulled in by the plan need their payloads (rare).
     let missing: Vec<Uuid> = planned
@@ -258,7 +272,6 @@ pub async fn fan_out<P>(
             .into_iter()
             .collect()
     };
-    tx.commit().await?;
     out.created = created as usize;
     for (row, permit) in rows.into_iter().zip(permits) {
         if let (Some(permit), true) = (permit, ours.contains(&row.id)) {
@@ -270,7 +283,7 @@ pub async fn fan_out<P>(
             });
         }
     }
-    Ok(out)
+    Ok((out, Recording(Some(tx))))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Ingest: SQS messages → deliveries → attempts. A batch of messages is
-//! fanned out in one transaction (`fan_out`), the deliveries that can go now
+//! fanned out in one transaction (`fan_out`); the deliveries that can go now
 //! are created leased to this worker and attempted at once, and the batch is
 //! deleted. A message naming no committed event is deleted and counted.
 //! While the database is unreachable, ingest stops receiving, so no message
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::attempt::{hold, spawn_attempt, Held};
-use super::fan_out::{fan_out, FanOut, Lease};
+use super::fan_out::{fan_out_uncommitted, FanOut, Lease, Recording};
 use super::shared::{lease_until, with_retries, Shared};
 use crate::db;
 use crate::db::deliveries::Leased;
@@ -76,8 +76,25 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::R
         }
         let ids = named_events(&shared, &messages);
         let lease_id = Uuid::now_v7();
-        match with_retries(|| ingest_batch(&shared, &ids, lease_id)).await {
-            Ok(out) => {
+        let recorded = match with_retries(|| record_batch(&shared, &ids, lease_id)).await {
+            Ok((mut out, recording)) => {
+                // The first attempts go out while the deliveries commit, so
+                // that the request's round trip and the disk's flush overlap;
+                // what comes of them is written once the commit held.
+                let (told, committed) = watch::channel(None);
+                let leased = std::mem::take(&mut out.leased);
+                let started = leased.len();
+                for leased in leased {
+                    spawn_attempt(&shared, leased, None, Some(committed.clone()));
+                }
+                let result = recording.commit().await;
+                told.send_replace(Some(result.is_ok()));
+                result.map(|()| (out, started))
+            }
+            Err(e) => Err(e),
+        };
+        match recorded {
+            Ok((out, started)) => {
                 if !out.unknown.is_empty() {
                     shared.metrics.unknown_events(out.unknown.len());
                     tracing::warn!(
@@ -85,11 +102,8 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::R
                         "messages naming no committed event were dropped"
                     );
                 }
-                if out.created > out.leased.len() {
+                if out.created > started {
                     shared.wake.notify_one();
-                }
-                for leased in out.leased {
-                    spawn_attempt(&shared, leased, None);
                 }
                 let queue = queue.clone();
                 tokio::spawn(async move {
@@ -168,12 +182,23 @@ pub(super) async fn ingest_batch(
     ids: &[Uuid],
     lease_id: Uuid,
 ) -> sqlx::Result<FanOut<Held>> {
+    let (out, recording) = record_batch(shared, ids, lease_id).await?;
+    recording.commit().await?;
+    Ok(out)
+}
+
+/// `ingest_batch` short of its commit.
+async fn record_batch(
+    shared: &Shared,
+    ids: &[Uuid],
+    lease_id: Uuid,
+) -> sqlx::Result<(FanOut<Held>, Recording)> {
     let now = time::now();
     let lease = Lease {
         until: lease_until(shared, now),
         id: lease_id,
     };
-    fan_out(&shared.pool, ids, now, &lease, |endpoint| {
+    fan_out_uncommitted(&shared.pool, ids, now, &lease, |endpoint| {
         hold(shared, endpoint.id)
     })
     .await

@@ -10,9 +10,11 @@
 //!  ingest ──── fan_out: one transaction makes the event's deliveries, one per
 //!      │       subscribed endpoint; those free to go now are leased here
 //!      │       (a later event of an order waits behind an earlier pending one)
+//!      │       and start while it commits
 //!      ▼
 //!  attempt ─── waits for its endpoint's slot and pace turn, then a worker
-//!      │       slot; signs (signing), POSTs (client), decides (outcome)
+//!      │       slot; signs (signing), POSTs (client), decides (outcome);
+//!      │       the outcome waits for its fan-out's commit to have held
 //!      ▼
 //!  settle ──── writes what finished meanwhile in one transaction: attempts,
 //!      │       new states, the release of the next delivery of each order

@@ -89,7 +89,7 @@ pub(super) async fn reconcile_once(
         for chunk in missing.chunks(50) {
             let out = with_retries(|| ingest_batch(shared, chunk, Uuid::now_v7())).await?;
             for leased in out.leased {
-                spawn_attempt(shared, leased, start_by);
+                spawn_attempt(shared, leased, start_by, None);
             }
             shared.wake.notify_one();
         }

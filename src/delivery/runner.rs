@@ -197,7 +197,7 @@ impl Runner {
                     self.shared.wake.notify_one();
                 }
                 for leased in out.leased {
-                    spawn_attempt(&self.shared, leased, Some(deadline));
+                    spawn_attempt(&self.shared, leased, Some(deadline), None);
                 }
                 Ok((out.unknown, started))
             }

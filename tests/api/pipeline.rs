@@ -789,3 +789,52 @@ async fn a_settle_whose_commit_went_unanswered_does_not_hold_up_the_next() {
     }
     assert_eq!(sequences(&receiver.hits(), &id), [1, 2]);
 }
+
+/// The first attempts of a batch go out while its fan-out commits. When
+/// the answer to that commit is lost (it did commit), the attempt made
+/// meanwhile is not written as if its delivery were known to exist: the
+/// lease goes back, the delivery is attempted again under the same
+/// `webhook-id` and recorded once, and nothing is stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_whose_commit_went_unanswered_is_delivered_and_recorded_once() {
+    let mut system = System::without_worker().await;
+    let tunnel = Tunnel::open(0, "127.0.0.1:3306").await;
+    let mut config = worker_config(&system.db_name, &system.queue.url);
+    config.database_url = format!("mysql://root@127.0.0.1:{}/{}", tunnel.port, system.db_name);
+    system.worker = Some(TestWorker::start(config).await);
+    let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
+    let tenant = system.app.tenant("Unanswered fan-out").await;
+    let (endpoint, _) = system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    // The worker's next commit is the fan-out of the order's first event.
+    tunnel
+        .commit_answer_loser()
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let order = system.app.new_order(&tenant).await;
+    let id = order["id"].as_str().unwrap().to_string();
+    let recorded = wait_for(
+        "the delivery recorded succeeded",
+        Duration::from_secs(20),
+        || async {
+            let rows = deliveries(&system.app, &tenant.token, &endpoint, "").await;
+            (rows.len() == 1 && rows[0]["status"] == "succeeded").then_some(rows)
+        },
+    )
+    .await;
+    assert_eq!(recorded[0]["attempts"], 1, "{}", recorded[0]);
+    assert!(
+        !tunnel
+            .commit_answer_loser()
+            .load(std::sync::atomic::Ordering::SeqCst),
+        "the fan-out's commit went through the tunnel"
+    );
+    let hits = receiver.hits_on("/hooks");
+    assert!(!hits.is_empty());
+    assert!(sequences(&hits, &id).iter().all(|&s| s == 1));
+    let ids: std::collections::HashSet<_> = hits
+        .iter()
+        .map(|h| h.headers["webhook-id"].to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "every request of the event carries its id");
+}
