@@ -84,16 +84,15 @@ pub async fn begin(pool: &MySqlPool, turn: Option<Turn>) -> sqlx::Result<(Pass, 
     let clock = db::feed_clock::lock(&mut *tx, me).await?;
     let mut numbered = db::order_events::unsequenced(&mut *tx, BATCH).await?;
     let ours = turn.filter(|_| clock.relay_free);
-    let next_position =
-        db::order_events::assign_feed_positions(&mut *tx, clock.next_position, &mut numbered)
-            .await?;
+    let mut next_position = clock.next_position;
     if !numbered.is_empty() || ours.is_some() {
         let relay = ours.map(|t| db::feed_clock::RelayTurn {
             holder: t.relay,
             lease_ms: t.lease.as_millis() as u64,
             published_through: t.published_through,
         });
-        db::feed_clock::advance(&mut *tx, next_position, relay).await?;
+        next_position =
+            db::feed_clock::advance(&mut *tx, next_position, &mut numbered, relay).await?;
     }
     let mark = ours.and_then(|t| t.published_through).unwrap_or(0);
     let pass = Pass {

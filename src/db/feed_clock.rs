@@ -4,7 +4,9 @@
 //! reconciled. Times are the database's (`NOW(3)`), so instances with
 //! skewed clocks agree on who holds the lease.
 
-use sqlx::{MySqlExecutor, MySqlPool};
+use sqlx::{MySqlExecutor, MySqlPool, QueryBuilder};
+
+use crate::db::order_events::OutboxEvent;
 use uuid::Uuid;
 
 /// The clock as a sequencer pass found it, locked until its transaction ends.
@@ -74,36 +76,54 @@ pub struct RelayTurn {
     pub published_through: Option<u64>,
 }
 
-/// Moves the counter and, with `relay`, gives the turn to its holder for
-/// `lease_ms` and moves the published mark.
+/// Gives `numbered` (ascending by position) feed positions from `base` up,
+/// in the same order, moves the counter past them and, with `relay`, gives
+/// the turn to its holder for `lease_ms` and moves the published mark. One
+/// statement, the events' update and the clock's together, so a pass costs
+/// one round trip less. Returns the next free feed position.
 pub async fn advance(
     db: impl MySqlExecutor<'_>,
-    next_position: u64,
+    base: u64,
+    numbered: &mut [OutboxEvent],
     relay: Option<RelayTurn>,
-) -> sqlx::Result<()> {
-    match relay {
-        Some(turn) => {
-            sqlx::query(
-                "UPDATE feed_clock SET next_position = ?, relay_holder = ?,
-                     relay_lease_until = NOW(3) + INTERVAL ? * 1000 MICROSECOND,
-                     published_through = GREATEST(published_through, ?)
-                 WHERE id = 1",
-            )
-            .bind(next_position)
-            .bind(turn.holder)
-            .bind(turn.lease_ms)
-            .bind(turn.published_through.unwrap_or(0))
-            .execute(db)
-            .await?
+) -> sqlx::Result<u64> {
+    let mut sql = QueryBuilder::new("UPDATE feed_clock c ");
+    let next_position = match (numbered.first(), numbered.last()) {
+        (Some(first), Some(last)) => {
+            let (first, last) = (first.position, last.position);
+            sql.push("JOIN order_events e ON e.position IN (");
+            let mut list = sql.separated(", ");
+            for event in numbered.iter() {
+                list.push_bind(event.position);
+            }
+            sql.push(") SET e.feed_position = ")
+                .push_bind(base)
+                .push(" + (e.position - ")
+                .push_bind(first)
+                .push("), ");
+            for event in numbered.iter_mut() {
+                event.feed_position = base + (event.position - first);
+            }
+            base + (last - first) + 1
         }
-        None => {
-            sqlx::query("UPDATE feed_clock SET next_position = ? WHERE id = 1")
-                .bind(next_position)
-                .execute(db)
-                .await?
+        _ => {
+            sql.push("SET ");
+            base
         }
     };
-    Ok(())
+    sql.push("c.next_position = ").push_bind(next_position);
+    if let Some(turn) = relay {
+        sql.push(", c.relay_holder = ")
+            .push_bind(turn.holder)
+            .push(", c.relay_lease_until = NOW(3) + INTERVAL ")
+            .push_bind(turn.lease_ms)
+            .push(" * 1000 MICROSECOND, c.published_through = GREATEST(c.published_through, ")
+            .push_bind(turn.published_through.unwrap_or(0))
+            .push(")");
+    }
+    sql.push(" WHERE c.id = 1");
+    sql.build().execute(db).await?;
+    Ok(next_position)
 }
 
 /// Records that every event up to `through` is published (or parked),

@@ -82,34 +82,6 @@ pub async fn any_unsequenced(db: impl MySqlExecutor<'_>) -> sqlx::Result<bool> {
         .await
 }
 
-/// Gives `events` (ascending by position) feed positions from `base` up, in
-/// the same order, and returns the next free feed position.
-pub async fn assign_feed_positions(
-    db: impl MySqlExecutor<'_>,
-    base: u64,
-    events: &mut [OutboxEvent],
-) -> sqlx::Result<u64> {
-    let (Some(first), Some(last)) = (events.first(), events.last()) else {
-        return Ok(base);
-    };
-    let (first, last) = (first.position, last.position);
-    let mut sql = QueryBuilder::new("UPDATE order_events SET feed_position = ");
-    sql.push_bind(base)
-        .push(" + (position - ")
-        .push_bind(first)
-        .push(") WHERE position IN (");
-    let mut list = sql.separated(", ");
-    for event in events.iter() {
-        list.push_bind(event.position);
-    }
-    sql.push(")");
-    sql.build().execute(db).await?;
-    for event in events.iter_mut() {
-        event.feed_position = base + (event.position - first);
-    }
-    Ok(base + (last - first) + 1)
-}
-
 /// One feed item: its position in the feed and its envelope.
 #[derive(sqlx::FromRow)]
 pub struct FeedEvent {
