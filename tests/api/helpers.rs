@@ -551,6 +551,9 @@ pub struct Received {
     pub customer_id: Option<String>,
     pub group_id: Option<String>,
     pub dedup_id: Option<String>,
+    /// When SQS accepted it (`SentTimestamp`): the moment it was published,
+    /// whatever the reader's own pace.
+    pub sent_at: Option<std::time::SystemTime>,
 }
 
 impl TestQueue {
@@ -686,6 +689,9 @@ impl TestQueue {
                     customer_id: attribute("customer_id"),
                     group_id: system(MessageSystemAttributeName::MessageGroupId),
                     dedup_id: system(MessageSystemAttributeName::MessageDeduplicationId),
+                    sent_at: system(MessageSystemAttributeName::SentTimestamp)
+                        .and_then(|ms| ms.parse::<u64>().ok())
+                        .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms)),
                 });
                 self.client
                     .delete_message()
