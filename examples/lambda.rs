@@ -202,8 +202,8 @@ async fn mapping(
         });
     }
     let mut full = vec![];
-    while let Some(Ok(mut some)) = set.join_next().await {
-        full.append(&mut some);
+    while let Some(joined) = set.join_next().await {
+        full.extend(joined.unwrap_or_default());
     }
     full
 }

@@ -5,9 +5,9 @@
 //! skewed clocks agree on who holds the lease.
 
 use sqlx::{MySqlExecutor, MySqlPool, QueryBuilder};
+use uuid::Uuid;
 
 use crate::db::order_events::OutboxEvent;
-use uuid::Uuid;
 
 /// The clock as a sequencer pass found it, locked until its transaction ends.
 #[derive(Debug, sqlx::FromRow)]

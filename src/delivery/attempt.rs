@@ -77,11 +77,10 @@ pub(super) fn spawn_attempt(
     let shared = shared.clone();
     tokio::spawn(async move {
         let endpoint = Some(leased.endpoint);
-        let row = leased.row;
         run_held(
             &shared,
             leased.permit,
-            row,
+            leased.row,
             endpoint,
             None,
             start_by,
@@ -146,19 +145,18 @@ pub(super) async fn run_held(
         give_back(shared, held, &row).await;
         return;
     };
-    if let Some(mut committed) = committed {
-        let kept = matches!(
+    let kept = match committed {
+        Some(mut committed) => matches!(
             committed.wait_for(Option::is_some).await.as_deref(),
             Ok(Some(true))
-        );
-        if !kept {
-            tracing::info!(delivery_id = %row.id, event_id = %row.event_id, "a request went out while its delivery's commit failed: not recorded; the event is fanned out and sent again");
-            drop(held);
-            room_freed(shared);
-            return;
-        }
+        ),
+        None => true,
+    };
+    if kept {
+        let _ = shared.settles.send(outcome);
+    } else {
+        tracing::info!(delivery_id = %row.id, event_id = %row.event_id, "a request went out while its delivery's commit failed: not recorded; the event is fanned out and sent again");
     }
-    let _ = shared.settles.send(outcome);
     drop(held);
     room_freed(shared);
 }

@@ -935,6 +935,13 @@ impl System {
         system
     }
 
+    /// Starts the worker with its database reached through `tunnel`.
+    pub async fn start_worker_through(&mut self, tunnel: &Tunnel) {
+        let mut config = worker_config(&self.db_name, &self.queue.url);
+        config.database_url = format!("mysql://root@127.0.0.1:{}/{}", tunnel.port, self.db_name);
+        self.worker = Some(TestWorker::start(config).await);
+    }
+
     pub async fn without_worker() -> System {
         System::on_queue(TestQueue::create(false).await).await
     }

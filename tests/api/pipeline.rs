@@ -564,9 +564,7 @@ async fn a_database_outage_sends_nothing_to_the_dead_letter_queue() {
         .await;
 
     let mut tunnel = Tunnel::open(0, "127.0.0.1:3306").await;
-    let mut config = worker_config(&system.db_name, &system.queue.url);
-    config.database_url = format!("mysql://root@127.0.0.1:{}/{}", tunnel.port, system.db_name);
-    system.worker = Some(TestWorker::start(config).await);
+    system.start_worker_through(&tunnel).await;
     tunnel.cut();
 
     let orders: Vec<Value> =
@@ -748,9 +746,7 @@ async fn a_settle_holds_the_order_index_before_it_waits_for_a_row() {
 async fn a_settle_whose_commit_went_unanswered_does_not_hold_up_the_next() {
     let mut system = System::without_worker().await;
     let tunnel = Tunnel::open(0, "127.0.0.1:3306").await;
-    let mut config = worker_config(&system.db_name, &system.queue.url);
-    config.database_url = format!("mysql://root@127.0.0.1:{}/{}", tunnel.port, system.db_name);
-    system.worker = Some(TestWorker::start(config).await);
+    system.start_worker_through(&tunnel).await;
     // The first webhook's settle is the worker's next commit.
     let lose = tunnel.commit_answer_loser();
     let receiver = Receiver::start(move |_, n, _| {
@@ -799,9 +795,7 @@ async fn a_settle_whose_commit_went_unanswered_does_not_hold_up_the_next() {
 async fn a_fan_out_whose_commit_went_unanswered_is_delivered_and_recorded_once() {
     let mut system = System::without_worker().await;
     let tunnel = Tunnel::open(0, "127.0.0.1:3306").await;
-    let mut config = worker_config(&system.db_name, &system.queue.url);
-    config.database_url = format!("mysql://root@127.0.0.1:{}/{}", tunnel.port, system.db_name);
-    system.worker = Some(TestWorker::start(config).await);
+    system.start_worker_through(&tunnel).await;
     let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
     let tenant = system.app.tenant("Unanswered fan-out").await;
     let (endpoint, _) = system

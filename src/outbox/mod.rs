@@ -11,10 +11,8 @@
 //! sends those events again (delivery is at least once; FIFO queues drop the
 //! repeat by its deduplication id).
 //!
-//! Up to 32 `SendMessageBatch` calls are in flight at once, so SQS's round
-//! trip does not cap the rate. Order is kept per order: a round's events go
-//! out in waves, the first event of each order in the first wave, its next
-//! event in the next wave once the first was accepted, and so on.
+//! How a round's events go out (in waves, several batches at once) is
+//! `publish`; the operator's alarm on the outbox's age is `age`.
 //!
 //! An event SQS refuses for what it holds (too large, characters it will not
 //! carry) is parked (`outbox_parked`): the mark passes it, so it holds back
@@ -24,13 +22,15 @@
 //! throttling) leaves the mark where it is and the round is tried again with
 //! backoff.
 
+mod age;
+mod publish;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{self, StreamExt};
-use sqlx::MySqlPool;
 use tokio::sync::watch;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::db;
@@ -39,16 +39,14 @@ use crate::db::outbox_parked::Park;
 use crate::domain::time;
 use crate::metrics::Metrics;
 use crate::ops_notify::Notifier;
-use crate::queue::{message_size, Outgoing, Queue, Sent, MAX_BATCH_BYTES};
+use crate::queue::{Queue, Sent};
 use crate::sequencer;
 use crate::signals::Signals;
-use tracing::Instrument;
+use publish::{outgoing, publish};
+use sqlx::MySqlPool;
 
-/// SQS's batch limit.
-const BATCH: usize = 10;
-/// `SendMessageBatch` calls in flight at once: with SQS 20 ms away, 32
-/// calls of 10 keep a round of 1,000 events near 60 ms.
-const IN_FLIGHT: usize = 32;
+pub use age::watch_age;
+
 /// How long a turn lasts without renewal: when the holder dies, another
 /// instance publishes within about this long. The holder renews it with
 /// every round, and gives it up when it has nothing to do.
@@ -127,12 +125,12 @@ impl Relay {
         // (a backlog, no turn) waits for the commit.
         let fresh = pass.relay
             && pass.numbered.first().map(|e| e.feed_position) == Some(pass.published_through + 1);
-        let mut numbering = Some(numbering);
-        if !fresh || self.queue.is_none() {
-            if let Some(numbering) = numbering.take() {
-                numbering.commit().await?;
-            }
-        }
+        let numbering = if fresh {
+            Some(numbering)
+        } else {
+            numbering.commit().await?;
+            None
+        };
         self.metrics.relay_holding(pass.relay);
         let mut round = Round {
             numbered: pass.numbered.len(),
@@ -192,7 +190,7 @@ impl Relay {
                 tracing::Span::none()
             };
             let publishing = publish(&queue, &events, &mut parked_orders).instrument(span);
-            let published = match numbering.take() {
+            let published = match numbering {
                 Some(numbering) => {
                     let (committed, published) = tokio::join!(numbering.commit(), publishing);
                     if let Err(e) = committed {
@@ -238,9 +236,6 @@ impl Relay {
             round.published = published.sent;
             round.parked = parks.len();
             round.failure = published.failure;
-        }
-        if let Some(numbering) = numbering.take() {
-            numbering.commit().await?;
         }
         if self.last_retry_check.elapsed() >= RETRY_CHECK {
             self.last_retry_check = Instant::now();
@@ -321,174 +316,7 @@ impl Relay {
     }
 }
 
-fn outgoing(e: &OutboxEvent) -> Outgoing<'_> {
-    Outgoing {
-        id: e.id.to_string(),
-        body: &e.payload,
-        event_type: &e.event_type,
-        customer_id: e.customer_id.to_string(),
-        group: e.order_id.to_string(),
-        traceparent: e.traceparent.as_deref(),
-    }
-}
-
-/// What became of a round's events.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Published {
-    /// The highest feed position at or below which every event went out or
-    /// was parked; `None` if the first did neither.
-    through: Option<u64>,
-    sent: usize,
-    /// Events to park (indexes into the round's events), with the reason.
-    parked: Vec<(usize, String)>,
-    failure: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Fate {
-    Untried,
-    Sent,
-    Parked,
-    Failed,
-}
-
-/// Publishes `events` (in feed order) in waves, several batches at once.
-async fn publish(
-    queue: &Queue,
-    events: &[OutboxEvent],
-    parked_orders: &mut HashSet<Uuid>,
-) -> Published {
-    let mut fates = vec![Fate::Untried; events.len()];
-    let mut published = Published::default();
-    for wave in waves(events) {
-        // Orders parked or failed in an earlier wave (or round) stop here.
-        let mut sendable = vec![];
-        for i in wave {
-            let order = events[i].order_id;
-            if parked_orders.contains(&order) {
-                fates[i] = Fate::Parked;
-                published.parked.push((
-                    i,
-                    "held behind an earlier parked event of the same order".into(),
-                ));
-            } else if !failed_before(events, &fates, i) {
-                sendable.push(i);
-            }
-        }
-        let results: Vec<(Vec<usize>, Vec<Sent>)> = stream::iter(batches(events, &sendable))
-            .map(|batch| async move {
-                let messages: Vec<Outgoing<'_>> =
-                    batch.iter().map(|&i| outgoing(&events[i])).collect();
-                let sent = queue.publish(&messages).await;
-                (batch, sent)
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
-        for (batch, sent) in results {
-            for (i, sent) in batch.into_iter().zip(sent) {
-                match sent {
-                    Sent::Accepted => {
-                        fates[i] = Fate::Sent;
-                        published.sent += 1;
-                    }
-                    Sent::Refused(reason) => {
-                        tracing::warn!(event_id = %events[i].id, %reason, "SQS refused an event for good; parked");
-                        fates[i] = Fate::Parked;
-                        parked_orders.insert(events[i].order_id);
-                        published.parked.push((i, reason));
-                    }
-                    Sent::Failed(reason) => {
-                        fates[i] = Fate::Failed;
-                        published.failure.get_or_insert(reason);
-                    }
-                }
-            }
-        }
-    }
-    published.through = events
-        .iter()
-        .zip(&fates)
-        .take_while(|(_, fate)| matches!(fate, Fate::Sent | Fate::Parked))
-        .last()
-        .map(|(e, _)| e.feed_position);
-    published
-}
-
-/// Did an earlier event of this event's order fail in this round?
-fn failed_before(events: &[OutboxEvent], fates: &[Fate], i: usize) -> bool {
-    events[..i]
-        .iter()
-        .zip(fates)
-        .any(|(e, fate)| e.order_id == events[i].order_id && *fate != Fate::Sent)
-}
-
-/// Splits events (in feed order) into waves: wave n holds the (n+1)th event
-/// of each order, so an order's events go out one wave after another.
-fn waves(events: &[OutboxEvent]) -> Vec<Vec<usize>> {
-    let mut seen: HashMap<Uuid, usize> = HashMap::new();
-    let mut waves: Vec<Vec<usize>> = vec![];
-    for (i, event) in events.iter().enumerate() {
-        let n = seen.entry(event.order_id).or_insert(0);
-        if waves.len() <= *n {
-            waves.push(vec![]);
-        }
-        waves[*n].push(i);
-        *n += 1;
-    }
-    waves
-}
-
-/// Batches of at most 10 messages and `MAX_BATCH_BYTES` together.
-fn batches(events: &[OutboxEvent], indexes: &[usize]) -> Vec<Vec<usize>> {
-    let mut batches: Vec<Vec<usize>> = vec![];
-    let mut current: Vec<usize> = vec![];
-    let mut bytes = 0;
-    for &i in indexes {
-        let size = message_size(&outgoing(&events[i]));
-        if current.len() == BATCH || (!current.is_empty() && bytes + size > MAX_BATCH_BYTES) {
-            batches.push(std::mem::take(&mut current));
-            bytes = 0;
-        }
-        current.push(i);
-        bytes += size;
-    }
-    if !current.is_empty() {
-        batches.push(current);
-    }
-    batches
-}
-
 /// Runs until `stop` turns true, then gives the turn up.
-/// Tells the operator when the outbox's oldest unpublished event is older
-/// than `max_age`: one statement every half of it (at most every 30 s),
-/// on every instance (the notification's rate limit is shared).
-pub async fn watch_age(
-    pool: MySqlPool,
-    notifier: Notifier,
-    max_age: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let every = (max_age / 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.changed() => return,
-        }
-        match db::order_events::outbox_backlog(&pool).await {
-            Ok((count, age)) if age > max_age.as_secs_f64() => notifier.tell(
-                "outbox-age",
-                format!(
-                    "Mechanica: the outbox's oldest unpublished event is {age:.0} s old ({count} waiting; the limit is {} s). Events are safe in the database; is SQS reachable? See outbox_backlog and the API's logs.",
-                    max_age.as_secs()
-                ),
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read the outbox's age"),
-        }
-    }
-}
-
 pub async fn run(mut relay: Relay, signals: Arc<Signals>, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::ZERO;
     let mut check_first = false;
@@ -556,57 +384,4 @@ pub async fn run(mut relay: Relay, signals: Arc<Signals>, mut stop: watch::Recei
 
 fn next_backoff(current: Duration) -> Duration {
     (current * 2).clamp(Duration::from_millis(100), MAX_BACKOFF)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(position: u64, order: Uuid) -> OutboxEvent {
-        OutboxEvent {
-            position,
-            feed_position: position,
-            id: Uuid::now_v7(),
-            order_id: order,
-            customer_id: Uuid::nil(),
-            event_type: "order.created".into(),
-            payload: "{}".into(),
-            traceparent: None,
-        }
-    }
-
-    #[test]
-    fn waves_send_each_orders_events_one_after_another() {
-        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-        let events = vec![
-            event(1, a),
-            event(2, b),
-            event(3, a),
-            event(4, a),
-            event(5, c),
-        ];
-        assert_eq!(waves(&events), vec![vec![0, 1, 4], vec![2], vec![3]]);
-    }
-
-    #[test]
-    fn batches_hold_at_most_ten_and_fit_sqs_size_limit() {
-        let mut events: Vec<OutboxEvent> = (1..=25).map(|p| event(p, Uuid::now_v7())).collect();
-        let all: Vec<usize> = (0..25).collect();
-        let sizes: Vec<usize> = batches(&events, &all).iter().map(Vec::len).collect();
-        assert_eq!(sizes, [10, 10, 5]);
-        for e in &mut events[..3] {
-            e.payload = "x".repeat(100 * 1024);
-        }
-        let split = batches(&events, &all[..4]);
-        assert_eq!(split, vec![vec![0, 1], vec![2, 3]]);
-    }
-
-    #[test]
-    fn an_order_stops_at_its_first_unsent_event() {
-        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        let events = vec![event(1, a), event(2, b), event(3, a)];
-        let fates = vec![Fate::Failed, Fate::Sent, Fate::Untried];
-        assert!(failed_before(&events, &fates, 2));
-        assert!(!failed_before(&events, &fates, 1));
-    }
 }
