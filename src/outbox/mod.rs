@@ -2,7 +2,7 @@
 //!
 //! One relay publishes at a time across all API instances. Its turn is a
 //! lease on the `feed_clock` row, taken and renewed inside the sequencer's
-//! short transaction (`sequencer::pass`), never a lock held while SQS is
+//! short transaction (`sequencer::begin`), never a lock held while SQS is
 //! called: a relay that dies or hangs loses the turn when the lease lapses.
 //! Each round numbers the newly committed events and publishes, in feed
 //! order, everything above the `published_through` mark; then it moves the
@@ -29,6 +29,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sqlx::MySqlPool;
 use tokio::sync::watch;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -43,7 +44,6 @@ use crate::queue::{Queue, Sent};
 use crate::sequencer;
 use crate::signals::Signals;
 use publish::{outgoing, publish};
-use sqlx::MySqlPool;
 
 pub use age::watch_age;
 

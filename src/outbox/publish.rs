@@ -19,7 +19,7 @@ const BATCH: usize = 10;
 /// calls of 10 keep a round of 1,000 events near 60 ms.
 const IN_FLIGHT: usize = 32;
 
-fn outgoing(e: &OutboxEvent) -> Outgoing<'_> {
+pub(super) fn outgoing(e: &OutboxEvent) -> Outgoing<'_> {
     Outgoing {
         id: e.id.to_string(),
         body: &e.payload,
@@ -32,14 +32,14 @@ fn outgoing(e: &OutboxEvent) -> Outgoing<'_> {
 
 /// What became of a round's events.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Published {
+pub(super) struct Published {
     /// The highest feed position at or below which every event went out or
     /// was parked; `None` if the first did neither.
-    through: Option<u64>,
-    sent: usize,
+    pub(super) through: Option<u64>,
+    pub(super) sent: usize,
     /// Events to park (indexes into the round's events), with the reason.
-    parked: Vec<(usize, String)>,
-    failure: Option<String>,
+    pub(super) parked: Vec<(usize, String)>,
+    pub(super) failure: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +51,7 @@ enum Fate {
 }
 
 /// Publishes `events` (in feed order) in waves, several batches at once.
-async fn publish(
+pub(super) async fn publish(
     queue: &Queue,
     events: &[OutboxEvent],
     parked_orders: &mut HashSet<Uuid>,
@@ -209,4 +209,3 @@ mod tests {
         assert!(!failed_before(&events, &fates, 1));
     }
 }
-
