@@ -12,7 +12,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::fan_out::Leased as LeasedDelivery;
+use super::fan_out::{Kept, Leased as LeasedDelivery};
 use super::outcome::{self, Before, Decision, Health, Outcome, Response};
 use super::pace::{self, Lane};
 use super::shared::{with_retries, Shared, HELD_PER_SLOT};
@@ -60,11 +60,12 @@ pub(super) fn hold(shared: &Shared, endpoint_id: Uuid) -> Option<Held> {
     })
 }
 
-/// Whether the deliveries of a batch still committing were committed: told
-/// once the commit answers. An attempt made meanwhile has its outcome
-/// written only if they were; if not, its event is fanned out and sent
-/// again (the same `webhook-id`), and that first request goes unrecorded.
-pub(super) type Committed = watch::Receiver<Option<bool>>;
+/// Which deliveries of a batch still committing exist: told once the
+/// commit answered (`Recording::commit_or_rewrite`). An attempt made
+/// meanwhile has its outcome written only if its delivery is among them;
+/// if not, its event is fanned out and sent again (the same `webhook-id`),
+/// and that first request goes unrecorded.
+pub(super) type Committed = watch::Receiver<Option<Arc<Kept>>>;
 
 /// Starts a leased delivery's attempt in a task of its own; it must start
 /// by `start_by` if given (a Lambda invocation's), else within `HOLD_WAIT`.
@@ -146,10 +147,10 @@ pub(super) async fn run_held(
         return;
     };
     let kept = match committed {
-        Some(mut committed) => matches!(
-            committed.wait_for(Option::is_some).await.as_deref(),
-            Ok(Some(true))
-        ),
+        Some(mut committed) => match committed.wait_for(Option::is_some).await {
+            Ok(kept) => kept.as_ref().is_some_and(|kept| kept.holds(row.id)),
+            Err(_) => false,
+        },
         None => true,
     };
     if kept {

@@ -80,16 +80,27 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::R
             Ok((mut out, recording)) => {
                 // The first attempts go out while the deliveries commit, so
                 // that the request's round trip and the disk's flush overlap;
-                // what comes of them is written once the commit held.
+                // what comes of them is written once their deliveries exist.
                 let (told, committed) = watch::channel(None);
                 let leased = std::mem::take(&mut out.leased);
                 let started = leased.len();
                 for leased in leased {
                     spawn_attempt(&shared, leased, None, Some(committed.clone()));
                 }
-                let result = recording.commit().await;
-                told.send_replace(Some(result.is_ok()));
-                result.map(|()| (out, started))
+                let give_up = tokio::time::Instant::now() + REWRITE_FOR;
+                let done = recording.commit_or_rewrite(&shared.pool, give_up).await;
+                told.send_replace(Some(Arc::new(done.kept)));
+                match done.result {
+                    Ok(()) => Ok((out, started)),
+                    Err(e) if done.rewritten => {
+                        // The database answers: the batch is fanned out
+                        // again at once for the rest of its deliveries.
+                        tracing::warn!(error = %e, "a fan-out's commit failed; its messages are received again");
+                        show(&queue, &messages).await;
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         };
@@ -127,6 +138,10 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::R
     }
 }
 
+/// How long the deliveries of a fan-out whose commit failed are tried
+/// again, their attempts waiting to be recorded: within the leases.
+const REWRITE_FOR: Duration = Duration::from_secs(10);
+
 /// How long messages received during a database outage stay out of sight:
 /// long enough that another receiver does not take them again meanwhile.
 const HIDE: Duration = Duration::from_secs(10);
@@ -135,6 +150,14 @@ async fn hide(queue: &Queue, messages: &[Received]) {
     let receipts: Vec<&str> = messages.iter().map(|m| m.receipt.as_str()).collect();
     if let Err(e) = queue.change_visibility(&receipts, HIDE).await {
         tracing::warn!(error = %e, "hiding messages during a database outage failed");
+    }
+}
+
+/// Makes messages visible again at once, to be received again.
+async fn show(queue: &Queue, messages: &[Received]) {
+    let receipts: Vec<&str> = messages.iter().map(|m| m.receipt.as_str()).collect();
+    if let Err(e) = queue.change_visibility(&receipts, Duration::ZERO).await {
+        tracing::warn!(error = %e, "making messages visible again failed; they come back when their visibility ends");
     }
 }
 
@@ -188,7 +211,7 @@ pub(super) async fn ingest_batch(
 }
 
 /// `ingest_batch` short of its commit.
-async fn record_batch(
+pub(super) async fn record_batch(
     shared: &Shared,
     ids: &[Uuid],
     lease_id: Uuid,

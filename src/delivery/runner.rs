@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use super::attempt::spawn_attempt;
 use super::dispatch::{claim_and_start, sweep};
-use super::ingest::{give_back, ingest_batch, Named};
+use super::ingest::{give_back, record_batch, Named};
 use super::outcome::Outcome;
 use super::reconcile::reconcile_once;
 use super::settle::{write_group, SETTLE_GROUP};
@@ -180,35 +180,66 @@ impl Runner {
         }
     }
 
-    /// Fans out and starts the attempts: the unknown ids, and how many
-    /// attempts started.
+    /// Fans out and starts the attempts while the fan-out commits: the
+    /// unknown ids, and how many attempts started. Every attempt made is
+    /// recorded even if the commit fails (`Recording::commit_or_rewrite`),
+    /// unless the database stays away until `deadline`; the batch is then
+    /// fanned out again for the rest of its deliveries.
     async fn fan_out(
         &self,
         ids: &[Uuid],
         deadline: tokio::time::Instant,
     ) -> sqlx::Result<(Vec<Uuid>, usize)> {
-        let lease_id = Uuid::now_v7();
-        match with_retries(|| ingest_batch(&self.shared, ids, lease_id)).await {
-            Ok(out) => {
-                let started = out.leased.len();
-                if out.created > started {
-                    // Made but not leased (an order's earlier event is
-                    // pending, or no room): for `drain` to claim.
-                    self.shared.wake.notify_one();
-                }
-                for leased in out.leased {
-                    spawn_attempt(&self.shared, leased, Some(deadline), None);
-                }
-                Ok((out.unknown, started))
+        let mut started = 0;
+        let mut tries = 0;
+        let failed = loop {
+            tries += 1;
+            let lease_id = Uuid::now_v7();
+            let (mut out, recording) =
+                match with_retries(|| record_batch(&self.shared, ids, lease_id)).await {
+                    Ok(recorded) => recorded,
+                    Err(e) => break (e, Some(lease_id)),
+                };
+            let (told, committed) = watch::channel(None);
+            let leased = std::mem::take(&mut out.leased);
+            started += leased.len();
+            let created = out.created > leased.len();
+            for leased in leased {
+                spawn_attempt(
+                    &self.shared,
+                    leased,
+                    Some(deadline),
+                    Some(committed.clone()),
+                );
             }
-            Err(e) => {
-                if !matches!(e, sqlx::Error::PoolTimedOut) {
-                    // It may have committed before its answer was lost.
-                    give_back(&self.shared, ids, lease_id).await;
+            let done = recording
+                .commit_or_rewrite(&self.shared.pool, deadline)
+                .await;
+            told.send_replace(Some(Arc::new(done.kept)));
+            match done.result {
+                Ok(()) => {
+                    if created {
+                        // Made but not leased (an order's earlier event is
+                        // pending, or no room): for `drain` to claim.
+                        self.shared.wake.notify_one();
+                    }
+                    return Ok((out.unknown, started));
                 }
-                Err(e)
+                // Its leased deliveries exist, all of them ours: nothing to
+                // give back, the rest is made by fanning out again.
+                Err(e) if done.rewritten && tries < 3 => {
+                    tracing::warn!(error = %e, "a fan-out's commit failed; fanning the batch out again");
+                }
+                Err(e) if done.rewritten => break (e, None),
+                Err(e) => break (e, Some(lease_id)),
             }
+        };
+        let (e, unanswered) = failed;
+        if let Some(lease_id) = unanswered.filter(|_| !matches!(e, sqlx::Error::PoolTimedOut)) {
+            // It may have committed before its answer was lost.
+            give_back(&self.shared, ids, lease_id).await;
         }
+        Err(e)
     }
 
     /// The scheduled pass: events whose messages were lost get their

@@ -317,6 +317,7 @@ pub struct Tunnel {
     task: Option<tokio::task::JoinHandle<()>>,
     paused: tokio::sync::watch::Sender<bool>,
     lose_commit: Arc<AtomicBool>,
+    drop_commit: Arc<AtomicBool>,
 }
 
 /// MySQL's `COM_QUERY "COMMIT"` packet, as sqlx sends it.
@@ -335,7 +336,9 @@ impl Tunnel {
         let port = listener.local_addr().unwrap().port();
         let (paused, pause) = tokio::sync::watch::channel(false);
         let lose_commit = Arc::new(AtomicBool::new(false));
+        let drop_commit = Arc::new(AtomicBool::new(false));
         let armed = lose_commit.clone();
+        let dropper = drop_commit.clone();
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             loop {
@@ -344,6 +347,7 @@ impl Tunnel {
                 };
                 let pause = pause.clone();
                 let armed = armed.clone();
+                let dropper = dropper.clone();
                 connections.spawn(async move {
                     if let Ok(outbound) = tokio::net::TcpStream::connect(target).await {
                         let (from_client, to_client) = inbound.into_split();
@@ -360,6 +364,8 @@ impl Tunnel {
                                 if commit && armed.swap(false, Ordering::SeqCst) {
                                     seen.store(true, Ordering::SeqCst);
                                     Flow::ForwardThenClose
+                                } else if commit && dropper.swap(false, Ordering::SeqCst) {
+                                    Flow::Close
                                 } else {
                                     Flow::Forward
                                 }
@@ -381,6 +387,7 @@ impl Tunnel {
             task: Some(task),
             paused,
             lose_commit,
+            drop_commit,
         }
     }
 
@@ -406,6 +413,13 @@ impl Tunnel {
     /// cannot tell whether it committed (it did).
     pub fn commit_answer_loser(&self) -> Arc<AtomicBool> {
         self.lose_commit.clone()
+    }
+
+    /// Once set, the next COMMIT through the tunnel never reaches the
+    /// server: its connection is closed instead, so the server rolls the
+    /// transaction back and the client gets an error.
+    pub fn commit_dropper(&self) -> Arc<AtomicBool> {
+        self.drop_commit.clone()
     }
 }
 

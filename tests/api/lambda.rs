@@ -481,6 +481,84 @@ async fn a_cold_start_with_the_database_away_fails_the_records_then_recovers() {
     assert_eq!(receiver.hits_on("/hooks").len(), 2);
 }
 
+/// The first attempts of an invocation go out while its fan-out commits.
+/// When the answer to that commit is lost (it did commit), every attempt
+/// made is still recorded, nothing is sent twice, and no record fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invocation_whose_fan_out_commit_went_unanswered_records_every_attempt() {
+    fan_out_commit_fails(|tunnel| tunnel.commit_answer_loser()).await;
+}
+
+/// The same when that commit never reaches the server (it rolls back): the
+/// delivery whose attempt went out is written again, the batch is fanned
+/// out again, and no record fails (before, every record came back and
+/// nothing was delivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invocation_whose_fan_out_commit_rolled_back_records_every_attempt() {
+    fan_out_commit_fails(|tunnel| tunnel.commit_dropper()).await;
+}
+
+async fn fan_out_commit_fails(armed: impl Fn(&Tunnel) -> Arc<std::sync::atomic::AtomicBool>) {
+    let system = System::without_worker().await;
+    let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
+    let tenant = system.app.tenant("Failed commit").await;
+    system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    let first = system.app.new_order(&tenant).await;
+    let second = system.app.new_order(&tenant).await;
+    let records = published(&system, 2).await;
+    let arn = system.queue.arn().await;
+    let tunnel = Tunnel::open(0, "127.0.0.1:3306").await;
+    let function = Function::start(
+        &format!("mysql://root@127.0.0.1:{}/{}", tunnel.port, system.db_name),
+        &system.queue.url,
+    )
+    .await;
+    let (one, other) = records.split_at(1);
+    // Warm: the first record goes through as usual.
+    let answer = function.invoke(&sqs_event(&arn, one)).await;
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+
+    // The function's next commit is the fan-out of the second record.
+    armed(&tunnel).store(true, Ordering::SeqCst);
+    let answer = function.invoke(&sqs_event(&arn, other)).await;
+    assert!(
+        !armed(&tunnel).load(Ordering::SeqCst),
+        "the fan-out's commit went through the tunnel"
+    );
+    assert_eq!(
+        answer,
+        json!({"batchItemFailures": []}),
+        "the record was recorded"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hits = receiver.hits_on("/hooks");
+    let orders: Vec<String> = hits
+        .iter()
+        .map(|h| h.json()["data"]["order_id"].as_str().unwrap().to_string())
+        .collect();
+    let mut expected = vec![
+        first["id"].as_str().unwrap().to_string(),
+        second["id"].as_str().unwrap().to_string(),
+    ];
+    let mut sorted = orders.clone();
+    sorted.sort();
+    expected.sort();
+    assert_eq!(
+        sorted, expected,
+        "each order's webhook sent once: {orders:?}"
+    );
+    let recorded = count(&system.app, "SELECT COUNT(*) FROM webhook_attempts").await;
+    assert_eq!(recorded, 2, "every request sent is recorded");
+    let settled = count(
+        &system.app,
+        "SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'succeeded' AND attempts = 1",
+    )
+    .await;
+    assert_eq!(settled, 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_orders_events_in_one_batch_arrive_in_order_within_the_invocation() {
     let system = System::without_worker().await;
