@@ -17,6 +17,7 @@
 //! creates it, and attempted at once: no claim round trip on the hot path.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::MySqlPool;
@@ -157,7 +158,7 @@ impl Kept {
 /// What `Recording::commit_or_rewrite` left in the database.
 #[derive(Debug)]
 pub struct Committed {
-    pub kept: Kept,
+    pub kept: Arc<Kept>,
     /// `Ok`: the whole fan-out is recorded. `Err`: the commit failed, and
     /// the batch's events are to be fanned out again for the rest.
     pub result: sqlx::Result<()>,
@@ -244,7 +245,7 @@ impl Recording {
 impl Committed {
     fn all(rewritten: bool) -> Committed {
         Committed {
-            kept: Kept::All,
+            kept: Arc::new(Kept::All),
             result: Ok(()),
             rewritten,
         }
@@ -252,7 +253,7 @@ impl Committed {
 
     fn failed(error: sqlx::Error, kept: HashSet<Uuid>, rewritten: bool) -> Committed {
         Committed {
-            kept: Kept::These(kept),
+            kept: Arc::new(Kept::These(kept)),
             result: Err(error),
             rewritten,
         }

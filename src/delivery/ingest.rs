@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::attempt::{hold, spawn_attempt, Held};
-use super::fan_out::{fan_out_uncommitted, FanOut, Lease, Recording};
+use super::fan_out::{fan_out_uncommitted, Committed, FanOut, Lease, Recording};
 use super::shared::{lease_until, with_retries, Shared};
 use crate::db;
 use crate::db::deliveries::Leased;
@@ -78,18 +78,9 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::R
         let lease_id = Uuid::now_v7();
         let recorded = match with_retries(|| record_batch(&shared, &ids, lease_id)).await {
             Ok((mut out, recording)) => {
-                // The first attempts go out while the deliveries commit, so
-                // that the request's round trip and the disk's flush overlap;
-                // what comes of them is written once their deliveries exist.
-                let (told, committed) = watch::channel(None);
-                let leased = std::mem::take(&mut out.leased);
-                let started = leased.len();
-                for leased in leased {
-                    spawn_attempt(&shared, leased, None, Some(committed.clone()));
-                }
                 let give_up = tokio::time::Instant::now() + REWRITE_FOR;
-                let done = recording.commit_or_rewrite(&shared.pool, give_up).await;
-                told.send_replace(Some(Arc::new(done.kept)));
+                let (started, done) =
+                    attempt_while_committing(&shared, &mut out, recording, None, give_up).await;
                 match done.result {
                     Ok(()) => Ok((out, started)),
                     Err(e) if done.rewritten => {
@@ -136,6 +127,29 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::R
             }
         }
     }
+}
+
+/// Starts the attempts of a fan-out's leased deliveries (by `start_by`, if
+/// given), then commits it: the request's round trip and the disk's flush
+/// overlap. What comes of each attempt is written once its delivery is
+/// known to exist (`Recording::commit_or_rewrite`, tried until `give_up`).
+/// How many attempts started, and what the commit left.
+pub(super) async fn attempt_while_committing(
+    shared: &Arc<Shared>,
+    out: &mut FanOut<Held>,
+    recording: Recording,
+    start_by: Option<tokio::time::Instant>,
+    give_up: tokio::time::Instant,
+) -> (usize, Committed) {
+    let (told, committed) = watch::channel(None);
+    let leased = std::mem::take(&mut out.leased);
+    let started = leased.len();
+    for leased in leased {
+        spawn_attempt(shared, leased, start_by, Some(committed.clone()));
+    }
+    let done = recording.commit_or_rewrite(&shared.pool, give_up).await;
+    told.send_replace(Some(done.kept.clone()));
+    (started, done)
 }
 
 /// How long the deliveries of a fan-out whose commit failed are tried

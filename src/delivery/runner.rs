@@ -4,12 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::attempt::spawn_attempt;
 use super::dispatch::{claim_and_start, sweep};
-use super::ingest::{give_back, record_batch, Named};
+use super::ingest::{attempt_while_committing, give_back, record_batch, Named};
 use super::outcome::Outcome;
 use super::reconcile::reconcile_once;
 use super::settle::{write_group, SETTLE_GROUP};
@@ -200,22 +199,16 @@ impl Runner {
                     Ok(recorded) => recorded,
                     Err(e) => break (e, Some(lease_id)),
                 };
-            let (told, committed) = watch::channel(None);
-            let leased = std::mem::take(&mut out.leased);
-            started += leased.len();
-            let created = out.created > leased.len();
-            for leased in leased {
-                spawn_attempt(
-                    &self.shared,
-                    leased,
-                    Some(deadline),
-                    Some(committed.clone()),
-                );
-            }
-            let done = recording
-                .commit_or_rewrite(&self.shared.pool, deadline)
-                .await;
-            told.send_replace(Some(Arc::new(done.kept)));
+            let (count, done) = attempt_while_committing(
+                &self.shared,
+                &mut out,
+                recording,
+                Some(deadline),
+                deadline,
+            )
+            .await;
+            started += count;
+            let created = out.created > count;
             match done.result {
                 Ok(()) => {
                     if created {
