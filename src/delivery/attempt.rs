@@ -12,9 +12,10 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::fan_out::{Kept, Leased as LeasedDelivery};
+use super::fan_out::Leased as LeasedDelivery;
 use super::outcome::{self, Before, Decision, Health, Outcome, Response};
 use super::pace::{self, Lane};
+use super::recording::Kept;
 use super::shared::{with_retries, Shared, HELD_PER_SLOT};
 use super::signing;
 use crate::db;

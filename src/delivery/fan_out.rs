@@ -17,12 +17,12 @@
 //! creates it, and attempted at once: no claim round trip on the hot path.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::MySqlPool;
 use uuid::Uuid;
 
+use super::recording::Recording;
 use crate::db;
 use crate::db::deliveries::{DeliveryRow, NewDelivery, OrderSlot, PENDING};
 use crate::db::order_events::FanOutEvent;
@@ -129,148 +129,6 @@ pub struct Lease {
     pub id: Uuid,
 }
 
-/// A fan-out's transaction, done but for its commit: its deliveries exist
-/// (and the rows it locked stay locked) once `commit` succeeds.
-pub struct Recording {
-    tx: Option<sqlx::Transaction<'static, sqlx::MySql>>,
-    /// Copies of its leased deliveries, to write again if the commit fails
-    /// while their attempts are under way (`commit_or_rewrite`).
-    leased: Vec<DeliveryRow>,
-}
-
-/// Which leased deliveries of a fan-out exist once its commit answered: an
-/// attempt made meanwhile is recorded only if its delivery is among them.
-#[derive(Debug)]
-pub enum Kept {
-    All,
-    These(HashSet<Uuid>),
-}
-
-impl Kept {
-    pub fn holds(&self, delivery: Uuid) -> bool {
-        match self {
-            Kept::All => true,
-            Kept::These(ids) => ids.contains(&delivery),
-        }
-    }
-}
-
-/// What `Recording::commit_or_rewrite` left in the database.
-#[derive(Debug)]
-pub struct Committed {
-    pub kept: Arc<Kept>,
-    /// `Ok`: the whole fan-out is recorded. `Err`: the commit failed, and
-    /// the batch's events are to be fanned out again for the rest.
-    pub result: sqlx::Result<()>,
-    /// After the failed commit, its leased deliveries were written again:
-    /// the database answers.
-    pub rewritten: bool,
-}
-
-impl Recording {
-    pub async fn commit(self) -> sqlx::Result<()> {
-        match self.tx {
-            Some(tx) => tx.commit().await,
-            None => Ok(()),
-        }
-    }
-
-    /// Commits while the leased deliveries' attempts are under way. If the
-    /// commit fails, those deliveries are written again as they were, in a
-    /// transaction of their own (tried until `give_up`), so that what comes
-    /// of their attempts is recorded all the same:
-    /// - found all there (only the answer to the commit was lost): the
-    ///   whole fan-out is recorded;
-    /// - written again (it rolled back): the attempts are recorded, and the
-    ///   rest of the fan-out (deliveries made waiting, or not leased) is
-    ///   made when the events are fanned out again, which finds these;
-    /// - another worker made a delivery of the same event to the same
-    ///   endpoint meanwhile: that attempt goes unrecorded (logged).
-    ///
-    /// The write waits for the failed commit's row locks if its session
-    /// still holds them, so it never takes a commit still under way for a
-    /// rollback.
-    pub async fn commit_or_rewrite(
-        self,
-        pool: &MySqlPool,
-        give_up: tokio::time::Instant,
-    ) -> Committed {
-        let Some(tx) = self.tx else {
-            return Committed::all(false);
-        };
-        let error = match tx.commit().await {
-            Ok(()) => return Committed::all(false),
-            Err(e) => e,
-        };
-        let leased = self.leased;
-        if leased.is_empty() {
-            // No attempt under way: the caller gives the leases back.
-            return Committed::failed(error, HashSet::new(), false);
-        }
-        let mut pause = std::time::Duration::from_millis(20);
-        let mut first = true;
-        loop {
-            match rewrite(pool, &leased).await {
-                // Found as the fan-out wrote them: it committed. Only on the
-                // first try: a later one may find an earlier try's rows.
-                Ok((0, kept)) if first && kept.len() == leased.len() => {
-                    tracing::info!(count = kept.len(), "a fan-out whose commit went unanswered had committed; its attempts are recorded");
-                    return Committed::all(true);
-                }
-                Ok((_, kept)) => {
-                    if kept.len() < leased.len() {
-                        tracing::warn!(
-                            count = leased.len() - kept.len(),
-                            "requests went out while their fan-out's commit failed, and another worker made the same deliveries meanwhile: not recorded"
-                        );
-                    }
-                    tracing::info!(error = %error, count = kept.len(), "a fan-out's commit failed while its attempts were under way; their deliveries were written again");
-                    return Committed::failed(error, kept, true);
-                }
-                Err(e) if tokio::time::Instant::now() + pause < give_up => {
-                    tracing::warn!(error = %e, retry_in = ?pause, "writing again the deliveries of a fan-out whose commit failed");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_secs(2));
-                    first = false;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, count = leased.len(), "requests went out while their fan-out's commit failed, and their deliveries could not be written again: not recorded; their events are fanned out and sent again");
-                    return Committed::failed(error, HashSet::new(), false);
-                }
-            }
-        }
-    }
-}
-
-impl Committed {
-    fn all(rewritten: bool) -> Committed {
-        Committed {
-            kept: Arc::new(Kept::All),
-            result: Ok(()),
-            rewritten,
-        }
-    }
-
-    fn failed(error: sqlx::Error, kept: HashSet<Uuid>, rewritten: bool) -> Committed {
-        Committed {
-            kept: Arc::new(Kept::These(kept)),
-            result: Err(error),
-            rewritten,
-        }
-    }
-}
-
-/// Writes `rows` unless they exist, in one transaction: how many it wrote,
-/// and which of them exist now.
-async fn rewrite(pool: &MySqlPool, rows: &[DeliveryRow]) -> sqlx::Result<(u64, HashSet<Uuid>)> {
-    let mut tx = pool.begin().await?;
-    let created = db::deliveries::insert_many(&mut *tx, rows).await?;
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let existing = db::deliveries::existing_ids(&mut *tx, &ids).await?;
-    tx.commit().await?;
-    Ok((created, existing.into_iter().collect()))
-}
-
 /// Fans out the events `ids` name. `permit` is asked, for each due
 /// delivery, whether it can be attempted now; those that get one are
 /// created under `lease` and returned. The caller commits: the leased
@@ -308,13 +166,7 @@ pub async fn fan_out_uncommitted<P>(
         created: 0,
     };
     if endpoints.is_empty() || named.is_empty() {
-        return Ok((
-            out,
-            Recording {
-                tx: None,
-                leased: vec![],
-            },
-        ));
+        return Ok((out, Recording::new(None, vec![])));
     }
     let endpoint_ids: Vec<Uuid> = endpoints.iter().map(|e| e.id).collect();
     let mut orders: Vec<Uuid> = named.iter().map(|&i| events[i].order_id).collect();
@@ -325,13 +177,7 @@ pub async fn fan_out_uncommitted<P>(
     let slots = db::deliveries::order_slots(&mut *tx, &endpoint_ids, &orders).await?;
     let planned = plan(&events, &named, &endpoints, &slots);
     if planned.is_empty() {
-        return Ok((
-            out,
-            Recording {
-                tx: Some(tx),
-                leased: vec![],
-            },
-        ));
+        return Ok((out, Recording::new(Some(tx), vec![])));
     }
     // Earlier events pulled in by the plan need their payloads (rare).
     let missing: Vec<Uuid> = planned
@@ -426,13 +272,7 @@ pub async fn fan_out_uncommitted<P>(
         }
     }
     let leased = out.leased.iter().map(|l| l.row.clone()).collect();
-    Ok((
-        out,
-        Recording {
-            tx: Some(tx),
-            leased,
-        },
-    ))
+    Ok((out, Recording::new(Some(tx), leased)))
 }
 
 #[cfg(test)]

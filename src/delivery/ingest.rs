@@ -15,7 +15,8 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::attempt::{hold, spawn_attempt, Held};
-use super::fan_out::{fan_out_uncommitted, Committed, FanOut, Lease, Recording};
+use super::fan_out::{fan_out_uncommitted, FanOut, Lease};
+use super::recording::{Commit, Recording};
 use super::shared::{lease_until, with_retries, Shared};
 use crate::db;
 use crate::db::deliveries::Leased;
@@ -140,7 +141,7 @@ pub(super) async fn attempt_while_committing(
     recording: Recording,
     start_by: Option<tokio::time::Instant>,
     give_up: tokio::time::Instant,
-) -> (usize, Committed) {
+) -> (usize, Commit) {
     let (told, committed) = watch::channel(None);
     let leased = std::mem::take(&mut out.leased);
     let started = leased.len();

@@ -10,7 +10,8 @@
 //!  ingest ──── fan_out: one transaction makes the event's deliveries, one per
 //!      │       subscribed endpoint; those free to go now are leased here
 //!      │       (a later event of an order waits behind an earlier pending one)
-//!      │       and start while it commits
+//!      │       and start while it commits (recording: what the commit
+//!      │       left, the attempted deliveries written again if it failed)
 //!      ▼
 //!  attempt ─── waits for its endpoint's slot and pace turn, then a worker
 //!      │       slot; signs (signing), POSTs (client), decides (outcome);
@@ -41,6 +42,7 @@ mod notices;
 pub mod outcome;
 mod pace;
 mod reconcile;
+pub mod recording;
 mod runner;
 pub mod schedule;
 mod settle;
