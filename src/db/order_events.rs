@@ -1,8 +1,9 @@
 //! SQL for `order_events`: the history, the outbox and the feed source.
 
-use sqlx::{MySqlExecutor, QueryBuilder};
+use sqlx::{FromRow, MySqlExecutor, QueryBuilder, Row};
 use uuid::Uuid;
 
+use crate::db::webhook_endpoints::{EndpointRow, COLUMNS as ENDPOINT_COLUMNS};
 use crate::domain::Event;
 
 /// Records an event; call it in the transaction of the change it records.
@@ -157,10 +158,7 @@ pub async fn outbox_by_ids(
                 event_type, payload, traceparent
          FROM order_events WHERE id IN (",
     );
-    let mut list = sql.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
+    push_ids(&mut sql, ids);
     sql.push(") ORDER BY position");
     sql.build_query_as().fetch_all(db).await
 }
@@ -192,50 +190,91 @@ const STATUS: &str = "COALESCE(e.status, JSON_VALUE(e.payload, '$.data.status'))
 /// payloads, and every other event of their orders without.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct FanOutEvent {
+    #[sqlx(rename = "event_id")]
     pub id: Uuid,
     pub order_id: Uuid,
+    #[sqlx(rename = "event_customer_id")]
     pub customer_id: Uuid,
     pub sequence: u32,
     pub event_type: String,
     /// The order's status after it.
     pub status: Option<String>,
+    #[sqlx(rename = "event_created_at")]
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub payload: Option<String>,
     /// The trace of the request that made it.
     pub traceparent: Option<String>,
 }
 
-/// The events named by `ids` and every event of their orders, in one
-/// statement (a join on the order, no temporary table); only the named ones
-/// carry their payload. An event appears once per named event of its
-/// order: callers de-duplicate. An id that names no committed event is
-/// simply absent.
-pub async fn for_fan_out(
-    db: impl MySqlExecutor<'_>,
-    ids: &[Uuid],
-) -> sqlx::Result<Vec<FanOutEvent>> {
+/// What a fan-out reads before its transaction.
+pub struct FanOutRead {
+    /// The events named and every event of their orders; only the named
+    /// ones carry their payload. An event appears once per named event of
+    /// its order: callers de-duplicate. An id that names no committed event
+    /// is simply absent.
+    pub events: Vec<FanOutEvent>,
+    /// The enabled endpoints of the named events' customers.
+    pub endpoints: Vec<EndpointRow>,
+}
+
+/// The endpoint columns' places in the event rows, and the event columns'
+/// in the endpoint rows: the two halves of `for_fan_out_sql`'s union. An
+/// unsigned column's NULL is cast so that the union keeps it an unsigned
+/// integer (MariaDB makes `INT UNSIGNED` and a bare NULL a `DECIMAL`).
+const FAN_OUT_EVENT_NULLS: &str =
+    "NULL, NULL, NULL, CAST(NULL AS UNSIGNED), NULL, NULL, NULL, NULL, NULL";
+const FAN_OUT_ENDPOINT_NULLS: &str = "NULL AS id, NULL AS customer_id, NULL AS url, \
+    NULL AS description, CAST(NULL AS UNSIGNED) AS event_mask, \
+    CAST(NULL AS UNSIGNED) AS notice_mask, CAST(NULL AS UNSIGNED) AS status_mask, \
+    NULL AS enabled, NULL AS disabled_reason, NULL AS secret, NULL AS previous_secret, \
+    NULL AS previous_secret_expires_at, NULL AS created_at, NULL AS updated_at, \
+    NULL AS failing_since, CAST(NULL AS UNSIGNED) AS rate_limit_per_second, NULL AS headers";
+
+/// The events named by `ids`, every event of their orders, and their
+/// customers' enabled endpoints, in one statement (`for_fan_out_sql`).
+pub async fn for_fan_out(db: impl MySqlExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<FanOutRead> {
+    let mut read = FanOutRead {
+        events: vec![],
+        endpoints: vec![],
+    };
     if ids.is_empty() {
-        return Ok(vec![]);
+        return Ok(read);
     }
-    let mut sql = QueryBuilder::new(format!(
-        "SELECT e.id, e.order_id, e.customer_id, e.sequence, e.event_type, {STATUS} AS status,
-                e.created_at, e.traceparent, IF(e.id IN ("
-    ));
-    let mut list = sql.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
+    let sql = for_fan_out_sql(ids.len());
+    let mut query = sqlx::query(&sql);
+    for _ in 0..3 {
+        for id in ids {
+            query = query.bind(*id);
+        }
     }
-    sql.push(
-        "), e.payload, NULL) AS payload
+    for row in query.fetch_all(db).await? {
+        if row.try_get::<i64, _>("endpoint")? == 0 {
+            read.events.push(FanOutEvent::from_row(&row)?);
+        } else {
+            read.endpoints.push(EndpointRow::from_row(&row)?);
+        }
+    }
+    Ok(read)
+}
+
+/// `for_fan_out`'s statement for `ids` ids, each list bound in turn: a
+/// union of the events (a join on the order, no temporary table) and the
+/// endpoints (served by `webhook_endpoints_subscribed`), each row saying
+/// which it is. `tests/api/webhooks.rs` checks the plan.
+pub fn for_fan_out_sql(ids: usize) -> String {
+    let list = vec!["?"; ids].join(", ");
+    format!(
+        "SELECT 0 AS endpoint, e.id AS event_id, e.order_id, e.customer_id AS event_customer_id,
+                e.sequence, e.event_type, {STATUS} AS status, e.created_at AS event_created_at,
+                e.traceparent, IF(e.id IN ({list}), e.payload, NULL) AS payload,
+                {FAN_OUT_ENDPOINT_NULLS}
          FROM order_events n JOIN order_events e ON e.order_id = n.order_id
-         WHERE n.id IN (",
-    );
-    let mut list = sql.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-    sql.push(")");
-    sql.build_query_as().fetch_all(db).await
+         WHERE n.id IN ({list})
+         UNION ALL
+         SELECT 1, {FAN_OUT_EVENT_NULLS}, {ENDPOINT_COLUMNS} FROM webhook_endpoints
+         WHERE enabled = 1
+           AND customer_id IN (SELECT customer_id FROM order_events WHERE id IN ({list}))"
+    )
 }
 
 /// Payloads by event id.
@@ -247,12 +286,16 @@ pub async fn payloads(
         return Ok(vec![]);
     }
     let mut sql = QueryBuilder::new("SELECT id, payload FROM order_events WHERE id IN (");
+    push_ids(&mut sql, ids);
+    sql.push(")");
+    sql.build_query_as().fetch_all(db).await
+}
+
+fn push_ids(sql: &mut QueryBuilder<'_, sqlx::MySql>, ids: &[Uuid]) {
     let mut list = sql.separated(", ");
     for id in ids {
         list.push_bind(*id);
     }
-    sql.push(")");
-    sql.build_query_as().fetch_all(db).await
 }
 
 /// A numbered event as reconciliation checks it.

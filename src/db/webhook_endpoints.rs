@@ -35,7 +35,7 @@ pub struct EndpointRow {
     pub headers: Option<String>,
 }
 
-const COLUMNS: &str = "id, customer_id, url, description, event_mask, notice_mask, status_mask, \
+pub(crate) const COLUMNS: &str = "id, customer_id, url, description, event_mask, notice_mask, status_mask, \
                        enabled, disabled_reason, secret, previous_secret, previous_secret_expires_at, \
                        created_at, updated_at, failing_since, rate_limit_per_second, headers";
 

@@ -141,7 +141,8 @@ pub async fn fan_out_uncommitted<P>(
     lease: &Lease,
     mut permit: impl FnMut(&EndpointRow) -> Option<P>,
 ) -> sqlx::Result<(FanOut<P>, Recording)> {
-    let mut events = db::order_events::for_fan_out(pool, ids).await?;
+    let read = db::order_events::for_fan_out(pool, ids).await?;
+    let (mut events, endpoints) = (read.events, read.endpoints);
     events.sort_by_key(|e| (e.order_id, e.sequence));
     events.dedup_by_key(|e| e.id);
     let named: Vec<usize> = events
@@ -156,10 +157,6 @@ pub async fn fan_out_uncommitted<P>(
         .filter(|id| !found.contains(id))
         .copied()
         .collect();
-    let mut customers: Vec<Uuid> = named.iter().map(|&i| events[i].customer_id).collect();
-    customers.sort();
-    customers.dedup();
-    let endpoints = db::webhook_endpoints::enabled_for(pool, &customers).await?;
     let mut out = FanOut {
         unknown,
         leased: vec![],

@@ -613,7 +613,7 @@ async fn secrets_are_encrypted_at_rest_when_a_key_is_set() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_workers_endpoint_lookup_is_one_indexed_query() {
+async fn the_workers_endpoint_lookups_are_indexed() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("Indexed").await;
     for i in 0..3 {
@@ -657,4 +657,64 @@ async fn the_workers_endpoint_lookup_is_one_indexed_query() {
         .await
         .unwrap();
     assert_eq!(found.len(), 3);
+
+    // A fan-out reads its events and their customers' endpoints in one
+    // statement: the endpoints' half is the same indexed lookup.
+    let order = app.new_order(&tenant).await;
+    let order_id = uuid::Uuid::parse_str(order["id"].as_str().unwrap()).unwrap();
+    let event: uuid::Uuid = sqlx::query_scalar("SELECT id FROM order_events WHERE order_id = ?")
+        .bind(order_id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let plan = sqlx::query(&format!(
+        "EXPLAIN {}",
+        mechanica::db::order_events::for_fan_out_sql(1)
+    ))
+    .bind(event)
+    .bind(event)
+    .bind(event)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let endpoints: Vec<_> = plan
+        .iter()
+        .filter(|row| {
+            row.try_get::<Option<String>, _>("table")
+                .unwrap()
+                .as_deref()
+                == Some("webhook_endpoints")
+        })
+        .collect();
+    assert_eq!(endpoints.len(), 1, "the endpoints are read once");
+    let access: Option<String> = endpoints[0].try_get("type").unwrap();
+    let key: Option<String> = endpoints[0].try_get("key").unwrap();
+    assert!(
+        !matches!(access.as_deref(), Some("ALL" | "index")),
+        "scan: {access:?}"
+    );
+    assert_eq!(key.as_deref(), Some("webhook_endpoints_subscribed"));
+
+    let read = mechanica::db::order_events::for_fan_out(&app.db, &[event, uuid::Uuid::now_v7()])
+        .await
+        .unwrap();
+    let mut urls: Vec<String> = read.endpoints.iter().map(|e| e.url.clone()).collect();
+    urls.sort();
+    let expected: Vec<String> = (0..3).map(|i| format!("{HOOK}/{i}")).collect();
+    assert_eq!(
+        urls, expected,
+        "the customer's enabled endpoints, no other's"
+    );
+    assert_eq!(
+        read.events.len(),
+        1,
+        "the one event; the unknown id is absent"
+    );
+    assert_eq!(read.events[0].id, event);
+    assert_eq!(read.events[0].order_id, order_id);
+    assert_eq!(read.events[0].customer_id, customer);
+    assert!(
+        read.events[0].payload.is_some(),
+        "a named event carries its payload"
+    );
 }
