@@ -384,7 +384,7 @@ pub struct DeliveryConfig {
     pub metrics_addr: SocketAddr,
     pub secrets_encryption_key: Option<String>,
     pub log_format: LogFormat,
-    /// SQS long polls in flight at once.
+    /// SQS long polls in flight at once at most (`delivery::polls`).
     pub receivers: usize,
     /// How often committed events are checked for missing deliveries.
     pub reconcile_every: Duration,

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::attempt::{hold, spawn_attempt, Held};
 use super::fan_out::{fan_out_uncommitted, FanOut, Lease};
+use super::polls::Polls;
 use super::recording::{Commit, Recording};
 use super::shared::{lease_until, with_retries, Shared};
 use crate::db;
@@ -30,7 +31,12 @@ pub(super) struct Named {
 }
 
 /// SQS → deliveries → attempts.
-pub(super) async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::Receiver<bool>) {
+pub(super) async fn ingest(
+    shared: Arc<Shared>,
+    queue: Queue,
+    polls: Arc<Polls>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut failures = 0u32;
     // A batch whose commit went unanswered: its leases, to give back.
     let mut unanswered: Option<(Vec<Uuid>, Uuid)> = None;
@@ -49,7 +55,7 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::R
         }
         let received = tokio::select! {
             _ = stop.changed() => return,
-            received = queue.receive(Duration::from_secs(20)) => received,
+            received = poll(&polls, &queue) => received,
         };
         let messages = match received {
             Ok(messages) => {
@@ -128,6 +134,16 @@ pub(super) async fn ingest(shared: Arc<Shared>, queue: Queue, mut stop: watch::R
             }
         }
     }
+}
+
+/// One long poll, in a slot of `polls`.
+async fn poll(polls: &Polls, queue: &Queue) -> Result<Vec<Received>, String> {
+    let slot = polls.slot().await;
+    let received = queue.receive(Duration::from_secs(20)).await;
+    if let Ok(messages) = &received {
+        polls.received(slot, messages.len());
+    }
+    received
 }
 
 /// Starts the attempts of a fan-out's leased deliveries (by `start_by`, if

@@ -28,7 +28,8 @@
 //! `worker` wires the stages into the long-running process; `runner` runs
 //! them to completion per call, which is what a Lambda invocation does
 //! (`lambda` speaks the Runtime API around it). `shared` holds what every
-//! stage shares; `pace` an endpoint's lane and rate limit.
+//! stage shares; `pace` an endpoint's lane and rate limit; `polls` how many
+//! long polls ingest keeps waiting.
 
 mod attempt;
 pub mod client;
@@ -41,6 +42,7 @@ pub mod metrics;
 mod notices;
 pub mod outcome;
 mod pace;
+mod polls;
 mod reconcile;
 pub mod recording;
 mod runner;

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use super::dispatch::dispatch;
 use super::ingest::ingest;
 use super::outcome::Outcome;
+use super::polls::Polls;
 use super::reconcile::reconcile;
 use super::settle::settle_loop;
 pub use super::shared::WorkerStartError;
@@ -64,13 +65,19 @@ impl Worker {
         let (done, finished) = watch::channel(false);
         let shared = self.shared;
         let mut loops = JoinSet::new();
+        let polls = Arc::new(Polls::new(shared.config.receivers));
         for _ in 0..shared.config.receivers {
-            loops.spawn(ingest(shared.clone(), self.queue.clone(), stopped.clone()));
+            loops.spawn(ingest(
+                shared.clone(),
+                self.queue.clone(),
+                polls.clone(),
+                stopped.clone(),
+            ));
         }
         loops.spawn(dispatch(shared.clone(), stopped.clone()));
         loops.spawn(reconcile(shared.clone(), stopped.clone()));
         let settle = tokio::spawn(settle_loop(shared.clone(), self.settles, finished));
-        let metrics = metrics_router(shared.clone());
+        let metrics = metrics_router(shared.clone(), polls);
         let mut metrics_stop = stopped.clone();
         let metrics_listener = self.metrics_listener;
         let server = tokio::spawn(async move {
@@ -94,19 +101,20 @@ impl Worker {
     }
 }
 
-fn metrics_router(shared: Arc<Shared>) -> Router {
+fn metrics_router(shared: Arc<Shared>, polls: Arc<Polls>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/metrics",
             get(move || {
                 let shared = shared.clone();
+                let polls = polls.clone();
                 async move {
                     let pending = db::deliveries::pending_count(&shared.pool).await.ok();
                     let disabled = db::webhook_endpoints::disabled_count(&shared.pool)
                         .await
                         .ok();
-                    shared.metrics.render(pending, disabled)
+                    shared.metrics.render(pending, disabled) + &polls.render()
                 }
             }),
         )

@@ -840,3 +840,41 @@ async fn fan_out_commit_fails(armed: impl Fn(&Tunnel) -> Arc<AtomicBool>) {
     assert_eq!(sequences(&hits, &id), [1], "sent once");
     assert_eq!(hits.len(), 1, "sent once");
 }
+
+/// Eight receivers kept eight long polls waiting however few messages came,
+/// and the emulator answers every waiting poll when one message arrives:
+/// seven empty answers a message, about ten SQS requests a webhook at 50
+/// a second. Polls now follow how full the batches come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_keeps_as_many_polls_waiting_as_the_messages_need() {
+    let mut system = System::without_worker().await;
+    // A backlog comes in full batches. Messages naming no event are simply
+    // deleted and counted, which is all this test needs of them.
+    for _ in 0..200 {
+        let body = json!({ "id": uuid::Uuid::now_v7() }).to_string();
+        system.queue.send(&body).await;
+    }
+    let mut config = worker_config(&system.db_name, &system.queue.url);
+    config.receivers = 8;
+    let worker = TestWorker::start(config).await;
+    let metrics = format!("http://127.0.0.1:{}/metrics", worker.metrics_port);
+    system.worker = Some(worker);
+    wait_for("the backlog", Duration::from_secs(20), || async {
+        (metric(&metrics, "webhook_messages_unknown_total").await >= 200.0).then_some(())
+    })
+    .await;
+    let busy = metric(&metrics, "webhook_sqs_polls").await;
+    assert!(busy > 2.0, "full batches add polls: {busy}");
+
+    // One message at a time: every poll but one comes back empty.
+    for _ in 0..12 {
+        let body = json!({ "id": uuid::Uuid::now_v7() }).to_string();
+        system.queue.send(&body).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for("the trickle", Duration::from_secs(10), || async {
+        (metric(&metrics, "webhook_messages_unknown_total").await >= 212.0).then_some(())
+    })
+    .await;
+    assert_eq!(metric(&metrics, "webhook_sqs_polls").await, 2.0);
+}
