@@ -6,8 +6,9 @@
 //! (messages pile up between polls), one fewer for each poll that comes
 //! back empty (no message was waiting for it). Growing only on full batches
 //! kept the count at two under a closed-loop load whose batches rarely
-//! fill, and cost about a tenth of its throughput; half full did not. A receiver holds its poll slot only while
-//! its receive is on its way, not while its batch is fanned out.
+//! fill, and cost about a tenth of its throughput; half full did not. A
+//! receiver holds its poll slot only while its receive is on its way, not
+//! while its batch is fanned out.
 //!
 //! The emulators answer every waiting poll when one message arrives (fauxqs
 //! did eight polls, one send, eight answers, seven empty): at 50 messages a
@@ -61,7 +62,6 @@ impl Polls {
 
     /// A slot to poll with; give it back with `received`.
     pub(super) async fn slot(&self) -> SemaphorePermit<'_> {
-        // Never closed.
         self.slots
             .acquire()
             .await
