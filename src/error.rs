@@ -250,7 +250,7 @@ impl From<sqlx::Error> for ApiError {
 }
 
 /// No connection to the database could be had or kept.
-fn is_unreachable(err: &sqlx::Error) -> bool {
+pub fn is_unreachable(err: &sqlx::Error) -> bool {
     matches!(
         err,
         sqlx::Error::PoolTimedOut

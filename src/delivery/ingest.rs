@@ -3,7 +3,9 @@
 //! are created leased to this worker and attempted at once, and the batch is
 //! deleted. A message naming no committed event is deleted and counted.
 //! While the database is unreachable, ingest stops receiving, so no message
-//! climbs towards the dead-letter queue because of the outage.
+//! climbs towards the dead-letter queue because of the outage. A database
+//! that answers but refuses the fan-out is no outage: receipt pauses a
+//! while, longer after each refusal in a row (`refusals`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sqlx::MySqlPool;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::attempt::{hold, spawn_attempt, Held};
@@ -22,6 +25,7 @@ use super::shared::{lease_until, with_retries, Shared};
 use crate::db;
 use crate::db::deliveries::Leased;
 use crate::domain::time;
+use crate::error::is_transient_error;
 use crate::queue::{Queue, Received};
 
 /// The only part of a message that is read: the event's id.
@@ -49,6 +53,12 @@ pub(super) async fn ingest(
                 return;
             }
             shared.database_down.store(false, Ordering::Relaxed);
+        }
+        if let Some(pause) = shared.refusals.paused_for(Instant::now()) {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
         }
         if let Some((ids, lease_id)) = unanswered.take() {
             give_back(&shared, &ids, lease_id).await;
@@ -78,14 +88,19 @@ pub(super) async fn ingest(
         if shared.database_down.load(Ordering::Relaxed) {
             // Received while another receiver found the database away: kept
             // out of sight until it is back, not processed.
-            hide(&queue, &messages).await;
+            hide(&queue, &messages, HIDE).await;
+            continue;
+        }
+        if let Some(pause) = shared.refusals.paused_for(Instant::now()) {
+            // Received while another receiver's fan-out was refused.
+            hide(&queue, &messages, pause).await;
             continue;
         }
         let ids = named_events(&shared, &messages);
         let lease_id = Uuid::now_v7();
         let recorded = match with_retries(|| record_batch(&shared, &ids, lease_id)).await {
             Ok((mut out, recording)) => {
-                let give_up = tokio::time::Instant::now() + REWRITE_FOR;
+                let give_up = Instant::now() + REWRITE_FOR;
                 let (started, done) =
                     attempt_while_committing(&shared, &mut out, recording, None, give_up).await;
                 match done.result {
@@ -104,6 +119,7 @@ pub(super) async fn ingest(
         };
         match recorded {
             Ok((out, started)) => {
+                shared.refusals.held();
                 if !out.unknown.is_empty() {
                     shared.metrics.unknown_events(out.unknown.len());
                     tracing::warn!(
@@ -125,9 +141,21 @@ pub(super) async fn ingest(
             }
             Err(e) => {
                 // Not deleted: the messages come back once visible again.
-                tracing::warn!(error = %e, "recording deliveries failed; pausing receipt until the database answers");
-                shared.database_down.store(true, Ordering::Relaxed);
-                hide(&queue, &messages).await;
+                if is_transient_error(&e) {
+                    tracing::warn!(error = %e, "recording deliveries failed; pausing receipt until the database answers");
+                    shared.database_down.store(true, Ordering::Relaxed);
+                    hide(&queue, &messages, HIDE).await;
+                } else {
+                    let pause = shared.refusals.refused(Instant::now());
+                    shared.metrics.fan_out_refused();
+                    tracing::error!(
+                        error = %e,
+                        events = ids.len(),
+                        retry_in = ?pause,
+                        "the database answers but refused a fan-out (a schema changed ahead of the code?); pausing receipt"
+                    );
+                    hide(&queue, &messages, pause).await;
+                }
                 // The batch may have committed before its answer was lost:
                 // leases it took would hold those deliveries until they ran out.
                 unanswered = Some((ids, lease_id));
@@ -155,8 +183,8 @@ pub(super) async fn attempt_while_committing(
     shared: &Arc<Shared>,
     out: &mut FanOut<Held>,
     recording: Recording,
-    start_by: Option<tokio::time::Instant>,
-    give_up: tokio::time::Instant,
+    start_by: Option<Instant>,
+    give_up: Instant,
 ) -> (usize, Commit) {
     let (told, committed) = watch::channel(None);
     let leased = std::mem::take(&mut out.leased);
@@ -177,10 +205,11 @@ const REWRITE_FOR: Duration = Duration::from_secs(10);
 /// long enough that another receiver does not take them again meanwhile.
 const HIDE: Duration = Duration::from_secs(10);
 
-async fn hide(queue: &Queue, messages: &[Received]) {
+/// Keeps messages out of sight for `pause`, while receipt pauses.
+async fn hide(queue: &Queue, messages: &[Received], pause: Duration) {
     let receipts: Vec<&str> = messages.iter().map(|m| m.receipt.as_str()).collect();
-    if let Err(e) = queue.change_visibility(&receipts, HIDE).await {
-        tracing::warn!(error = %e, "hiding messages during a database outage failed");
+    if let Err(e) = queue.change_visibility(&receipts, pause).await {
+        tracing::warn!(error = %e, "hiding messages while receipt pauses failed");
     }
 }
 

@@ -71,6 +71,8 @@ struct Inner {
     reconciled: u64,
     /// Turns under a rate limit left unused: their delivery came too late.
     turns_missed: u64,
+    /// Fan-outs the database refused though it answered (not an outage).
+    refused: u64,
     attempt: Histogram,
     end_to_end: Histogram,
     /// What the last EMF flush reported.
@@ -107,6 +109,11 @@ impl WorkerMetrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .turns_missed += 1;
+    }
+
+    /// The database answered but refused a fan-out (see `refusals`).
+    pub fn fan_out_refused(&self) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).refused += 1;
     }
 
     pub fn reconciled(&self, count: usize) {
@@ -184,6 +191,11 @@ impl WorkerMetrics {
                 json!(inner.turns_missed - before.turns_missed),
             ),
             (
+                "webhook_fan_outs_refused_total",
+                "Count",
+                json!(inner.refused - before.refused),
+            ),
+            (
                 "webhook_attempt_duration_seconds",
                 "Seconds",
                 inner.attempt.emf_since(&before.attempt),
@@ -223,8 +235,10 @@ impl WorkerMetrics {
              # HELP webhook_events_reconciled_total Events given their deliveries by reconciliation (message lost or dead-lettered).\n# TYPE webhook_events_reconciled_total counter\n\
              webhook_events_reconciled_total {}\n\
              # HELP webhook_rate_limit_turns_missed_total Turns under an endpoint's rate limit left unused because the delivery came too late for them.\n# TYPE webhook_rate_limit_turns_missed_total counter\n\
-             webhook_rate_limit_turns_missed_total {}",
-            inner.unknown, inner.reconciled, inner.turns_missed
+             webhook_rate_limit_turns_missed_total {}\n\
+             # HELP webhook_fan_outs_refused_total Fan-outs the database refused though it answered (a statement or a row this code cannot use), not outages.\n# TYPE webhook_fan_outs_refused_total counter\n\
+             webhook_fan_outs_refused_total {}",
+            inner.unknown, inner.reconciled, inner.turns_missed, inner.refused
         );
         inner.attempt.render(
             &mut out,

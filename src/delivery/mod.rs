@@ -29,7 +29,8 @@
 //! them to completion per call, which is what a Lambda invocation does
 //! (`lambda` speaks the Runtime API around it). `shared` holds what every
 //! stage shares; `pace` an endpoint's lane and rate limit; `polls` how many
-//! long polls ingest keeps waiting.
+//! long polls ingest keeps waiting; `refusals` how long it pauses when the
+//! database answers but refuses a fan-out.
 
 mod attempt;
 pub mod client;
@@ -45,6 +46,7 @@ mod pace;
 mod polls;
 mod reconcile;
 pub mod recording;
+mod refusals;
 mod runner;
 pub mod schedule;
 mod settle;

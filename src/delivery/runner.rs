@@ -12,9 +12,10 @@ use super::ingest::{attempt_while_committing, give_back, record_batch, Named};
 use super::outcome::Outcome;
 use super::reconcile::reconcile_once;
 use super::settle::{write_group, SETTLE_GROUP};
-use super::shared::{self, unreachable, with_retries, Shared, WorkerStartError, HELD_PER_SLOT};
+use super::shared::{self, with_retries, Shared, WorkerStartError, HELD_PER_SLOT};
 use crate::config::DeliveryConfig;
 use crate::db;
+use crate::error::{is_transient_error, is_unreachable};
 
 /// The same core run to completion, one call at a time: what a Lambda
 /// invocation does (see `delivery::lambda`). Each call fans out, attempts and
@@ -109,7 +110,7 @@ impl Runner {
                     .count();
                 delivered.attempted += started;
             }
-            Err(e) if unreachable(&e) => {
+            Err(e) if is_unreachable(&e) => {
                 // Alone they would fail the same way, each after its own wait.
                 tracing::warn!(error = %e, "the database is unreachable; every message will be received again");
                 delivered.failed = (0..bodies.len()).collect();
@@ -123,7 +124,12 @@ impl Runner {
                             delivered.attempted += started;
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, event_id = %id, "recording a message failed; it will be received again");
+                            if is_transient_error(&e) {
+                                tracing::warn!(error = %e, event_id = %id, "recording a message failed; it will be received again");
+                            } else {
+                                shared.metrics.fan_out_refused();
+                                tracing::error!(error = %e, event_id = %id, "the database answers but refused this fan-out (a schema changed ahead of the code?); the message will be received again");
+                            }
                             delivered.failed.extend(
                                 named
                                     .iter()

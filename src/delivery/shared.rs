@@ -17,6 +17,7 @@ use super::client::WebhookClient;
 use super::metrics::WorkerMetrics;
 use super::outcome::Outcome;
 use super::pace::Lane;
+use super::refusals::Refusals;
 use crate::config::DeliveryConfig;
 use crate::db;
 use crate::ops_notify::Notifier;
@@ -56,6 +57,8 @@ pub(super) struct Shared {
     pub(super) settles: mpsc::UnboundedSender<Outcome>,
     /// A receiver found the database away: every receiver pauses.
     pub(super) database_down: AtomicBool,
+    /// The database refused fan-outs, answering: receivers pause a while.
+    pub(super) refusals: Refusals,
     /// The dispatcher's last pass left deliveries for lack of room: the
     /// next place freed wakes it (`room_freed`) rather than its idle poll.
     pub(super) short_of_room: AtomicBool,
@@ -93,6 +96,7 @@ pub(super) fn build(
         metrics: WorkerMetrics::default(),
         settles,
         database_down: AtomicBool::new(false),
+        refusals: Refusals::default(),
         config,
     };
     Ok((Arc::new(shared), settled))
@@ -101,14 +105,6 @@ pub(super) fn build(
 pub(super) fn lease_until(shared: &Shared, now: DateTime<Utc>) -> DateTime<Utc> {
     now + chrono::Duration::from_std(shared.config.timeout + Duration::from_secs(30))
         .unwrap_or(chrono::Duration::minutes(5))
-}
-
-/// No connection to the database could be had or kept: nothing was done.
-pub(super) fn unreachable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-    )
 }
 
 /// Runs a database step again after a deadlock or lock wait timeout.

@@ -621,6 +621,17 @@ impl TestQueue {
 
     /// How many messages the queue holds (visible and in flight).
     pub async fn depth(&self) -> u64 {
+        let (visible, in_flight) = self.counts().await;
+        visible + in_flight
+    }
+
+    /// How many messages wait visible, received by no one.
+    pub async fn visible(&self) -> u64 {
+        self.counts().await.0
+    }
+
+    /// Messages visible, and in flight (received, not deleted).
+    async fn counts(&self) -> (u64, u64) {
         use aws_sdk_sqs::types::QueueAttributeName;
         let attributes = self
             .client
@@ -638,8 +649,10 @@ impl TestQueue {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
-        count(QueueAttributeName::ApproximateNumberOfMessages)
-            + count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        (
+            count(QueueAttributeName::ApproximateNumberOfMessages),
+            count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        )
     }
 
     /// Sends a raw message, as anyone allowed to send to the queue could.

@@ -1,7 +1,8 @@
 //! The pipeline's promises under the conditions that used to break them
 //! (issue 10): an event SQS refuses, forged messages, manual retries out of
 //! order, stale leases, a starved pool, an unreadable secret, a database
-//! outage with a dead-letter queue, and lost messages.
+//! outage with a dead-letter queue, a database that refuses the fan-out,
+//! and lost messages.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -877,4 +878,66 @@ async fn the_worker_keeps_as_many_polls_waiting_as_the_messages_need() {
     })
     .await;
     assert_eq!(metric(&metrics, "webhook_sqs_polls").await, 2.0);
+}
+
+/// A database that answers but refuses the fan-out (a column the worker
+/// reads renamed, as a deploy request ahead of the code could) is no
+/// outage. The worker took it for one: it hid the batch, found the
+/// database answering `SELECT 1` and received the next at once, pulling
+/// the whole queue through the failing statement. Now receipt pauses,
+/// longer after each refusal in a row, the refusals are counted, and
+/// every event is delivered once the schema fits again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_the_database_refuses_pauses_receipt_instead_of_churning_the_queue() {
+    const EVENTS: usize = 100;
+    let mut system = System::without_worker().await;
+    let receiver = Receiver::start(|_, _, _| (200, Duration::ZERO)).await;
+    let tenant = system.app.tenant("Refused").await;
+    system
+        .endpoint(&tenant.token, &format!("{}/hooks", receiver.base), None)
+        .await;
+    let mut orders = vec![];
+    for _ in 0..EVENTS {
+        orders.push(system.app.new_order(&tenant).await);
+    }
+    wait_for("the messages", Duration::from_secs(20), || async {
+        (system.queue.visible().await == EVENTS as u64).then_some(())
+    })
+    .await;
+    let rename = |from: &str, to: &str| {
+        format!("ALTER TABLE webhook_endpoints RENAME COLUMN {from} TO {to}")
+    };
+    sqlx::query(&rename("headers", "headers_renamed"))
+        .execute(&system.app.db)
+        .await
+        .unwrap();
+
+    let worker = TestWorker::start(worker_config(&system.db_name, &system.queue.url)).await;
+    let metrics = format!("http://127.0.0.1:{}/metrics", worker.metrics_port);
+    system.worker = Some(worker);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Two receivers, each refused twice at most by now (paused 1–2 s, then
+    // 4–8 s): at most 40 messages received; before, all of them.
+    let visible = system.queue.visible().await;
+    assert!(
+        visible >= (EVENTS - 40) as u64,
+        "the worker pulled the queue through a refused fan-out: {visible} of {EVENTS} left"
+    );
+    let refused = metric(&metrics, "webhook_fan_outs_refused_total").await;
+    assert!(refused >= 1.0, "refusals are counted: {refused}");
+    assert!(receiver.hits().is_empty());
+
+    sqlx::query(&rename("headers_renamed", "headers"))
+        .execute(&system.app.db)
+        .await
+        .unwrap();
+    receiver
+        .wait_for_successes("/hooks", EVENTS, Duration::from_secs(60))
+        .await;
+    for order in &orders {
+        assert_eq!(
+            sequences(&receiver.hits(), order["id"].as_str().unwrap()),
+            [1]
+        );
+    }
 }
