@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{MySqlExecutor, QueryBuilder};
 use uuid::Uuid;
 
+use crate::db::{padded, push_ids};
+
 pub const PENDING: &str = "pending";
 pub const SUCCEEDED: &str = "succeeded";
 pub const FAILED: &str = "failed";
@@ -312,13 +314,6 @@ pub async fn claim(
     select.build_query_as().fetch_all(&mut *db).await
 }
 
-fn push_ids(sql: &mut QueryBuilder<'_, sqlx::MySql>, ids: &[Uuid]) {
-    let mut list = sql.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-}
-
 fn push_skip(sql: &mut QueryBuilder<'_, sqlx::MySql>, skip: &[Uuid]) {
     if !skip.is_empty() {
         sql.push(" AND d.endpoint_id NOT IN (");
@@ -426,10 +421,7 @@ pub async fn failed_among(
         return Ok(vec![]);
     }
     let mut sql = QueryBuilder::new("SELECT id, attempts FROM webhook_deliveries WHERE id IN (");
-    let mut list = sql.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
+    push_ids(&mut sql, ids);
     sql.push(") AND status = 'failed'");
     sql.build_query_as().fetch_all(db).await
 }
@@ -446,42 +438,42 @@ pub async fn settle(
         return Ok(0);
     }
     let mut sql = QueryBuilder::new("UPDATE webhook_deliveries SET status = CASE id");
-    for r in rows {
+    for r in padded(rows) {
         sql.push(" WHEN ")
             .push_bind(r.id)
             .push(" THEN ")
             .push_bind(r.status);
     }
     sql.push(" END, attempts = CASE id");
-    for r in rows {
+    for r in padded(rows) {
         sql.push(" WHEN ")
             .push_bind(r.id)
             .push(" THEN ")
             .push_bind(r.attempts);
     }
     sql.push(" END, last_response_status = CASE id");
-    for r in rows {
+    for r in padded(rows) {
         sql.push(" WHEN ")
             .push_bind(r.id)
             .push(" THEN ")
             .push_bind(r.last_response_status);
     }
     sql.push(" END, last_error = CASE id");
-    for r in rows {
+    for r in padded(rows) {
         sql.push(" WHEN ")
             .push_bind(r.id)
             .push(" THEN ")
             .push_bind(r.last_error.clone());
     }
     sql.push(" END, next_attempt_at = CASE id");
-    for r in rows {
+    for r in padded(rows) {
         sql.push(" WHEN ")
             .push_bind(r.id)
             .push(" THEN ")
             .push_bind(r.next_attempt_at);
     }
     sql.push(" END, manual_requested_at = IF(manual_requested_at <= CASE id");
-    for r in rows {
+    for r in padded(rows) {
         sql.push(" WHEN ")
             .push_bind(r.id)
             .push(" THEN ")
@@ -494,7 +486,7 @@ pub async fn settle(
     .push(" WHERE id IN (");
     push_ids(&mut sql, &rows.iter().map(|r| r.id).collect::<Vec<_>>());
     sql.push(") AND lease_id = CASE id");
-    for r in rows {
+    for r in padded(rows) {
         sql.push(" WHEN ")
             .push_bind(r.id)
             .push(" THEN ")

@@ -93,7 +93,7 @@ pub async fn advance(
             let (first, last) = (first.position, last.position);
             sql.push("JOIN order_events e ON e.position IN (");
             let mut list = sql.separated(", ");
-            for event in numbered.iter() {
+            for event in crate::db::padded(numbered) {
                 list.push_bind(event.position);
             }
             sql.push(") SET e.feed_position = ")

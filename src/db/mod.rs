@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use sqlx::migrate::MigrateDatabase;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
-use sqlx::{MySql, MySqlPool};
+use sqlx::{MySql, MySqlPool, QueryBuilder};
+use uuid::Uuid;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -86,4 +87,48 @@ pub async fn migrate(url: &str, pool: &MySqlPool) -> Result<(), sqlx::Error> {
 /// `LIMIT` for a page: one more than asked, to learn whether more follow.
 pub fn fetch_limit(limit: u32) -> i64 {
     i64::from(limit) + 1
+}
+
+/// `values`, then the last of them again up to the next power of two.
+/// Lists bound into a statement are padded so: `IN (…)` and `CASE id WHEN
+/// …` mean the same with an entry repeated, and lists of similar length
+/// then share one statement text, which sqlx's per-connection cache of
+/// prepared statements (100) keeps, instead of preparing another (a round
+/// trip and a parse) for every length.
+pub fn padded<T>(values: &[T]) -> impl Iterator<Item = &T> + Clone {
+    let extra = values.len().next_power_of_two() - values.len();
+    values
+        .iter()
+        .chain(std::iter::repeat_n(values.last(), extra).flatten())
+}
+
+/// Binds `ids`, padded, as the list of an `IN (…)`.
+pub(crate) fn push_ids(sql: &mut QueryBuilder<'_, MySql>, ids: &[Uuid]) {
+    let mut list = sql.separated(", ");
+    for id in padded(ids) {
+        list.push_bind(*id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::padded;
+
+    #[test]
+    fn lists_are_padded_with_their_last_entry_to_a_power_of_two() {
+        for (values, expected) in [
+            (vec![], vec![]),
+            (vec![1], vec![1]),
+            (vec![1, 2], vec![1, 2]),
+            (vec![1, 2, 3], vec![1, 2, 3, 3]),
+            (vec![1, 2, 3, 4, 5], vec![1, 2, 3, 4, 5, 5, 5, 5]),
+            (
+                (1..=9).collect(),
+                [(1..=9).collect::<Vec<_>>(), vec![9; 7]].concat(),
+            ),
+        ] {
+            let got: Vec<i32> = padded(&values).copied().collect();
+            assert_eq!(got, expected, "{values:?}");
+        }
+    }
 }

@@ -4,6 +4,7 @@ use sqlx::{FromRow, MySqlExecutor, QueryBuilder, Row};
 use uuid::Uuid;
 
 use crate::db::webhook_endpoints::{EndpointRow, COLUMNS as ENDPOINT_COLUMNS};
+use crate::db::{padded, push_ids};
 use crate::domain::Event;
 
 /// Records an event; call it in the transaction of the change it records.
@@ -240,10 +241,11 @@ pub async fn for_fan_out(db: impl MySqlExecutor<'_>, ids: &[Uuid]) -> sqlx::Resu
     if ids.is_empty() {
         return Ok(read);
     }
+    let ids: Vec<Uuid> = padded(ids).copied().collect();
     let sql = for_fan_out_sql(ids.len());
     let mut query = sqlx::query(&sql);
     for _ in 0..3 {
-        for id in ids {
+        for id in &ids {
             query = query.bind(*id);
         }
     }
@@ -289,13 +291,6 @@ pub async fn payloads(
     push_ids(&mut sql, ids);
     sql.push(")");
     sql.build_query_as().fetch_all(db).await
-}
-
-fn push_ids(sql: &mut QueryBuilder<'_, sqlx::MySql>, ids: &[Uuid]) {
-    let mut list = sql.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
 }
 
 /// A numbered event as reconciliation checks it.

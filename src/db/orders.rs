@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{MySql, MySqlExecutor, QueryBuilder};
 use uuid::Uuid;
 
+use crate::db::{padded, push_ids};
 use crate::domain::{Order, OrderStatus};
 use crate::error::is_duplicate_key;
 
@@ -82,12 +83,12 @@ pub async fn existing_references(
         "SELECT customer_id, CONVERT(reference USING utf8mb4) FROM orders WHERE customer_id IN (",
     );
     let mut customers = sql.separated(", ");
-    for (customer, _) in pairs {
+    for (customer, _) in padded(pairs) {
         customers.push_bind(*customer);
     }
     sql.push(") AND reference IN (");
     let mut references = sql.separated(", ");
-    for (_, reference) in pairs {
+    for (_, reference) in padded(pairs) {
         references.push_bind(*reference);
     }
     sql.push(")");
@@ -150,10 +151,7 @@ pub async fn lock_free_ones(db: impl MySqlExecutor<'_>, ids: &[Uuid]) -> sqlx::R
     let mut sql = QueryBuilder::new(format!(
         "SELECT {COLUMNS} FROM orders FORCE INDEX (PRIMARY) WHERE id IN ("
     ));
-    let mut list = sql.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
+    push_ids(&mut sql, ids);
     sql.push(") ORDER BY id FOR UPDATE SKIP LOCKED");
     let rows: Vec<OrderRow> = sql.build_query_as().fetch_all(db).await?;
     rows.into_iter().map(Order::try_from).collect()
@@ -162,10 +160,7 @@ pub async fn lock_free_ones(db: impl MySqlExecutor<'_>, ids: &[Uuid]) -> sqlx::R
 /// Which of these orders exist (a plain read: it waits for no lock).
 pub async fn existing(db: impl MySqlExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
     let mut sql = QueryBuilder::new("SELECT id FROM orders WHERE id IN (");
-    let mut list = sql.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
+    push_ids(&mut sql, ids);
     sql.push(")");
     sql.build_query_scalar().fetch_all(db).await
 }
@@ -196,7 +191,7 @@ pub async fn update_many(
     }
     sql.push(" WHERE id IN (");
     let mut list = sql.separated(", ");
-    for order in orders {
+    for order in padded(orders) {
         list.push_bind(order.id);
     }
     sql.push(")");
@@ -214,7 +209,7 @@ fn set_case<'a, T>(
     T: 'a + sqlx::Encode<'a, MySql> + sqlx::Type<MySql>,
 {
     sql.push(column).push(" = CASE id");
-    for order in orders {
+    for order in padded(orders) {
         sql.push(" WHEN ").push_bind(order.id);
         sql.push(" THEN ").push_bind(value(order));
     }
