@@ -30,7 +30,8 @@
 //! (`lambda` speaks the Runtime API around it). `shared` holds what every
 //! stage shares; `pace` an endpoint's lane and rate limit; `polls` how many
 //! long polls ingest keeps waiting; `refusals` how long it pauses when the
-//! database answers but refuses a fan-out.
+//! database answers but refuses a fan-out; `release` which delivery of an
+//! order goes next once settle wrote the one before.
 
 mod attempt;
 pub mod client;
@@ -47,6 +48,7 @@ mod polls;
 mod reconcile;
 pub mod recording;
 mod refusals;
+mod release;
 mod runner;
 pub mod schedule;
 mod settle;

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::notices;
 use super::outcome::{Health, Outcome};
+use super::release::{after_settle, to_release};
 use super::shared::{with_retries, Shared};
 use crate::db;
 use crate::db::deliveries::{Settled, PENDING};
@@ -160,12 +161,13 @@ async fn write_outcomes(pool: &MySqlPool, group: &[Outcome]) -> sqlx::Result<boo
     // Index records before rows, the order a fan-out takes them in: a
     // settle that wrote a row first, then read its order's deliveries,
     // deadlocked with a fan-out holding that order's index record.
+    let mut slots = vec![];
     if !touched.is_empty() {
         let (endpoints, orders) = endpoints_and_orders(&touched);
-        db::deliveries::order_slots(&mut *tx, &endpoints, &orders).await?;
+        slots = db::deliveries::order_slots(&mut *tx, &endpoints, &orders).await?;
     }
     db::webhook_attempts::insert_many(&mut *tx, &attempts).await?;
-    db::deliveries::settle(&mut *tx, &settled, now).await?;
+    let written = db::deliveries::settle(&mut *tx, &settled, now).await?;
     let mut told = 0;
     let failing: Vec<&FailedDelivery> = group.iter().filter_map(|o| o.failed.as_ref()).collect();
     if !failing.is_empty() {
@@ -183,28 +185,17 @@ async fn write_outcomes(pool: &MySqlPool, group: &[Outcome]) -> sqlx::Result<boo
     }
     let mut release = vec![];
     if !pairs.is_empty() {
-        // As they are now (the rows are this transaction's already).
-        let (endpoints, orders) = endpoints_and_orders(&pairs);
-        let slots = db::deliveries::order_slots(&mut *tx, &endpoints, &orders).await?;
-        // Only the lowest pending delivery of a pair may go, and only if it
-        // is the one waiting: a later one never overtakes an earlier one.
-        let mut lowest: HashMap<(Uuid, Uuid), &db::deliveries::OrderSlot> = HashMap::new();
-        for slot in slots
-            .iter()
-            .filter(|s| s.status == PENDING && pairs.contains(&(s.endpoint_id, s.order_id)))
-        {
-            let entry = lowest
-                .entry((slot.endpoint_id, slot.order_id))
-                .or_insert(slot);
-            if slot.sequence < entry.sequence {
-                *entry = slot;
-            }
-        }
-        release = lowest
-            .values()
-            .filter(|s| s.waiting)
-            .map(|s| s.id)
-            .collect();
+        // As they are now. The rows read above are locked, so if every
+        // outcome was written (none stale), they are known without reading
+        // them again; a notice has no order, so it is not among them.
+        let distinct: HashSet<Uuid> = settled.iter().map(|s| s.id).collect();
+        let slots = if written == distinct.len() as u64 {
+            after_settle(slots, &settled)
+        } else {
+            let (endpoints, orders) = endpoints_and_orders(&pairs);
+            db::deliveries::order_slots(&mut *tx, &endpoints, &orders).await?
+        };
+        release = to_release(&slots, &pairs);
         db::deliveries::release_waiting(&mut *tx, &release, now).await?;
     }
     tx.commit().await?;
