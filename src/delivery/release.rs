@@ -9,17 +9,25 @@ use uuid::Uuid;
 
 use crate::db::deliveries::{OrderSlot, Settled, PENDING};
 
-/// `slots` as they are once every one of `settled` was written: a settle
-/// that wrote all its rows need not read them back.
-pub(super) fn after_settle(mut slots: Vec<OrderSlot>, settled: &[Settled]) -> Vec<OrderSlot> {
+/// `slots` (read and locked before the settle) as they are once `settled`
+/// was written, if `written` says every one of them was: a settle that
+/// wrote all its rows need not read them back. `None` when one was stale.
+pub(super) fn after_settle(
+    mut slots: Vec<OrderSlot>,
+    settled: &[Settled],
+    written: u64,
+) -> Option<Vec<OrderSlot>> {
     let by_id: HashMap<Uuid, &Settled> = settled.iter().map(|s| (s.id, s)).collect();
+    if written != by_id.len() as u64 {
+        return None;
+    }
     for slot in &mut slots {
         if let Some(settled) = by_id.get(&slot.id) {
             slot.status = settled.status.to_string();
             slot.waiting = settled.status == PENDING && settled.next_attempt_at.is_none();
         }
     }
-    slots
+    Some(slots)
 }
 
 /// The waiting deliveries to release among `slots`: of each pair in
@@ -87,7 +95,8 @@ mod tests {
         let three = slot(O, 3, PENDING, true);
         let pairs: HashSet<_> = [(E, O)].into();
         let release = |slots: Vec<OrderSlot>, settles: Vec<Settled>| {
-            to_release(&after_settle(slots, &settles), &pairs)
+            let written = settles.len() as u64;
+            to_release(&after_settle(slots, &settles, written).unwrap(), &pairs)
         };
         let all = || vec![one.clone(), two.clone(), three.clone()];
         for (why, slots, settles, expected) in [
@@ -145,5 +154,10 @@ mod tests {
         ] {
             assert_eq!(release(slots, settles), expected, "{why}");
         }
+        let stale = vec![settled(&one, SUCCEEDED, false)];
+        assert!(
+            after_settle(all(), &stale, 0).is_none(),
+            "a stale outcome: read again"
+        );
     }
 }

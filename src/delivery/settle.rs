@@ -188,12 +188,12 @@ async fn write_outcomes(pool: &MySqlPool, group: &[Outcome]) -> sqlx::Result<boo
         // As they are now. The rows read above are locked, so if every
         // outcome was written (none stale), they are known without reading
         // them again; a notice has no order, so it is not among them.
-        let distinct: HashSet<Uuid> = settled.iter().map(|s| s.id).collect();
-        let slots = if written == distinct.len() as u64 {
-            after_settle(slots, &settled)
-        } else {
-            let (endpoints, orders) = endpoints_and_orders(&pairs);
-            db::deliveries::order_slots(&mut *tx, &endpoints, &orders).await?
+        let slots = match after_settle(slots, &settled, written) {
+            Some(slots) => slots,
+            None => {
+                let (endpoints, orders) = endpoints_and_orders(&pairs);
+                db::deliveries::order_slots(&mut *tx, &endpoints, &orders).await?
+            }
         };
         release = to_release(&slots, &pairs);
         db::deliveries::release_waiting(&mut *tx, &release, now).await?;
