@@ -108,7 +108,7 @@ async fn mapping(
     queue_url: String,
     pollers: usize,
     on: Arc<AtomicBool>,
-) -> Vec<Duration> {
+) -> Mapped {
     let invoke = format!("http://127.0.0.1:{RUNTIME_PORT}/2015-03-31/functions/_/invocations");
     let http = reqwest::Client::new();
     let mut set = tokio::task::JoinSet::new();
@@ -123,7 +123,7 @@ async fn mapping(
         set.spawn(async move {
             // How long each invocation of a full batch took, as the mapping
             // saw it (the Runtime API's round trip included).
-            let mut full = vec![];
+            let mut mapped = Mapped::default();
             while on.load(Ordering::Relaxed) {
                 let Ok(out) = queue
                     .receive_message()
@@ -139,6 +139,7 @@ async fn mapping(
                 if messages.is_empty() {
                     continue;
                 }
+                let received = now_ns();
                 let records: Vec<Value> = messages
                     .iter()
                     .map(|m| {
@@ -164,8 +165,16 @@ async fn mapping(
                     .json()
                     .await
                     .expect("a JSON answer");
+                let answered = now_ns();
                 if messages.len() == 10 {
-                    full.push(invoked.elapsed());
+                    mapped.full.push(invoked.elapsed());
+                }
+                for m in messages {
+                    let named: Value =
+                        serde_json::from_str(m.body().unwrap_or("{}")).unwrap_or_default();
+                    if let Some(id) = named["id"].as_str() {
+                        mapped.times.insert(id.to_string(), (received, answered));
+                    }
                 }
                 let failed: Vec<&str> = answer["batchItemFailures"]
                     .as_array()
@@ -198,21 +207,33 @@ async fn mapping(
                         .await;
                 }
             }
-            full
+            mapped
         });
     }
-    let mut full = vec![];
+    let mut all = Mapped::default();
     while let Some(joined) = set.join_next().await {
-        full.extend(joined.unwrap_or_default());
+        let mapped = joined.unwrap_or_default();
+        all.full.extend(mapped.full);
+        all.times.extend(mapped.times);
     }
-    full
+    all
+}
+
+/// What the event source mapping saw.
+#[derive(Default)]
+struct Mapped {
+    /// How long each invocation of a full batch took.
+    full: Vec<Duration>,
+    /// By event id: when its message was received, and when the invocation
+    /// that carried it answered (nanoseconds since the epoch).
+    times: HashMap<String, (u128, u128)>,
 }
 
 /// Delivery, started in the chosen mode; dropping it stops it.
 enum Delivery {
     Lambda {
         on: Arc<AtomicBool>,
-        mapping: tokio::task::JoinHandle<Vec<Duration>>,
+        mapping: tokio::task::JoinHandle<Mapped>,
     },
     Worker(common::Proc),
 }
@@ -238,9 +259,8 @@ impl Delivery {
         Delivery::Lambda { on, mapping }
     }
 
-    /// Stops it; in Lambda mode, how long each invocation of a full
-    /// batch took.
-    async fn stop(self) -> Vec<Duration> {
+    /// Stops it; in Lambda mode, what the mapping saw.
+    async fn stop(self) -> Mapped {
         match self {
             Delivery::Lambda { on, mapping } => {
                 on.store(false, Ordering::Relaxed);
@@ -251,7 +271,7 @@ impl Delivery {
                 // A long poll the stopped worker left open would be handed
                 // the first messages and hide them: let it run out.
                 tokio::time::sleep(Duration::from_secs(21)).await;
-                vec![]
+                Mapped::default()
             }
         }
     }
@@ -382,6 +402,33 @@ async fn main() {
     let queue = aws_sdk_sqs::Client::new(&aws);
     let delivery = Delivery::start(&mode, &worker, &queue, &queue_url, functions);
 
+    if mode == "lambda" {
+        // The hop Lambda adds, alone: an empty batch's round trip through
+        // the Runtime API emulator to a function and back.
+        let invoke = format!("http://127.0.0.1:{RUNTIME_PORT}/2015-03-31/functions/_/invocations");
+        let http = reqwest::Client::new();
+        let mut trips = vec![];
+        for _ in 0..200 {
+            let sent = Instant::now();
+            http.post(&invoke)
+                .json(&json!({ "Records": [] }))
+                .send()
+                .await
+                .expect("the Runtime API emulator answers")
+                .bytes()
+                .await
+                .expect("an answer");
+            trips.push(sent.elapsed());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        trips.sort();
+        println!(
+            "{label}: an empty batch's round trip through the Runtime API p50 {:.2} ms, p90 {:.2} ms",
+            percentile(&trips, 0.5),
+            percentile(&trips, 0.9)
+        );
+    }
+
     // 1. First-attempt latency at a steady rate.
     let n = (rate * seconds) as usize;
     let paced = common::make_orders(&client, &url(""), &token, n.div_ceil(LIFE.len())).await;
@@ -435,9 +482,8 @@ async fn main() {
         }
     }
     let arrived = receiver.arrivals().await;
+    let responded = responded.lock().unwrap().clone();
     let mut latencies: Vec<Duration> = responded
-        .lock()
-        .unwrap()
         .iter()
         .map(|(key, at)| Duration::from_nanos(arrived[&by_key[key]].saturating_sub(*at) as u64))
         .collect();
@@ -450,7 +496,36 @@ async fn main() {
     );
 
     // 2. Drain: delivery stopped, DRAIN events queued, then started again.
-    delivery.stop().await;
+    let mapped = delivery.stop().await;
+    if !mapped.times.is_empty() {
+        // Where the first attempt's time went, as the mapping saw it.
+        let mut polled = vec![];
+        let mut invoked = vec![];
+        let mut answered = vec![];
+        for (key, at) in &responded {
+            let id = &by_key[key];
+            let Some(&(received, answer)) = mapped.times.get(id) else {
+                continue;
+            };
+            let ms = |from: u128, to: u128| Duration::from_nanos(to.saturating_sub(from) as u64);
+            polled.push(ms(*at, received));
+            invoked.push(ms(received, arrived[id]));
+            answered.push(ms(arrived[id], answer));
+        }
+        for v in [&mut polled, &mut invoked, &mut answered] {
+            v.sort();
+        }
+        println!(
+            "{label}: first attempt, p50 (p90): response to the mapping's receipt {:.1} ({:.1}) ms, receipt to the webhook's arrival {:.1} ({:.1}) ms, arrival to the invocation's answer {:.1} ({:.1}) ms; {} of {n}",
+            percentile(&polled, 0.5),
+            percentile(&polled, 0.9),
+            percentile(&invoked, 0.5),
+            percentile(&invoked, 0.9),
+            percentile(&answered, 0.5),
+            percentile(&answered, 0.9),
+            polled.len()
+        );
+    }
     let before = receiver.unique().await;
     let queued = common::make_orders(&client, &url(""), &token, drain).await;
     wait_until("the outbox to empty", Duration::from_secs(120), || {
@@ -477,7 +552,7 @@ async fn main() {
         stats["received"]
     );
     if let Delivery::Lambda { .. } = delivery {
-        let mut full = delivery.stop().await;
+        let mut full = delivery.stop().await.full;
         full.sort();
         if full.is_empty() {
             return;

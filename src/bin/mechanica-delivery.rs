@@ -21,10 +21,26 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// the database's connection budget.
 const LAMBDA_CONNECTIONS: u32 = 2;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let lambda = std::env::args().nth(1).as_deref() == Some("lambda")
         || std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
+    // A Lambda container runs one invocation at a time on a share of a
+    // core: one thread drives it, with no hand-offs between threads.
+    let mut runtime = if lambda {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    match runtime.enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(lambda)),
+        Err(e) => {
+            eprintln!("mechanica-delivery: starting the runtime failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(lambda: bool) -> ExitCode {
     let mut config = match DeliveryConfig::from_env() {
         Ok(config) => config,
         Err(errors) => {

@@ -66,50 +66,52 @@ async fn handle(
     event: LambdaEvent<Value>,
 ) -> Result<Value, lambda_runtime::Error> {
     let deadline = work_deadline(&event.context, attempt_timeout);
-    match Invocation::of(event.payload)? {
-        Invocation::Sqs(sqs) => {
-            let bodies: Vec<&str> = sqs
-                .records
-                .iter()
-                .map(|r| r.body.as_deref().unwrap_or_default())
-                .collect();
-            let delivered = runner.deliver(&bodies, deadline).await;
-            let failures: Vec<Value> = delivered
-                .failed
-                .iter()
-                .filter_map(|&i| sqs.records[i].message_id.clone())
-                .map(|id| json!({ "itemIdentifier": id }))
-                .collect();
-            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-            tracing::info!(
-                records = bodies.len(),
-                attempted = delivered.attempted,
-                unknown = delivered.unknown,
-                failed = failures.len(),
-                recording_ms = ms(delivered.phases.recording),
-                attempting_ms = ms(delivered.phases.attempting),
-                writing_ms = ms(delivered.phases.writing),
-                "SQS batch delivered"
-            );
-            // One flush per invocation: stdout is the function's log,
-            // which CloudWatch (and Datadog's forwarder) read EMF from.
-            println!("{}", runner.metrics_emf(false).await);
-            // Frozen until the next invocation: the spans go now.
-            tokio::task::spawn_blocking(crate::telemetry::flush)
-                .await
-                .ok();
-            Ok(json!({ "batchItemFailures": failures }))
-        }
+    let (answer, gauges) = match Invocation::of(event.payload)? {
+        Invocation::Sqs(sqs) => (deliver(runner, &sqs, deadline).await, false),
         Invocation::Scheduled => {
             let attempted = runner.run_due(deadline).await;
             tracing::info!(attempted, "scheduled pass done");
-            println!("{}", runner.metrics_emf(true).await);
-            tokio::task::spawn_blocking(crate::telemetry::flush)
-                .await
-                .ok();
-            Ok(json!({ "attempted": attempted }))
+            (json!({ "attempted": attempted }), true)
         }
+    };
+    // One flush per invocation: stdout is the function's log, which
+    // CloudWatch (and Datadog's forwarder) read EMF from.
+    println!("{}", runner.metrics_emf(gauges).await);
+    if crate::telemetry::exporting_traces() {
+        // Frozen until the next invocation: the spans go now.
+        tokio::task::spawn_blocking(crate::telemetry::flush)
+            .await
+            .ok();
     }
+    Ok(answer)
+}
+
+/// An SQS batch: its answer names the records to be received again.
+async fn deliver(runner: &Runner, sqs: &SqsEvent, deadline: tokio::time::Instant) -> Value {
+    let bodies: Vec<&str> = sqs
+        .records
+        .iter()
+        .map(|r| r.body.as_deref().unwrap_or_default())
+        .collect();
+    let delivered = runner.deliver(&bodies, deadline).await;
+    let failures: Vec<Value> = delivered
+        .failed
+        .iter()
+        .filter_map(|&i| sqs.records[i].message_id.clone())
+        .map(|id| json!({ "itemIdentifier": id }))
+        .collect();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    tracing::info!(
+        records = bodies.len(),
+        attempted = delivered.attempted,
+        unknown = delivered.unknown,
+        failed = failures.len(),
+        recording_ms = ms(delivered.phases.recording),
+        attempting_ms = ms(delivered.phases.attempting),
+        writing_ms = ms(delivered.phases.writing),
+        "SQS batch delivered"
+    );
+    json!({ "batchItemFailures": failures })
 }
 
 /// When to stop starting work: the invocation's deadline, less one
