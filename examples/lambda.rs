@@ -35,6 +35,11 @@ fn url(path: &str) -> String {
     format!("http://127.0.0.1:{API_PORT}{path}")
 }
 
+/// Where the Runtime API emulator takes invocations.
+fn invocations_url() -> String {
+    format!("http://127.0.0.1:{RUNTIME_PORT}/2015-03-31/functions/_/invocations")
+}
+
 /// The benchmark's receiver, through its control API.
 struct Receiver {
     base: String,
@@ -109,7 +114,7 @@ async fn mapping(
     pollers: usize,
     on: Arc<AtomicBool>,
 ) -> Mapped {
-    let invoke = format!("http://127.0.0.1:{RUNTIME_PORT}/2015-03-31/functions/_/invocations");
+    let invoke = invocations_url();
     let http = reqwest::Client::new();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..pollers {
@@ -405,7 +410,7 @@ async fn main() {
     if mode == "lambda" {
         // The hop Lambda adds, alone: an empty batch's round trip through
         // the Runtime API emulator to a function and back.
-        let invoke = format!("http://127.0.0.1:{RUNTIME_PORT}/2015-03-31/functions/_/invocations");
+        let invoke = invocations_url();
         let http = reqwest::Client::new();
         let mut trips = vec![];
         for _ in 0..200 {
