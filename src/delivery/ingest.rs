@@ -1,7 +1,7 @@
 //! Ingest: SQS messages → deliveries → attempts. A batch of messages is
 //! fanned out in one transaction (`fan_out`); the deliveries that can go now
 //! are created leased to this worker and attempted at once, and the batch is
-//! deleted. A message naming no committed event is deleted and counted.
+//! handed over to be deleted (`deletes`). A message naming no committed event is deleted and counted.
 //! While the database is unreachable, ingest stops receiving, so no message
 //! climbs towards the dead-letter queue because of the outage. A database
 //! that answers but refuses the fan-out is no outage: receipt pauses a
@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::attempt::{hold, spawn_attempt, Held};
+use super::deletes::Deletes;
 use super::fan_out::{fan_out_uncommitted, FanOut, Lease};
 use super::polls::Polls;
 use super::recording::{Commit, Recording};
@@ -39,6 +40,7 @@ pub(super) async fn ingest(
     shared: Arc<Shared>,
     queue: Queue,
     polls: Arc<Polls>,
+    deletes: Deletes,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
@@ -130,14 +132,7 @@ pub(super) async fn ingest(
                 if out.created > started {
                     shared.wake.notify_one();
                 }
-                let queue = queue.clone();
-                tokio::spawn(async move {
-                    let receipts: Vec<&str> = messages.iter().map(|m| m.receipt.as_str()).collect();
-                    if let Err(e) = queue.delete(&receipts).await {
-                        // Received again later: fan-out is idempotent.
-                        tracing::warn!(error = %e, "deleting SQS messages failed");
-                    }
-                });
+                deletes.delete(messages.into_iter().map(|m| m.receipt));
             }
             Err(e) => {
                 // Not deleted: the messages come back once visible again.

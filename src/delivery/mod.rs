@@ -29,12 +29,14 @@
 //! them to completion per call, which is what a Lambda invocation does
 //! (`lambda` speaks the Runtime API around it). `shared` holds what every
 //! stage shares; `pace` an endpoint's lane and rate limit; `polls` how many
-//! long polls ingest keeps waiting; `refusals` how long it pauses when the
+//! long polls ingest keeps waiting; `deletes` how handled messages leave
+//! SQS, ten to a request; `refusals` how long it pauses when the
 //! database answers but refuses a fan-out; `release` which delivery of an
 //! order goes next once settle wrote the one before.
 
 mod attempt;
 pub mod client;
+mod deletes;
 mod dispatch;
 pub mod fan_out;
 mod ingest;

@@ -17,7 +17,7 @@
 //! answers one poll per message; there, fewer polls mean fewer empty
 //! receives on a quiet queue, and a busy one still gets all of them.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -46,6 +46,9 @@ pub(super) struct Polls {
     polls: AtomicUsize,
     fewest: usize,
     most: usize,
+    /// Receives answered, and the messages they brought.
+    receives: AtomicU64,
+    received: AtomicU64,
 }
 
 impl Polls {
@@ -57,6 +60,8 @@ impl Polls {
             polls: AtomicUsize::new(fewest),
             fewest,
             most: receivers,
+            receives: AtomicU64::new(0),
+            received: AtomicU64::new(0),
         }
     }
 
@@ -71,6 +76,8 @@ impl Polls {
     /// Gives a slot back after its receive returned `received` messages,
     /// one more slot beside it, or none at all.
     pub(super) fn received(&self, slot: SemaphorePermit<'_>, received: usize) {
+        self.receives.fetch_add(1, Ordering::Relaxed);
+        self.received.fetch_add(received as u64, Ordering::Relaxed);
         let changed = self
             .polls
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |polls| {
@@ -86,11 +93,15 @@ impl Polls {
         }
     }
 
-    /// The gauge for `/metrics`.
+    /// The gauge and the counters for `/metrics`.
     pub(super) fn render(&self) -> String {
         format!(
-            "# HELP webhook_sqs_polls Long polls SQS may have waiting at once (2 up to WEBHOOK_RECEIVERS, by how full batches come).\n# TYPE webhook_sqs_polls gauge\nwebhook_sqs_polls {}\n",
-            self.polls.load(Ordering::Relaxed)
+            "# HELP webhook_sqs_polls Long polls SQS may have waiting at once (2 up to WEBHOOK_RECEIVERS, by how full batches come).\n# TYPE webhook_sqs_polls gauge\nwebhook_sqs_polls {}\n\
+             # HELP webhook_sqs_receive_requests_total ReceiveMessage requests answered (empty or not).\n# TYPE webhook_sqs_receive_requests_total counter\nwebhook_sqs_receive_requests_total {}\n\
+             # HELP webhook_sqs_messages_received_total SQS messages received.\n# TYPE webhook_sqs_messages_received_total counter\nwebhook_sqs_messages_received_total {}\n",
+            self.polls.load(Ordering::Relaxed),
+            self.receives.load(Ordering::Relaxed),
+            self.received.load(Ordering::Relaxed)
         )
     }
 }

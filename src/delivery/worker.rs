@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::deletes::{Deleted, Deletes};
 use super::dispatch::dispatch;
 use super::ingest::ingest;
 use super::outcome::Outcome;
@@ -66,18 +67,21 @@ impl Worker {
         let shared = self.shared;
         let mut loops = JoinSet::new();
         let polls = Arc::new(Polls::new(shared.config.receivers));
+        let (deletes, deleted, deleting) = Deletes::start(self.queue.clone());
         for _ in 0..shared.config.receivers {
             loops.spawn(ingest(
                 shared.clone(),
                 self.queue.clone(),
                 polls.clone(),
+                deletes.clone(),
                 stopped.clone(),
             ));
         }
+        drop(deletes);
         loops.spawn(dispatch(shared.clone(), stopped.clone()));
         loops.spawn(reconcile(shared.clone(), stopped.clone()));
         let settle = tokio::spawn(settle_loop(shared.clone(), self.settles, finished));
-        let metrics = metrics_router(shared.clone(), polls);
+        let metrics = metrics_router(shared.clone(), polls, deleted);
         let mut metrics_stop = stopped.clone();
         let metrics_listener = self.metrics_listener;
         let server = tokio::spawn(async move {
@@ -91,6 +95,8 @@ impl Worker {
         tracing::info!("shutting down: finishing attempts in flight");
         let _ = stop.send(true);
         while loops.join_next().await.is_some() {}
+        // The receivers are done: what they handed over is deleted now.
+        let _ = deleting.await;
         // Every leased delivery in memory holds a slot of `held`: all back
         // means every attempt is done.
         let all = (shared.config.max_in_flight * HELD_PER_SLOT) as u32;
@@ -101,7 +107,7 @@ impl Worker {
     }
 }
 
-fn metrics_router(shared: Arc<Shared>, polls: Arc<Polls>) -> Router {
+fn metrics_router(shared: Arc<Shared>, polls: Arc<Polls>, deleted: Arc<Deleted>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -109,12 +115,13 @@ fn metrics_router(shared: Arc<Shared>, polls: Arc<Polls>) -> Router {
             get(move || {
                 let shared = shared.clone();
                 let polls = polls.clone();
+                let deleted = deleted.clone();
                 async move {
                     let pending = db::deliveries::pending_count(&shared.pool).await.ok();
                     let disabled = db::webhook_endpoints::disabled_count(&shared.pool)
                         .await
                         .ok();
-                    shared.metrics.render(pending, disabled) + &polls.render()
+                    shared.metrics.render(pending, disabled) + &polls.render() + &deleted.render()
                 }
             }),
         )

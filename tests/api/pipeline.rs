@@ -880,6 +880,59 @@ async fn the_worker_keeps_as_many_polls_waiting_as_the_messages_need() {
     assert_eq!(metric(&metrics, "webhook_sqs_polls").await, 2.0);
 }
 
+/// Under a steady trickle a receive brings a message or two, and each
+/// batch was deleted with a `DeleteMessageBatch` of its own: a request per
+/// receive, where SQS takes ten messages a request. Handled messages are now
+/// gathered for a moment and deleted up to ten at a time; a worker that
+/// stops deletes what it gathered before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handled_messages_are_deleted_up_to_ten_to_a_request() {
+    const MESSAGES: usize = 40;
+    let system = System::without_worker().await;
+    let worker = TestWorker::start(worker_config(&system.db_name, &system.queue.url)).await;
+    let metrics = format!("http://127.0.0.1:{}/metrics", worker.metrics_port);
+    // Messages naming no event are handled (counted) and deleted like any.
+    for _ in 0..MESSAGES {
+        let body = json!({ "id": uuid::Uuid::now_v7() }).to_string();
+        system.queue.send(&body).await;
+    }
+    wait_for("every message deleted", Duration::from_secs(15), || async {
+        (metric(&metrics, "webhook_sqs_messages_deleted_total").await >= MESSAGES as f64)
+            .then_some(())
+    })
+    .await;
+    let received = metric(&metrics, "webhook_sqs_messages_received_total").await;
+    let receives = metric(&metrics, "webhook_sqs_receive_requests_total").await;
+    let deletes = metric(&metrics, "webhook_sqs_delete_requests_total").await;
+    assert_eq!(received, MESSAGES as f64);
+    assert!(
+        receives >= 10.0,
+        "the messages came a few at a time: {receives} receives"
+    );
+    assert!(
+        deletes <= (MESSAGES / 4) as f64,
+        "{deletes} DeleteMessageBatch requests for {MESSAGES} messages in {receives} receives"
+    );
+    assert_eq!(system.queue.depth().await, 0);
+
+    // Handled, then the worker stops at once: nothing is left in flight.
+    for _ in 0..3 {
+        let body = json!({ "id": uuid::Uuid::now_v7() }).to_string();
+        system.queue.send(&body).await;
+    }
+    wait_for("the three handled", Duration::from_secs(15), || async {
+        (metric(&metrics, "webhook_messages_unknown_total").await >= (MESSAGES + 3) as f64)
+            .then_some(())
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(
+        system.queue.depth().await,
+        0,
+        "deleted before the worker exited"
+    );
+}
+
 /// A database that answers but refuses the fan-out (a column the worker
 /// reads renamed, as a deploy request ahead of the code could) is no
 /// outage. The worker took it for one: it hid the batch, found the
