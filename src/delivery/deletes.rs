@@ -11,7 +11,8 @@
 //! A receipt not deleted (the worker killed meanwhile, SQS failing) only
 //! means its message comes back once its visibility ends
 //! (`queue::RECEIVED_HIDDEN`), to a fan-out that finds its deliveries made.
-//! A worker that stops deletes what it gathered before it exits.
+//! A worker that stops deletes what it gathered before it exits, waiting
+//! for SQS a few seconds at most.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +31,11 @@ const GATHER: Duration = Duration::from_millis(50);
 
 /// The most one `DeleteMessageBatch` takes.
 const PER_REQUEST: usize = 10;
+
+/// How long a worker that stops waits for its last deletes: an SQS that
+/// hangs must not hold it past the orchestrator's grace period (the SDK
+/// gives a request 30 s). What is not deleted comes back, as after a crash.
+const LAST_DELETES_WAIT: Duration = Duration::from_secs(5);
 
 /// Where receivers hand over the receipts of handled messages.
 #[derive(Clone)]
@@ -60,6 +66,14 @@ impl Deletes {
             // the message comes back, as after a crash.
             let _ = self.receipts.send(receipt);
         }
+    }
+}
+
+/// Waits for `task` (from `start`, every `Deletes` dropped) to delete what
+/// it was handed, for `LAST_DELETES_WAIT` at most.
+pub(super) async fn finish(task: JoinHandle<()>) {
+    if tokio::time::timeout(LAST_DELETES_WAIT, task).await.is_err() {
+        tracing::warn!("SQS did not answer the last deletes in time; those messages come back once visible, to a fan-out that finds their deliveries made");
     }
 }
 
@@ -103,5 +117,45 @@ impl Deleted {
             self.requests.load(Ordering::Relaxed),
             self.messages.load(Ordering::Relaxed)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worker waited for its last deletes as long as the SDK lets a
+    /// request run (30 s) when SQS took them and never answered; an
+    /// orchestrator's grace period is about as long.
+    #[tokio::test]
+    async fn a_stopping_worker_waits_for_a_hanging_sqs_a_few_seconds_at_most() {
+        // Accepts every connection and never answers, as SQS behind a
+        // stalled network.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", silent.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = vec![];
+            while let Ok((connection, _)) = silent.accept().await {
+                held.push(connection);
+            }
+        });
+        let queue = Queue::connect(
+            "http://sqs.us-east-1.localhost/000000000000/hanging",
+            Some(&endpoint),
+        )
+        .await;
+        let (deletes, deleted, task) = Deletes::start(queue);
+        deletes.delete(["a-receipt".to_string()]);
+        drop(deletes);
+        let started = Instant::now();
+        finish(task).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= LAST_DELETES_WAIT && waited < LAST_DELETES_WAIT + Duration::from_secs(1),
+            "waited {waited:?}"
+        );
+        assert!(deleted
+            .render()
+            .contains("webhook_sqs_messages_deleted_total 0\n"));
     }
 }

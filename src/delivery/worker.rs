@@ -95,12 +95,14 @@ impl Worker {
         tracing::info!("shutting down: finishing attempts in flight");
         let _ = stop.send(true);
         while loops.join_next().await.is_some() {}
-        // The receivers are done: what they handed over is deleted now.
-        let _ = deleting.await;
-        // Every leased delivery in memory holds a slot of `held`: all back
-        // means every attempt is done.
+        // The receivers are done: what they handed over is deleted while
+        // the attempts finish. Every leased delivery in memory holds a slot
+        // of `held`: all back means every attempt is done.
         let all = (shared.config.max_in_flight * HELD_PER_SLOT) as u32;
-        let _ = shared.held.acquire_many(all).await;
+        let _ = tokio::join!(
+            super::deletes::finish(deleting),
+            shared.held.acquire_many(all)
+        );
         let _ = done.send(true);
         let _ = settle.await;
         let _ = server.await;
