@@ -60,6 +60,7 @@ impl Deletes {
         (Deletes { receipts }, deleted, task)
     }
 
+    /// Hands over the receipts of messages whose deliveries are recorded.
     pub(super) fn delete(&self, receipts: impl IntoIterator<Item = String>) {
         for receipt in receipts {
             // Closed only once the task ended, after the worker stopped:

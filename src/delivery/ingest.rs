@@ -1,7 +1,8 @@
 //! Ingest: SQS messages → deliveries → attempts. A batch of messages is
 //! fanned out in one transaction (`fan_out`); the deliveries that can go now
 //! are created leased to this worker and attempted at once, and the batch is
-//! handed over to be deleted (`deletes`). A message naming no committed event is deleted and counted.
+//! handed over to be deleted (`deletes`). A message naming no committed
+//! event is deleted and counted.
 //! While the database is unreachable, ingest stops receiving, so no message
 //! climbs towards the dead-letter queue because of the outage. A database
 //! that answers but refuses the fan-out is no outage: receipt pauses a
