@@ -24,9 +24,7 @@ use crate::db::webhook_attempts::AttemptRow;
 use crate::db::webhook_endpoints::EndpointRow;
 use crate::domain::notice::FailedDelivery;
 use crate::domain::time;
-use crate::domain::webhook::SigningSecret;
 use crate::domain::webhook_headers::CustomHeaders;
-use crate::secrets::SecretBox;
 
 /// Longest a held delivery waits for a slot before its lease is given back.
 const HOLD_WAIT: Duration = Duration::from_secs(20);
@@ -240,14 +238,14 @@ pub(super) async fn attempt(
             } else {
                 "the endpoint was deleted"
             };
-            return Some(unattempted(row, leased_at, reason.into()));
+            return Some(outcome::unattempted(row, leased_at, reason.into()));
         }
     };
-    let secrets = match live_secrets(&shared.secrets, endpoint, time::now()) {
+    let secrets = match signing::live_secrets(&shared.secrets, endpoint, time::now()) {
         Ok(secrets) => secrets,
         Err(e) => {
             tracing::error!(error = %e, endpoint_id = %endpoint.id, "cannot open the endpoint's signing secret");
-            return Some(unattempted(
+            return Some(outcome::unattempted(
                 row,
                 leased_at,
                 format!("the endpoint's signing secret cannot be opened: {e}"),
@@ -405,45 +403,4 @@ fn status_name(status: &str) -> &'static str {
         FAILED => FAILED,
         _ => PENDING,
     }
-}
-
-/// A delivery that cannot be attempted fails visibly, unattempted.
-fn unattempted(row: &DeliveryRow, leased_at: DateTime<Utc>, reason: String) -> Outcome {
-    Outcome {
-        settled: Settled {
-            id: row.id,
-            lease_id: row.lease_id.unwrap_or_default(),
-            leased_at,
-            status: FAILED,
-            attempts: row.attempts,
-            last_response_status: None,
-            last_error: Some(reason),
-            next_attempt_at: None,
-        },
-        attempt: None,
-        endpoint_id: row.endpoint_id,
-        order_id: row.order_id,
-        health: Health::Unchanged,
-        // Not attempted: its endpoint was deleted (by the customer) or
-        // disabled (`endpoint.disabled` told them).
-        failed: None,
-    }
-}
-
-/// The current secret, and the previous one during its grace period.
-pub fn live_secrets(
-    secrets: &SecretBox,
-    endpoint: &EndpointRow,
-    now: DateTime<Utc>,
-) -> Result<Vec<SigningSecret>, String> {
-    let mut live = vec![secrets.open(&endpoint.secret)?];
-    if let (Some(previous), Some(until)) = (
-        &endpoint.previous_secret,
-        endpoint.previous_secret_expires_at,
-    ) {
-        if until > now {
-            live.push(secrets.open(previous)?);
-        }
-    }
-    Ok(live)
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::db::deliveries::{Settled, FAILED, PENDING, SUCCEEDED};
+use crate::db::deliveries::{DeliveryRow, Settled, FAILED, PENDING, SUCCEEDED};
 use crate::db::webhook_attempts::AttemptRow;
 use crate::domain::notice::FailedDelivery;
 
@@ -107,6 +107,29 @@ pub enum Health {
     Succeeded { was_failing: bool },
     Failed,
     Gone,
+}
+
+/// A delivery that cannot be attempted fails visibly, unattempted.
+pub(super) fn unattempted(row: &DeliveryRow, leased_at: DateTime<Utc>, reason: String) -> Outcome {
+    Outcome {
+        settled: Settled {
+            id: row.id,
+            lease_id: row.lease_id.unwrap_or_default(),
+            leased_at,
+            status: FAILED,
+            attempts: row.attempts,
+            last_response_status: None,
+            last_error: Some(reason),
+            next_attempt_at: None,
+        },
+        attempt: None,
+        endpoint_id: row.endpoint_id,
+        order_id: row.order_id,
+        health: Health::Unchanged,
+        // Not attempted: its endpoint was deleted (by the customer) or
+        // disabled (`endpoint.disabled` told them).
+        failed: None,
+    }
 }
 
 #[cfg(test)]

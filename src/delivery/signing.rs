@@ -1,12 +1,16 @@
 //! Standard Webhooks v1 signatures (standardwebhooks.com), as pure functions:
-//! `v1,` + base64(HMAC-SHA256(secret bytes, "{id}.{timestamp}.{body}")).
+//! `v1,` + base64(HMAC-SHA256(secret bytes, "{id}.{timestamp}.{body}")),
+//! with every secret still live (`live_secrets`).
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::db::webhook_endpoints::EndpointRow;
 use crate::domain::webhook::SigningSecret;
+use crate::secrets::SecretBox;
 
 /// One `v1,<base64>` signature.
 pub fn sign(secret: &SigningSecret, id: &str, timestamp: i64, body: &[u8]) -> String {
@@ -32,6 +36,24 @@ pub fn signature_header(
         .map(|secret| sign(secret, id, timestamp, body))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The current secret, and the previous one during its grace period.
+pub fn live_secrets(
+    secrets: &SecretBox,
+    endpoint: &EndpointRow,
+    now: DateTime<Utc>,
+) -> Result<Vec<SigningSecret>, String> {
+    let mut live = vec![secrets.open(&endpoint.secret)?];
+    if let (Some(previous), Some(until)) = (
+        &endpoint.previous_secret,
+        endpoint.previous_secret_expires_at,
+    ) {
+        if until > now {
+            live.push(secrets.open(previous)?);
+        }
+    }
+    Ok(live)
 }
 
 #[cfg(test)]
