@@ -172,7 +172,7 @@ impl Queue {
             .client
             .receive_message()
             .queue_url(&self.url)
-            .max_number_of_messages(10)
+            .max_number_of_messages(PER_CALL as i32)
             .visibility_timeout(RECEIVED_HIDDEN.as_secs() as i32)
             .wait_time_seconds(wait.as_secs().min(20) as i32)
             .send()
@@ -196,7 +196,7 @@ impl Queue {
         receipts: &[&str],
         hidden: Duration,
     ) -> Result<(), String> {
-        for chunk in receipts.chunks(10) {
+        for chunk in receipts.chunks(PER_CALL) {
             let mut request = self
                 .client
                 .change_message_visibility_batch()
@@ -218,7 +218,7 @@ impl Queue {
 
     /// Deletes received messages, ten per call.
     pub async fn delete(&self, receipts: &[&str]) -> Result<(), String> {
-        for chunk in receipts.chunks(10) {
+        for chunk in receipts.chunks(PER_CALL) {
             let mut request = self.client.delete_message_batch().queue_url(&self.url);
             for (i, receipt) in chunk.iter().enumerate() {
                 request = request.entries(
@@ -241,6 +241,10 @@ impl Queue {
         Ok(())
     }
 }
+
+/// The most messages one SQS call takes or gives: `SendMessageBatch`,
+/// `ReceiveMessage`, `DeleteMessageBatch`, `ChangeMessageVisibilityBatch`.
+pub const PER_CALL: usize = 10;
 
 /// How long a received message stays hidden (see `receive`).
 pub const RECEIVED_HIDDEN: Duration = Duration::from_secs(30);

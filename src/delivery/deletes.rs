@@ -22,15 +22,12 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::queue::Queue;
+use crate::queue::{Queue, PER_CALL};
 
 /// How long receipts are gathered after the first: a small part of the
 /// 30 s a received message stays hidden. At 200 messages a second it fills
 /// a request.
 const GATHER: Duration = Duration::from_millis(50);
-
-/// The most one `DeleteMessageBatch` takes.
-const PER_REQUEST: usize = 10;
 
 /// How long a worker that stops waits for its last deletes: an SQS that
 /// hangs must not hold it past the orchestrator's grace period (the SDK
@@ -83,7 +80,7 @@ async fn run(queue: Queue, mut handed: mpsc::UnboundedReceiver<String>, deleted:
     while let Some(first) = handed.recv().await {
         let mut receipts = vec![first];
         let until = Instant::now() + GATHER;
-        while receipts.len() < PER_REQUEST {
+        while receipts.len() < PER_CALL {
             match tokio::time::timeout_at(until, handed.recv()).await {
                 Ok(Some(receipt)) => receipts.push(receipt),
                 Ok(None) | Err(_) => break,

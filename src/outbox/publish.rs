@@ -11,10 +11,8 @@ use futures_util::stream::{self, StreamExt};
 use uuid::Uuid;
 
 use crate::db::order_events::OutboxEvent;
-use crate::queue::{message_size, Outgoing, Queue, Sent, MAX_BATCH_BYTES};
+use crate::queue::{message_size, Outgoing, Queue, Sent, MAX_BATCH_BYTES, PER_CALL};
 
-/// SQS's batch limit.
-const BATCH: usize = 10;
 /// `SendMessageBatch` calls in flight at once: with SQS 20 ms away, 32
 /// calls of 10 keep a round of 1,000 events near 60 ms.
 const IN_FLIGHT: usize = 32;
@@ -137,14 +135,14 @@ fn waves(events: &[OutboxEvent]) -> Vec<Vec<usize>> {
     waves
 }
 
-/// Batches of at most 10 messages and `MAX_BATCH_BYTES` together.
+/// Batches of at most `PER_CALL` messages and `MAX_BATCH_BYTES` together.
 fn batches(events: &[OutboxEvent], indexes: &[usize]) -> Vec<Vec<usize>> {
     let mut batches: Vec<Vec<usize>> = vec![];
     let mut current: Vec<usize> = vec![];
     let mut bytes = 0;
     for &i in indexes {
         let size = message_size(&outgoing(&events[i]));
-        if current.len() == BATCH || (!current.is_empty() && bytes + size > MAX_BATCH_BYTES) {
+        if current.len() == PER_CALL || (!current.is_empty() && bytes + size > MAX_BATCH_BYTES) {
             batches.push(std::mem::take(&mut current));
             bytes = 0;
         }
