@@ -28,6 +28,11 @@ pub struct Metrics {
     relay_handovers: AtomicU64,
     /// This instance's relay holds the turn (publishes for every instance).
     relay_holding: AtomicBool,
+    /// The relay's rounds that published what this instance's commits
+    /// handed it, without a database round trip.
+    relay_rounds_handed: AtomicU64,
+    /// The relay's full rounds (a pass on the clock, a backlog read).
+    relay_rounds_full: AtomicU64,
 }
 
 impl Metrics {
@@ -54,6 +59,15 @@ impl Metrics {
         self.relay_holding.store(holding, Ordering::Relaxed);
     }
 
+    pub fn relay_round(&self, handed: bool) {
+        let rounds = if handed {
+            &self.relay_rounds_handed
+        } else {
+            &self.relay_rounds_full
+        };
+        rounds.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn render(&self) -> String {
         let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
@@ -64,9 +78,15 @@ impl Metrics {
              relay_handovers_total {}\n\
              # HELP relay_holding 1 while this instance's relay holds the turn to publish for every instance.\n\
              # TYPE relay_holding gauge\n\
-             relay_holding {}\n",
+             relay_holding {}\n\
+             # HELP relay_rounds_total The relay's rounds: handed (this instance's commits, published without a database round trip) or full (the clock's pass, renewing the turn).\n\
+             # TYPE relay_rounds_total counter\n\
+             relay_rounds_total{{kind=\"handed\"}} {}\n\
+             relay_rounds_total{{kind=\"full\"}} {}\n",
             self.relay_handovers.load(Ordering::Relaxed),
-            u8::from(self.relay_holding.load(Ordering::Relaxed))
+            u8::from(self.relay_holding.load(Ordering::Relaxed)),
+            self.relay_rounds_handed.load(Ordering::Relaxed),
+            self.relay_rounds_full.load(Ordering::Relaxed),
         );
         out.push_str("# HELP http_requests_total HTTP requests answered.\n");
         out.push_str("# TYPE http_requests_total counter\n");

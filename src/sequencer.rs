@@ -1,21 +1,24 @@
-//! Gives committed events their feed position, in commit order.
+//! Gives events their feed position, in commit order.
 //!
 //! Auto-increment ids are handed out at insert time, not at commit: a
 //! transaction holding id 41 can commit after one holding 42 was already
 //! read, and a reader that moved past 42 would never see 41. So the feed
-//! does not use them. Instead, after events commit, one pass at a time
-//! (serialized by the `feed_clock` row lock, across every API instance)
-//! takes the committed events that have no feed position yet and numbers
-//! them above every number handed out before, in one short transaction. A
-//! feed position therefore only ever appears above all earlier ones, once,
-//! and a reader following positions upwards sees every event exactly once.
-//! An order's events keep their order: the next one can only be written
-//! after the previous one committed (the order row is locked), so it is
-//! numbered in the same pass or a later one.
+//! does not use them. Instead every transaction that writes events takes
+//! their feed positions from the `feed_clock` row as its last step before
+//! committing (`record`), and holds the row's lock until it commits: the
+//! next transaction's positions come only after this one's commit, so a
+//! feed position only ever appears above all earlier ones, once, and a
+//! reader following positions upwards sees every event exactly once. An
+//! order's events keep their order: the next one can only be written after
+//! the previous one committed (the order row is locked).
 //!
-//! The relay's pass is the same transaction: it takes or renews the relay's
-//! turn on the same row and gets the events it has just numbered, so that
-//! numbering and publishing cost one transaction, not two.
+//! The events come back numbered, so that the relay can publish them as
+//! soon as they commit without reading them again (`Signals`).
+//!
+//! Events committed without a position (by a version that left numbering to
+//! the relay, during a rolling deploy) are numbered by a pass (`begin`),
+//! which is also the relay's turn: one transaction takes or renews the
+//! relay's lease on the same row and numbers what it finds.
 //!
 //! Passes run on a pool whose sessions read committed data (see
 //! `db::read_committed_pool`): a pass sees every event committed before it
@@ -23,11 +26,23 @@
 
 use std::time::Duration;
 
-use sqlx::{MySql, MySqlPool, Transaction};
+use sqlx::{MySql, MySqlConnection, MySqlPool, Transaction};
 use uuid::Uuid;
 
 use crate::db;
 use crate::db::order_events::OutboxEvent;
+use crate::domain::Event;
+
+/// Writes `events` at the next feed positions, in the caller's
+/// transaction, which holds the clock until it ends: call it last before
+/// the commit. Returns them as the relay publishes them.
+pub async fn record(tx: &mut MySqlConnection, events: &[&Event]) -> sqlx::Result<Vec<OutboxEvent>> {
+    if events.is_empty() {
+        return Ok(vec![]);
+    }
+    let first = db::feed_clock::take_positions(&mut *tx, events.len() as u64).await?;
+    db::order_events::insert_many(&mut *tx, events, first).await
+}
 
 /// Events numbered per pass at most.
 pub const BATCH: i64 = 1000;
@@ -96,7 +111,7 @@ pub async fn begin(pool: &MySqlPool, turn: Option<Turn>) -> sqlx::Result<(Pass, 
     }
     let mark = ours.and_then(|t| t.published_through).unwrap_or(0);
     let pass = Pass {
-        numbered,
+        numbered: numbered.into_iter().map(|u| u.event).collect(),
         published_through: clock.published_through.max(mark),
         next_position,
         relay: ours.is_some(),

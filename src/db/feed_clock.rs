@@ -4,10 +4,10 @@
 //! reconciled. Times are the database's (`NOW(3)`), so instances with
 //! skewed clocks agree on who holds the lease.
 
-use sqlx::{MySqlExecutor, MySqlPool, QueryBuilder};
+use sqlx::{MySqlConnection, MySqlExecutor, MySqlPool, QueryBuilder};
 use uuid::Uuid;
 
-use crate::db::order_events::OutboxEvent;
+use crate::db::order_events::Unsequenced;
 
 /// The clock as a sequencer pass found it, locked until its transaction ends.
 #[derive(Debug, sqlx::FromRow)]
@@ -68,6 +68,32 @@ pub async fn lock(db: impl MySqlExecutor<'_>, relay: Uuid) -> sqlx::Result<Clock
     .await
 }
 
+/// Takes `count` feed positions for events the caller's transaction is
+/// about to write, and locks the clock until that transaction ends, so that
+/// positions appear in commit order. Returns the first. One statement where
+/// the server reports `LAST_INSERT_ID(expr)` in its answer (MySQL, MariaDB,
+/// an unsharded Vitess keyspace); two where it does not.
+pub async fn take_positions(db: &mut MySqlConnection, count: u64) -> sqlx::Result<u64> {
+    let taken = sqlx::query(
+        "UPDATE feed_clock SET next_position = LAST_INSERT_ID(next_position + ?) WHERE id = 1",
+    )
+    .bind(count)
+    .execute(&mut *db)
+    .await?;
+    if taken.rows_affected() != 1 {
+        return Err(sqlx::Error::RowNotFound);
+    }
+    let next = match taken.last_insert_id() {
+        0 => {
+            sqlx::query_scalar::<_, u64>("SELECT next_position FROM feed_clock WHERE id = 1")
+                .fetch_one(&mut *db)
+                .await?
+        }
+        next => next,
+    };
+    Ok(next - count)
+}
+
 /// The relay's turn, renewed in the clock's own update.
 pub struct RelayTurn {
     pub holder: Uuid,
@@ -84,7 +110,7 @@ pub struct RelayTurn {
 pub async fn advance(
     db: impl MySqlExecutor<'_>,
     base: u64,
-    numbered: &mut [OutboxEvent],
+    numbered: &mut [Unsequenced],
     relay: Option<RelayTurn>,
 ) -> sqlx::Result<u64> {
     let mut sql = QueryBuilder::new("UPDATE feed_clock c ");
@@ -102,7 +128,7 @@ pub async fn advance(
                 .push_bind(first)
                 .push("), ");
             for event in numbered.iter_mut() {
-                event.feed_position = base + (event.position - first);
+                event.event.feed_position = base + (event.position - first);
             }
             base + (last - first) + 1
         }

@@ -7,35 +7,45 @@ use crate::db::webhook_endpoints::{EndpointRow, COLUMNS as ENDPOINT_COLUMNS};
 use crate::db::{padded, push_ids};
 use crate::domain::Event;
 
-/// Records an event; call it in the transaction of the change it records.
-pub async fn insert(db: impl MySqlExecutor<'_>, event: &Event) -> sqlx::Result<()> {
-    insert_many(db, &[event]).await
-}
-
-/// Records several events in one statement, positioned in slice order;
-/// call it in the transaction of the changes they record.
-pub async fn insert_many(db: impl MySqlExecutor<'_>, events: &[&Event]) -> sqlx::Result<()> {
+/// Records events in one statement, at feed positions `first_feed_position`
+/// and up in slice order (taken from the clock in the same transaction:
+/// `sequencer::record`); call it in the transaction of the changes they
+/// record. Returns them as the relay publishes them.
+pub async fn insert_many(
+    db: impl MySqlExecutor<'_>,
+    events: &[&Event],
+    first_feed_position: u64,
+) -> sqlx::Result<Vec<OutboxEvent>> {
     let mut sql = QueryBuilder::new(
         "INSERT INTO order_events (id, order_id, customer_id, sequence, event_type, status, payload, created_at,
-                                   traceparent) ",
+                                   traceparent, feed_position) ",
     );
-    let mut payloads = Vec::with_capacity(events.len());
-    for event in events {
-        payloads.push(serde_json::to_string(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+    let mut recorded = Vec::with_capacity(events.len());
+    for (event, feed_position) in events.iter().zip(first_feed_position..) {
+        recorded.push(OutboxEvent {
+            feed_position,
+            id: event.id,
+            order_id: event.data.order_id,
+            customer_id: event.data.customer_id,
+            event_type: event.event_type.as_str().to_owned(),
+            payload: serde_json::to_string(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+            traceparent: event.traceparent.clone(),
+        });
     }
-    sql.push_values(events.iter().zip(payloads), |mut row, (event, payload)| {
+    sql.push_values(events.iter().zip(&recorded), |mut row, (event, out)| {
         row.push_bind(event.id)
             .push_bind(event.data.order_id)
             .push_bind(event.data.customer_id)
             .push_bind(event.data.sequence)
             .push_bind(event.event_type.as_str())
             .push_bind(event.data.order.status.as_str())
-            .push_bind(payload)
+            .push_bind(out.payload.as_str())
             .push_bind(event.timestamp)
-            .push_bind(event.traceparent.as_deref());
+            .push_bind(event.traceparent.as_deref())
+            .push_bind(out.feed_position);
     });
     sql.build().execute(db).await?;
-    Ok(())
+    Ok(recorded)
 }
 
 /// One stored event: its sequence within the order and its envelope JSON.
@@ -66,7 +76,16 @@ pub async fn history(
 /// named: with statistics taken during a backlog (most events unnumbered)
 /// the optimizer walks the primary key in order instead, reading the whole
 /// table on every pass.
-pub async fn unsequenced(db: impl MySqlExecutor<'_>, limit: i64) -> sqlx::Result<Vec<OutboxEvent>> {
+/// A committed event without a feed position (written by a version that
+/// left numbering to the relay), with its insert position.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Unsequenced {
+    pub position: u64,
+    #[sqlx(flatten)]
+    pub event: OutboxEvent,
+}
+
+pub async fn unsequenced(db: impl MySqlExecutor<'_>, limit: i64) -> sqlx::Result<Vec<Unsequenced>> {
     sqlx::query_as(
         "SELECT position, CAST(0 AS UNSIGNED) AS feed_position, id, order_id, customer_id, event_type, payload,
                 traceparent
@@ -115,7 +134,6 @@ pub async fn feed(
 /// An event as the relay publishes it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OutboxEvent {
-    pub position: u64,
     pub feed_position: u64,
     pub id: Uuid,
     pub order_id: Uuid,
@@ -135,7 +153,7 @@ pub async fn numbered_between(
     limit: i64,
 ) -> sqlx::Result<Vec<OutboxEvent>> {
     sqlx::query_as(
-        "SELECT position, feed_position, id, order_id, customer_id, event_type, payload, traceparent
+        "SELECT feed_position, id, order_id, customer_id, event_type, payload, traceparent
          FROM order_events WHERE feed_position > ? AND feed_position < ?
          ORDER BY feed_position LIMIT ?",
     )
@@ -155,7 +173,7 @@ pub async fn outbox_by_ids(
         return Ok(vec![]);
     }
     let mut sql = QueryBuilder::new(
-        "SELECT position, COALESCE(feed_position, CAST(0 AS UNSIGNED)) AS feed_position, id, order_id, customer_id,
+        "SELECT COALESCE(feed_position, CAST(0 AS UNSIGNED)) AS feed_position, id, order_id, customer_id,
                 event_type, payload, traceparent
          FROM order_events WHERE id IN (",
     );

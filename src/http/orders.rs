@@ -168,13 +168,14 @@ pub async fn create(
             {
                 return Ok(answer);
             }
-            order_writer::insert_one(&mut tx, &order, crate::telemetry::current_traceparent())
-                .await
-                .map_err(|e| order_writer::insert_error(e, &order))?;
+            let events =
+                order_writer::insert_one(&mut tx, &order, crate::telemetry::current_traceparent())
+                    .await
+                    .map_err(|e| order_writer::insert_error(e, &order))?;
             let owner = principal.owner_id();
             idempotent::complete(&mut tx, owner, Some(&key), StatusCode::CREATED, &order).await?;
             tx.commit().await?;
-            state.signals.events_committed();
+            state.signals.events_committed(events);
             order
         }
         _ => state.orders.create(order).await?,
@@ -501,10 +502,10 @@ async fn make(
             if let Some(answer) = idempotent::claim(&mut tx, owner, Some(&key), request).await? {
                 return Ok(answer);
             }
-            let order = order_writer::change_one(&mut tx, &change).await?;
+            let (order, events) = order_writer::change_one(&mut tx, &change).await?;
             idempotent::complete(&mut tx, owner, Some(&key), StatusCode::OK, &order).await?;
             tx.commit().await?;
-            state.signals.events_committed();
+            state.signals.events_committed(events);
             order
         }
         None => state.orders.change(change).await?,

@@ -136,6 +136,6 @@ pub async fn retry(
     )
     .await?;
     tx.commit().await?;
-    state.signals.events_committed();
+    state.signals.events_committed(vec![]);
     Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response())
 }

@@ -12,12 +12,14 @@ use uuid::Uuid;
 use super::group::{conflict_pause, Answers, GroupFailed, CONFLICT_RETRIES};
 use crate::batch::Group;
 use crate::db;
+use crate::db::order_events::OutboxEvent;
 use crate::domain::event::Change;
 use crate::domain::order::Amendment;
 use crate::domain::order_status::list_of;
 use crate::domain::{time, Event, EventType, Order, OrderStatus};
 use crate::error::{ApiError, ApiResult};
 use crate::principal::Principal;
+use crate::sequencer;
 
 /// A requested change to an order, checked for form but not yet against
 /// the order.
@@ -169,24 +171,31 @@ fn refuse_unless(status: OrderStatus, allowed: &[OrderStatus], what: &str) -> Ap
 
 /// Locks the order, applies the change and writes it and its event, in the
 /// caller's transaction: the path of a change that shares its transaction
-/// (an idempotency key's claim).
-pub async fn change_one(tx: &mut MySqlConnection, change: &OrderChange) -> ApiResult<Order> {
+/// (an idempotency key's claim). The event written holds the feed clock:
+/// commit soon (`sequencer::record`).
+pub async fn change_one(
+    tx: &mut MySqlConnection,
+    change: &OrderChange,
+) -> ApiResult<(Order, Vec<OutboxEvent>)> {
     let mut order = db::orders::find_for_update(&mut *tx, change.order_id)
         .await?
         .ok_or(ApiError::NotFound("order"))?;
+    let mut recorded = vec![];
     if let Some(event) = apply(&mut order, change)? {
         let amended = event.event_type == EventType::OrderUpdated;
         db::orders::update_many(&mut *tx, &[&order], amended).await?;
-        db::order_events::insert(&mut *tx, &event).await?;
+        recorded = sequencer::record(&mut *tx, &[&event]).await?;
     }
-    Ok(order)
+    Ok((order, recorded))
 }
 
-/// Applies the group's changes; see the module doc for the failures.
+/// Applies the group's changes; see the module doc for the failures. The
+/// events written are added to `committed`.
 pub(super) async fn write_changes(
     db: &MySqlPool,
     changes: Vec<OrderChange>,
     group: &Group,
+    committed: &mut Vec<OutboxEvent>,
 ) -> Vec<Result<ApiResult<Order>, OrderChange>> {
     let mut answers = Answers::new(changes.len());
     // Changes to orders another transaction holds: their callers make them
@@ -196,7 +205,8 @@ pub(super) async fn write_changes(
     let mut conflicts = 0;
     while !left.is_empty() {
         match change_group(db, &changes, &left, group).await {
-            Ok(decided) => {
+            Ok((decided, recorded)) => {
+                committed.extend(recorded);
                 for (i, answer) in left.drain(..).zip(decided) {
                     match answer {
                         Some(answer) => answers.set(i, answer),
@@ -241,7 +251,7 @@ async fn change_group(
     changes: &[OrderChange],
     indexes: &[usize],
     group: &Group,
-) -> Result<Vec<Option<ApiResult<Order>>>, GroupFailed> {
+) -> Result<(Vec<Option<ApiResult<Order>>>, Vec<OutboxEvent>), GroupFailed> {
     let mut ids: Vec<Uuid> = indexes.iter().map(|&i| changes[i].order_id).collect();
     ids.sort();
     ids.dedup();
@@ -287,7 +297,7 @@ async fn change_group(
         })
         .collect();
     if applied.is_empty() {
-        return Ok(answers);
+        return Ok((answers, vec![]));
     }
     let changed: Vec<&Order> = ids
         .iter()
@@ -298,10 +308,10 @@ async fn change_group(
         .iter()
         .any(|e| e.event_type == EventType::OrderUpdated);
     db::orders::update_many(&mut *tx, &changed, amended).await?;
-    db::order_events::insert_many(&mut *tx, &events.iter().collect::<Vec<_>>()).await?;
+    let recorded = sequencer::record(&mut tx, &events.iter().collect::<Vec<_>>()).await?;
     group.hold(&applied).map_err(GroupFailed::CallersGone)?;
     tx.commit().await.map_err(|_| GroupFailed::AtCommit)?;
-    Ok(answers)
+    Ok((answers, recorded))
 }
 
 #[cfg(test)]

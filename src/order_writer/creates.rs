@@ -9,9 +9,11 @@ use uuid::Uuid;
 use super::group::{conflict_pause, Answers, GroupFailed, CONFLICT_RETRIES};
 use crate::batch::Group;
 use crate::db;
+use crate::db::order_events::OutboxEvent;
 use crate::db::orders::InsertError;
 use crate::domain::{Event, Order};
 use crate::error::{ApiError, ApiResult};
+use crate::sequencer;
 
 /// The answer to a failed insert of `order`.
 pub fn insert_error(e: InsertError, order: &Order) -> ApiError {
@@ -32,10 +34,12 @@ fn duplicate(order: &Order) -> ApiError {
 }
 
 /// Writes the group; see the module doc for what each failure answers.
+/// The events written are added to `committed`.
 pub(super) async fn write(
     db: &MySqlPool,
     orders: Vec<(Order, Option<String>)>,
     group: &Group,
+    committed: &mut Vec<OutboxEvent>,
 ) -> Vec<ApiResult<Order>> {
     let (orders, traces): (Vec<Order>, Vec<Option<String>>) = orders.into_iter().unzip();
     let mut answers = Answers::new(orders.len());
@@ -44,7 +48,8 @@ pub(super) async fn write(
     let mut duplicates_found = false;
     while !left.is_empty() {
         match write_group(db, &orders, &traces, &left, group).await {
-            Ok(()) => {
+            Ok(events) => {
+                committed.extend(events);
                 for i in left.drain(..) {
                     answers.set(i, Ok(orders[i].clone()));
                 }
@@ -66,7 +71,13 @@ pub(super) async fn write(
             Err(GroupFailed::Duplicate) => {
                 for i in left.drain(..) {
                     let written = write_one(db, &orders[i], &traces[i], group, i).await;
-                    answers.set(i, written.map(|()| orders[i].clone()));
+                    answers.set(
+                        i,
+                        written.map(|events| {
+                            committed.extend(events);
+                            orders[i].clone()
+                        }),
+                    );
                 }
             }
             Err(GroupFailed::BeforeCommit(e))
@@ -93,7 +104,7 @@ async fn write_group(
     traces: &[Option<String>],
     indexes: &[usize],
     group: &Group,
-) -> Result<(), GroupFailed> {
+) -> Result<Vec<OutboxEvent>, GroupFailed> {
     let chosen: Vec<&Order> = indexes.iter().map(|&i| &orders[i]).collect();
     let events: Vec<Event> = indexes
         .iter()
@@ -101,9 +112,10 @@ async fn write_group(
         .collect();
     let mut tx = db.begin().await?;
     db::orders::insert_many(&mut *tx, &chosen).await?;
-    db::order_events::insert_many(&mut *tx, &events.iter().collect::<Vec<_>>()).await?;
+    let events = sequencer::record(&mut tx, &events.iter().collect::<Vec<_>>()).await?;
     group.hold(indexes).map_err(GroupFailed::CallersGone)?;
-    tx.commit().await.map_err(|_| GroupFailed::AtCommit)
+    tx.commit().await.map_err(|_| GroupFailed::AtCommit)?;
+    Ok(events)
 }
 
 /// The orders among `indexes` whose reference is taken, by an order
@@ -140,14 +152,14 @@ async fn taken_references(
 
 /// Writes an order and its first event in the caller's transaction: the
 /// path of a creation that must share its transaction (an idempotency key's
-/// claim).
+/// claim). The event holds the feed clock: commit soon (`sequencer::record`).
 pub async fn insert_one(
     tx: &mut MySqlConnection,
     order: &Order,
     trace: Option<String>,
-) -> Result<(), InsertError> {
+) -> Result<Vec<OutboxEvent>, InsertError> {
     db::orders::insert(&mut *tx, order).await?;
-    db::order_events::insert(&mut *tx, &Event::created(order).traced(trace))
+    sequencer::record(&mut *tx, &[&Event::created(order).traced(trace)])
         .await
         .map_err(InsertError::Db)
 }
@@ -158,13 +170,14 @@ async fn write_one(
     trace: &Option<String>,
     group: &Group,
     i: usize,
-) -> ApiResult<()> {
+) -> ApiResult<Vec<OutboxEvent>> {
     let mut tx = db.begin().await?;
-    insert_one(&mut tx, order, trace.clone())
+    let events = insert_one(&mut tx, order, trace.clone())
         .await
         .map_err(|e| insert_error(e, order))?;
     if group.hold(&[i]).is_err() {
         return Err(ApiError::Unavailable("the request was abandoned"));
     }
-    tx.commit().await.map_err(|_| ApiError::OutcomeUnknown)
+    tx.commit().await.map_err(|_| ApiError::OutcomeUnknown)?;
+    Ok(events)
 }

@@ -63,16 +63,18 @@ impl OrderWriter {
         let creates = Batcher::start(MAX_GROUP, move |orders, group| {
             let (db, signals) = (pool.clone(), woken.clone());
             async move {
-                let written = write(&db, orders, &group).await;
-                signals.events_committed();
+                let mut committed = vec![];
+                let written = write(&db, orders, &group, &mut committed).await;
+                signals.events_committed(committed);
                 written
             }
         });
         let changes = Batcher::start(MAX_GROUP, move |changes, group| {
             let (db, signals) = (db.clone(), signals.clone());
             async move {
-                let written = write_changes(&db, changes, &group).await;
-                signals.events_committed();
+                let mut committed = vec![];
+                let written = write_changes(&db, changes, &group, &mut committed).await;
+                signals.events_committed(committed);
                 written
             }
         });
@@ -103,9 +105,9 @@ impl OrderWriter {
             // lock here, not in a group task, holds up no other change.
             Ok(Err(change)) => {
                 let mut tx = self.db.begin().await?;
-                let order = change_one(&mut tx, &change).await?;
+                let (order, events) = change_one(&mut tx, &change).await?;
                 tx.commit().await?;
-                self.signals.events_committed();
+                self.signals.events_committed(events);
                 Ok(order)
             }
             Err(why) => not_done(why),

@@ -4,12 +4,18 @@
 //! lease on the `feed_clock` row, taken and renewed inside the sequencer's
 //! short transaction (`sequencer::begin`), never a lock held while SQS is
 //! called: a relay that dies or hangs loses the turn when the lease lapses.
-//! Each round numbers the newly committed events and publishes, in feed
-//! order, everything above the `published_through` mark; then it moves the
-//! mark to the highest position below which everything went out. One
-//! statement per round, not one per event; a crash before the mark moves
-//! sends those events again (delivery is at least once; FIFO queues drop the
-//! repeat by its deduplication id).
+//! A full round renews the turn and publishes, in feed order, everything
+//! above the `published_through` mark; then it moves the mark to the
+//! highest position below which everything went out. Between full rounds
+//! (at most `RENEW` apart), the holder publishes the events its own
+//! instance's commits hand it (`Signals`, numbered at write by
+//! `sequencer::record`) without touching the database, as long as they are
+//! the very next positions after what it published; anything else (another
+//! instance's events in between, a failure, no turn) takes a full round.
+//! The mark is written with the next full round or when the turn is given
+//! up: a crash before then sends those events again (delivery is at least
+//! once; fan-out finds the deliveries made, and FIFO queues drop the repeat
+//! by its deduplication id).
 //!
 //! How a round's events go out (in waves, several batches at once) is
 //! `publish`; the operator's alarm on the outbox's age is `age`.
@@ -51,6 +57,9 @@ pub use age::watch_age;
 /// instance publishes within about this long. The holder renews it with
 /// every round, and gives it up when it has nothing to do.
 const LEASE: Duration = Duration::from_millis(1500);
+/// How long the holder publishes handed events before a full round renews
+/// the turn, writes the mark and looks for other instances' events.
+const RENEW: Duration = Duration::from_millis(200);
 /// How often an idle relay looks for other instances' events: often while
 /// it holds the turn (other instances' commits wait for it), rarely when not.
 const TICK_HOLDING: Duration = Duration::from_millis(200);
@@ -86,6 +95,9 @@ pub struct Relay {
     /// How far this relay has published, not yet written: the next pass
     /// writes it with the clock (one statement fewer per round).
     mark: Option<u64>,
+    /// While it holds the turn and no round failed: every event at or
+    /// below this feed position is published or parked.
+    through: Option<u64>,
     last_retry_check: Instant,
     /// Told when an event is parked.
     notifier: Notifier,
@@ -108,12 +120,25 @@ impl Relay {
             parked_orders: None,
             held_at: None,
             mark: None,
+            through: None,
             last_retry_check: Instant::now(),
         }
     }
 
-    /// One round: number, and with the turn, publish and move the mark.
-    pub async fn round(&mut self) -> sqlx::Result<Round> {
+    /// One round, given the events this instance's commits handed over
+    /// since the last: with the turn, publish them, or a full round (number
+    /// what a pass finds, renew the turn, publish everything above the mark).
+    pub async fn round(&mut self, handed: Vec<OutboxEvent>) -> sqlx::Result<Round> {
+        if self.queue.is_none() && !handed.is_empty() {
+            // Numbered at write, and nothing to publish them to.
+            return Ok(Round::default());
+        }
+        if let Some(events) = self.next_in_line(handed) {
+            self.metrics.relay_round(true);
+            return self.publish_handed(events).await;
+        }
+        self.metrics.relay_round(false);
+        self.through = None;
         let turn = self.queue.as_ref().map(|_| sequencer::Turn {
             relay: self.id,
             lease: LEASE,
@@ -171,71 +196,11 @@ impl Relay {
         } else {
             vec![]
         };
-        if !events.is_empty() {
-            // One publish serves many requests' events: it links to
-            // their traces rather than joining one (SPEC §15).
-            let span = if crate::telemetry::exporting_traces() {
-                let span = tracing::info_span!(
-                    "outbox publish",
-                    otel.kind = "producer",
-                    messaging.system = "aws_sqs",
-                    messaging.batch.message_count = events.len(),
-                );
-                crate::telemetry::link_traces(
-                    &span,
-                    events.iter().filter_map(|e| e.traceparent.as_deref()),
-                );
-                span
-            } else {
-                tracing::Span::none()
-            };
-            let publishing = publish(&queue, &events, &mut parked_orders).instrument(span);
-            let published = match numbering {
-                Some(numbering) => {
-                    let (committed, published) = tokio::join!(numbering.commit(), publishing);
-                    if let Err(e) = committed {
-                        // The numbering and the turn did not hold: nothing
-                        // learnt from this publish is kept (the mark, parked
-                        // orders); its events go out again with the next pass.
-                        self.held_at = None;
-                        self.metrics.relay_holding(false);
-                        return Err(e);
-                    }
-                    published
-                }
-                None => publishing.await,
-            };
-            let parks: Vec<Park<'_>> = published
-                .parked
-                .iter()
-                .map(|(i, reason)| Park {
-                    event_id: events[*i].id,
-                    order_id: events[*i].order_id,
-                    feed_position: events[*i].feed_position,
-                    reason,
-                })
-                .collect();
-            db::outbox_parked::insert(&self.pool, &parks, time::now()).await?;
-            if let Some(first) = parks.first() {
-                self.notifier.tell(
-                    "event-parked",
-                    format!(
-                        "Mechanica: {} event(s) parked: SQS refused event {} of order {} ({}), and holds back only that order's later events. List them: GET /v1/admin/outbox/parked; send one again: POST /v1/admin/outbox/parked/{}/retry.",
-                        parks.len(),
-                        first.event_id,
-                        first.order_id,
-                        first.reason,
-                        first.event_id
-                    ),
-                );
-            }
-            // Parked rows are written before the mark passes them.
-            if published.through.is_some() {
-                self.mark = published.through;
-            }
-            round.published = published.sent;
-            round.parked = parks.len();
-            round.failure = published.failure;
+        let published_through = pass.published_through;
+        self.send(&queue, events, numbering, &mut parked_orders, &mut round)
+            .await?;
+        if round.failure.is_none() {
+            self.through = Some(self.mark.unwrap_or(0).max(published_through));
         }
         if self.last_retry_check.elapsed() >= RETRY_CHECK {
             self.last_retry_check = Instant::now();
@@ -244,6 +209,127 @@ impl Relay {
             }
         }
         self.parked_orders = Some(parked_orders);
+        Ok(round)
+    }
+
+    /// Publishes `events` (in feed order), parks what SQS refuses for good,
+    /// and keeps the mark; `numbering`, the pass that numbered them, commits
+    /// meanwhile.
+    async fn send(
+        &mut self,
+        queue: &Queue,
+        events: Vec<OutboxEvent>,
+        numbering: Option<sequencer::Numbering>,
+        parked_orders: &mut HashSet<Uuid>,
+        round: &mut Round,
+    ) -> sqlx::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // One publish serves many requests' events: it links to
+        // their traces rather than joining one (SPEC §15).
+        let span = if crate::telemetry::exporting_traces() {
+            let span = tracing::info_span!(
+                "outbox publish",
+                otel.kind = "producer",
+                messaging.system = "aws_sqs",
+                messaging.batch.message_count = events.len(),
+            );
+            crate::telemetry::link_traces(
+                &span,
+                events.iter().filter_map(|e| e.traceparent.as_deref()),
+            );
+            span
+        } else {
+            tracing::Span::none()
+        };
+        let publishing = publish(queue, &events, parked_orders).instrument(span);
+        let published = match numbering {
+            Some(numbering) => {
+                let (committed, published) = tokio::join!(numbering.commit(), publishing);
+                if let Err(e) = committed {
+                    // The numbering and the turn did not hold: nothing
+                    // learnt from this publish is kept (the mark, parked
+                    // orders); its events go out again with the next pass.
+                    self.held_at = None;
+                    self.metrics.relay_holding(false);
+                    return Err(e);
+                }
+                published
+            }
+            None => publishing.await,
+        };
+        let parks: Vec<Park<'_>> = published
+            .parked
+            .iter()
+            .map(|(i, reason)| Park {
+                event_id: events[*i].id,
+                order_id: events[*i].order_id,
+                feed_position: events[*i].feed_position,
+                reason,
+            })
+            .collect();
+        db::outbox_parked::insert(&self.pool, &parks, time::now()).await?;
+        if let Some(first) = parks.first() {
+            self.notifier.tell(
+                "event-parked",
+                format!(
+                    "Mechanica: {} event(s) parked: SQS refused event {} of order {} ({}), and holds back only that order's later events. List them: GET /v1/admin/outbox/parked; send one again: POST /v1/admin/outbox/parked/{}/retry.",
+                    parks.len(),
+                    first.event_id,
+                    first.order_id,
+                    first.reason,
+                    first.event_id
+                ),
+            );
+        }
+        // Parked rows are written before the mark passes them.
+        if published.through.is_some() {
+            self.mark = published.through;
+        }
+        round.published = published.sent;
+        round.parked = parks.len();
+        round.failure = published.failure;
+        Ok(())
+    }
+
+    /// The handed events, if this relay may publish them without a full
+    /// round: it holds the turn (renewed within `RENEW`), knows how far it
+    /// has published, and they are the very next positions, with no gap.
+    /// Events it already published are dropped.
+    fn next_in_line(&self, mut handed: Vec<OutboxEvent>) -> Option<Vec<OutboxEvent>> {
+        let through = self.through?;
+        let renewed = self.held_at.is_some_and(|t| t.elapsed() < RENEW);
+        if handed.is_empty() || !renewed || self.queue.is_none() || self.parked_orders.is_none() {
+            return None;
+        }
+        handed.retain(|e| e.feed_position > through);
+        handed.sort_unstable_by_key(|e| e.feed_position);
+        let next = handed
+            .iter()
+            .zip(through + 1..)
+            .all(|(e, position)| e.feed_position == position);
+        next.then_some(handed)
+    }
+
+    /// Publishes handed events that are next in line (`next_in_line`).
+    async fn publish_handed(&mut self, events: Vec<OutboxEvent>) -> sqlx::Result<Round> {
+        if events.is_empty() {
+            return Ok(Round::default());
+        }
+        let (Some(queue), Some(mut parked_orders)) =
+            (self.queue.clone(), self.parked_orders.take())
+        else {
+            return Ok(Round::default());
+        };
+        self.through = None;
+        let mut round = Round::default();
+        self.send(&queue, events, None, &mut parked_orders, &mut round)
+            .await?;
+        self.parked_orders = Some(parked_orders);
+        if round.failure.is_none() {
+            self.through = self.mark;
+        }
         Ok(round)
     }
 
@@ -301,6 +387,7 @@ impl Relay {
     /// Writes the mark and gives the turn up, so another instance takes it
     /// at once without publishing again what this one did.
     pub async fn release(&mut self) {
+        self.through = None;
         if let Some(through) = self.mark.take() {
             let _ = db::feed_clock::mark_published(&self.pool, self.id, through).await;
         }
@@ -337,7 +424,7 @@ pub async fn run(mut relay: Relay, signals: Arc<Signals>, mut stop: watch::Recei
             }
             TICK_IDLE
         } else {
-            match relay.round().await {
+            match relay.round(signals.take_committed()).await {
                 Ok(round) => {
                     if round.numbered > 0 {
                         signals.feed_advanced();

@@ -161,7 +161,6 @@ mod tests {
 
     fn event(position: u64, order: Uuid) -> OutboxEvent {
         OutboxEvent {
-            position,
             feed_position: position,
             id: Uuid::now_v7(),
             order_id: order,

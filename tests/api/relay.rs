@@ -313,3 +313,106 @@ async fn a_turn_given_up_at_shutdown_is_taken_by_another_instance() {
     let published = queue.receive(1, Duration::from_secs(10)).await;
     assert_eq!(published.len(), 1, "the second instance never published");
 }
+
+/// An event takes its feed position in the transaction that writes it,
+/// as that transaction's last step: while another transaction holds the
+/// feed clock, a new order waits for it, and the order's event has its
+/// position once the order is answered. Positions are handed out in
+/// commit order. The relay used to number events after they committed,
+/// one more transaction per round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_numbered_in_the_transaction_that_writes_it() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("Numbered").await;
+    app.new_order(&tenant).await;
+
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query("SELECT next_position FROM feed_clock WHERE id = 1 FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let creating = {
+        let (client, url, token) = (
+            app.client.clone(),
+            app.url("/v1/orders"),
+            tenant.token.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(&order_body())
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !creating.is_finished(),
+        "the order committed without the feed clock"
+    );
+    holder.rollback().await.unwrap();
+
+    let created = creating.await.unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let order: Value = created.json().await.unwrap();
+    let (position,): (Option<u64>,) =
+        sqlx::query_as("SELECT feed_position FROM order_events WHERE order_id = ?")
+            .bind(uuid::Uuid::parse_str(order["id"].as_str().unwrap()).unwrap())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        position,
+        Some(2),
+        "numbered right after the first order's event"
+    );
+}
+
+/// The relay publishes what its own instance's commits hand it without
+/// reading it back from the database (`relay_rounds_total`), in each
+/// order's order, every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_publishes_its_own_commits_without_reading_them_back() {
+    let queue = TestQueue::create(true).await;
+    let app = TestApp::spawn_publishing(&fresh_db_name(), &queue.url, &sqs_endpoint()).await;
+    let tenant = app.tenant("Handed").await;
+    let mut ids = vec![];
+    for _ in 0..4 {
+        let order = app.new_order(&tenant).await;
+        let id = order["id"].as_str().unwrap().to_string();
+        app.drive(&id, &LIFE).await;
+        ids.push(id);
+    }
+
+    let received = queue.receive(24, Duration::from_secs(10)).await;
+    assert_eq!(received.len(), 24);
+    let unique: HashSet<&str> = received
+        .iter()
+        .map(|m| m.body["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(unique.len(), 24, "an event was published twice");
+    let mut by_order: HashMap<&str, Vec<u64>> = HashMap::new();
+    for message in &received {
+        let data = &message.body["data"];
+        by_order
+            .entry(data["order_id"].as_str().unwrap())
+            .or_default()
+            .push(data["sequence"].as_u64().unwrap());
+    }
+    for id in &ids {
+        assert_eq!(
+            by_order[id.as_str()],
+            [1, 2, 3, 4, 5, 6],
+            "order {id} out of order"
+        );
+    }
+    let metrics = app.url("/metrics");
+    let handed = metric(&metrics, "relay_rounds_total{kind=\"handed\"}").await;
+    let full = metric(&metrics, "relay_rounds_total{kind=\"full\"}").await;
+    assert!(
+        handed >= 6.0,
+        "24 events, one request after another: {handed} handed rounds, {full} full"
+    );
+}
