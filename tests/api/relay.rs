@@ -416,3 +416,56 @@ async fn the_relay_publishes_its_own_commits_without_reading_them_back() {
         "24 events, one request after another: {handed} handed rounds, {full} full"
     );
 }
+
+/// During a rolling deploy the version before this one still writes events
+/// without a feed position, leaving them to the relay's numbering pass:
+/// such an event is numbered after the events already numbered, published,
+/// and in the feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_an_older_version_left_unnumbered_is_numbered_and_published() {
+    let queue = TestQueue::create(false).await;
+    let app = TestApp::spawn_publishing(&fresh_db_name(), &queue.url, &sqs_endpoint()).await;
+    let tenant = app.tenant("Rolling").await;
+    let order = app.new_order(&tenant).await;
+    assert_eq!(queue.receive(1, Duration::from_secs(10)).await.len(), 1);
+
+    let old = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO order_events (id, order_id, customer_id, sequence, event_type, status, payload, created_at)
+         SELECT ?, order_id, customer_id, 2, event_type, status,
+                JSON_SET(payload, '$.id', ?, '$.data.sequence', 2), NOW(3)
+         FROM order_events WHERE order_id = ? AND sequence = 1",
+    )
+    .bind(old)
+    .bind(old.to_string())
+    .bind(uuid::Uuid::parse_str(order["id"].as_str().unwrap()).unwrap())
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    let published = queue.receive(1, Duration::from_secs(10)).await;
+    assert_eq!(
+        published.len(),
+        1,
+        "the unnumbered event was never published"
+    );
+    assert_eq!(published[0].body["id"], old.to_string());
+    let feed: Value = app
+        .get("/v1/events", &tenant.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = feed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(
+        ids[1],
+        old.to_string(),
+        "numbered after the event before it"
+    );
+}
