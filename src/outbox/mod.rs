@@ -133,9 +133,19 @@ impl Relay {
             // Numbered at write, and nothing to publish them to.
             return Ok(Round::default());
         }
-        if let Some(events) = self.next_in_line(handed) {
-            self.metrics.relay_round(true);
-            return self.publish_handed(events).await;
+        // With the turn renewed within `RENEW`, no failure since (`through`)
+        // and the parked orders known, handed events next in line go out
+        // without a full round.
+        let renewed = self.held_at.is_some_and(|t| t.elapsed() < RENEW);
+        if let (Some(queue), Some(through), true) = (self.queue.clone(), self.through, renewed) {
+            if let Some(parked_orders) = self.parked_orders.take() {
+                match next_after(through, handed) {
+                    Some(events) => {
+                        return self.publish_handed(&queue, parked_orders, events).await
+                    }
+                    None => self.parked_orders = Some(parked_orders),
+                }
+            }
         }
         self.metrics.relay_round(false);
         self.through = None;
@@ -293,43 +303,24 @@ impl Relay {
         Ok(())
     }
 
-    /// The handed events, if this relay may publish them without a full
-    /// round: it holds the turn (renewed within `RENEW`), knows how far it
-    /// has published, and they are the very next positions, with no gap.
-    /// Events it already published are dropped.
-    fn next_in_line(&self, mut handed: Vec<OutboxEvent>) -> Option<Vec<OutboxEvent>> {
-        let through = self.through?;
-        let renewed = self.held_at.is_some_and(|t| t.elapsed() < RENEW);
-        if handed.is_empty() || !renewed || self.queue.is_none() || self.parked_orders.is_none() {
-            return None;
-        }
-        handed.retain(|e| e.feed_position > through);
-        handed.sort_unstable_by_key(|e| e.feed_position);
-        let next = handed
-            .iter()
-            .zip(through + 1..)
-            .all(|(e, position)| e.feed_position == position);
-        next.then_some(handed)
-    }
-
-    /// Publishes handed events that are next in line (`next_in_line`).
-    async fn publish_handed(&mut self, events: Vec<OutboxEvent>) -> sqlx::Result<Round> {
-        if events.is_empty() {
-            return Ok(Round::default());
-        }
-        let (Some(queue), Some(mut parked_orders)) =
-            (self.queue.clone(), self.parked_orders.take())
-        else {
-            return Ok(Round::default());
-        };
-        self.through = None;
+    /// Publishes handed events that are next in line (`next_after`).
+    async fn publish_handed(
+        &mut self,
+        queue: &Queue,
+        mut parked_orders: HashSet<Uuid>,
+        events: Vec<OutboxEvent>,
+    ) -> sqlx::Result<Round> {
+        self.metrics.relay_round(true);
         let mut round = Round::default();
-        self.send(&queue, events, None, &mut parked_orders, &mut round)
-            .await?;
-        self.parked_orders = Some(parked_orders);
-        if round.failure.is_none() {
-            self.through = self.mark;
+        if !events.is_empty() {
+            self.through = None;
+            self.send(queue, events, None, &mut parked_orders, &mut round)
+                .await?;
+            if round.failure.is_none() {
+                self.through = self.mark;
+            }
         }
+        self.parked_orders = Some(parked_orders);
         Ok(round)
     }
 
@@ -471,4 +462,69 @@ pub async fn run(mut relay: Relay, signals: Arc<Signals>, mut stop: watch::Recei
 
 fn next_backoff(current: Duration) -> Duration {
     (current * 2).clamp(Duration::from_millis(100), MAX_BACKOFF)
+}
+
+/// Of the events handed over (in any order), those above `through`, in feed
+/// order, if they are the very next positions with none missing; `None` if
+/// none was handed or one is missing (another instance's event between, or
+/// one not yet handed): a full round reads them back by position.
+fn next_after(through: u64, mut handed: Vec<OutboxEvent>) -> Option<Vec<OutboxEvent>> {
+    if handed.is_empty() {
+        return None;
+    }
+    handed.retain(|e| e.feed_position > through);
+    handed.sort_unstable_by_key(|e| e.feed_position);
+    let in_line = handed
+        .iter()
+        .zip(through + 1..)
+        .all(|(e, position)| e.feed_position == position);
+    in_line.then_some(handed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handed(positions: &[u64]) -> Vec<OutboxEvent> {
+        positions
+            .iter()
+            .map(|&feed_position| OutboxEvent {
+                feed_position,
+                id: Uuid::now_v7(),
+                order_id: Uuid::nil(),
+                customer_id: Uuid::nil(),
+                event_type: "order.created".into(),
+                payload: "{}".into(),
+                traceparent: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn handed_events_go_out_only_when_next_in_line() {
+        // (published through, handed positions, what goes out without a full round)
+        let cases: &[(u64, &[u64], Option<&[u64]>)] = &[
+            (10, &[], None),
+            (10, &[11], Some(&[11])),
+            (10, &[11, 12, 13], Some(&[11, 12, 13])),
+            (10, &[13, 11, 12], Some(&[11, 12, 13])),
+            (0, &[1, 2], Some(&[1, 2])),
+            // Already published (a full round read them back): dropped.
+            (10, &[9, 10, 11], Some(&[11])),
+            (10, &[9, 10], Some(&[])),
+            // One missing, before or between: a full round.
+            (10, &[12], None),
+            (10, &[11, 13], None),
+            (10, &[10, 12], None),
+        ];
+        for (through, positions, expected) in cases {
+            let out = next_after(*through, handed(positions))
+                .map(|events| events.iter().map(|e| e.feed_position).collect::<Vec<_>>());
+            assert_eq!(
+                out.as_deref(),
+                *expected,
+                "through {through}, handed {positions:?}"
+            );
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! `TestApp`: the real app, started through `App::build` on port 0 against
 //! a fresh database of its own on the local MariaDB, with one method per route.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -731,6 +732,32 @@ impl TestQueue {
         }
         received
     }
+
+    /// Receives `count` messages within `within`, and asserts that exactly
+    /// `count` came and that no event came twice.
+    pub async fn receive_each_once(&self, count: usize, within: Duration) -> Vec<Received> {
+        let received = self.receive(count, within).await;
+        assert_eq!(received.len(), count, "events received");
+        let unique: HashSet<&str> = received
+            .iter()
+            .map(|m| m.body["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(unique.len(), count, "an event was published twice");
+        received
+    }
+}
+
+/// The `sequence` of each order's events, in the order they were received.
+pub fn sequences_by_order(received: &[Received]) -> HashMap<String, Vec<u64>> {
+    let mut by_order: HashMap<String, Vec<u64>> = Default::default();
+    for message in received {
+        let data = &message.body["data"];
+        by_order
+            .entry(data["order_id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(data["sequence"].as_u64().unwrap());
+    }
+    by_order
 }
 
 impl TestApp {

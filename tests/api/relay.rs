@@ -1,6 +1,6 @@
 //! The outbox relay, against the real SQS emulator.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -130,21 +130,9 @@ async fn events_wait_out_an_sqs_outage_and_keep_their_order() {
         .is_empty());
 
     let _restored = Tunnel::open(tunnel.port, sqs_address()).await;
-    let received = queue.receive(50, Duration::from_secs(40)).await;
+    let received = queue.receive_each_once(50, Duration::from_secs(40)).await;
 
-    assert_eq!(received.len(), 50);
-    let unique: HashSet<&str> = received
-        .iter()
-        .map(|m| m.body["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(unique.len(), 50, "no event twice");
-    let mut per_order: HashMap<&str, Vec<u64>> = HashMap::new();
-    for m in &received {
-        per_order
-            .entry(m.body["data"]["order_id"].as_str().unwrap())
-            .or_default()
-            .push(m.body["data"]["sequence"].as_u64().unwrap());
-    }
+    let per_order = sequences_by_order(&received);
     assert_eq!(per_order.len(), 10);
     for id in &ids {
         assert_eq!(
@@ -180,13 +168,7 @@ async fn two_instances_publish_every_event_exactly_once() {
     }))
     .await;
 
-    let received = queue.receive(600, Duration::from_secs(60)).await;
-    assert_eq!(received.len(), 600);
-    let unique: HashSet<&str> = received
-        .iter()
-        .map(|m| m.body["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(unique.len(), 600, "an event was published twice");
+    queue.receive_each_once(600, Duration::from_secs(60)).await;
     assert!(queue
         .receive(1, Duration::from_millis(1500))
         .await
@@ -386,21 +368,8 @@ async fn the_relay_publishes_its_own_commits_without_reading_them_back() {
         ids.push(id);
     }
 
-    let received = queue.receive(24, Duration::from_secs(10)).await;
-    assert_eq!(received.len(), 24);
-    let unique: HashSet<&str> = received
-        .iter()
-        .map(|m| m.body["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(unique.len(), 24, "an event was published twice");
-    let mut by_order: HashMap<&str, Vec<u64>> = HashMap::new();
-    for message in &received {
-        let data = &message.body["data"];
-        by_order
-            .entry(data["order_id"].as_str().unwrap())
-            .or_default()
-            .push(data["sequence"].as_u64().unwrap());
-    }
+    let received = queue.receive_each_once(24, Duration::from_secs(10)).await;
+    let by_order = sequences_by_order(&received);
     for id in &ids {
         assert_eq!(
             by_order[id.as_str()],
