@@ -12,6 +12,10 @@
 //! `sequencer::record`) without touching the database, as long as they are
 //! the very next positions after what it published; anything else (another
 //! instance's events in between, a failure, no turn) takes a full round.
+//! A relay that finds another holding the turn leaves its own instance's
+//! commits to the holder, which reads them by position, and looks at the
+//! clock again once `WATCH` is over, to take the turn over if the holder's
+//! lease has lapsed: not a pass per commit on the clock every writer needs.
 //! The mark is written with the next full round or when the turn is given
 //! up: a crash before then sends those events again (delivery is at least
 //! once; fan-out finds the deliveries made, and FIFO queues drop the repeat
@@ -64,6 +68,11 @@ const RENEW: Duration = Duration::from_millis(200);
 /// it holds the turn (other instances' commits wait for it), rarely when not.
 const TICK_HOLDING: Duration = Duration::from_millis(200);
 const TICK_IDLE: Duration = Duration::from_secs(1);
+/// How long a relay that found another holding the turn leaves its own
+/// instance's commits to the holder before it looks at the clock again:
+/// it takes the turn over within about this long of the lease lapsing, and
+/// its instance's writers do not queue behind a pass for every commit.
+const WATCH: Duration = Duration::from_millis(100);
 /// How often the holder looks for parked events the operator asked to retry.
 const RETRY_CHECK: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -92,6 +101,10 @@ pub struct Relay {
     metrics: Arc<Metrics>,
     /// When a pass last gave this relay the turn.
     held_at: Option<Instant>,
+    /// When a pass last found another relay holding the turn.
+    others_turn: Option<Instant>,
+    /// Commits were left to the other relay since that pass.
+    left_to_holder: bool,
     /// How far this relay has published, not yet written: the next pass
     /// writes it with the clock (one statement fewer per round).
     mark: Option<u64>,
@@ -119,6 +132,8 @@ impl Relay {
             id: Uuid::now_v7(),
             parked_orders: None,
             held_at: None,
+            others_turn: None,
+            left_to_holder: false,
             mark: None,
             through: None,
             last_retry_check: Instant::now(),
@@ -136,6 +151,7 @@ impl Relay {
         // With the turn renewed within `RENEW`, no failure since (`through`)
         // and the parked orders known, handed events next in line go out
         // without a full round.
+        let any_handed = !handed.is_empty();
         let renewed = self.held_at.is_some_and(|t| t.elapsed() < RENEW);
         if let (Some(queue), Some(through), true) = (self.queue.clone(), self.through, renewed) {
             if let Some(parked_orders) = self.parked_orders.take() {
@@ -147,8 +163,14 @@ impl Relay {
                 }
             }
         }
+        if any_handed && self.others_turn.is_some_and(|t| t.elapsed() < WATCH) {
+            // Numbered at write: the holder publishes them.
+            self.left_to_holder = true;
+            return Ok(Round::default());
+        }
         self.metrics.relay_round(false);
         self.through = None;
+        self.left_to_holder = false;
         let turn = self.queue.as_ref().map(|_| sequencer::Turn {
             relay: self.id,
             lease: LEASE,
@@ -176,9 +198,11 @@ impl Relay {
             // Another instance's turn: what it knew of parked orders may change.
             self.parked_orders = None;
             self.held_at = None;
+            self.others_turn = self.queue.is_some().then(Instant::now);
             return Ok(round);
         };
         self.held_at = Some(Instant::now());
+        self.others_turn = None;
         if let Some(previous) = pass.took_over_from {
             self.metrics.relay_handover();
             tracing::warn!(%previous, "took over publishing: the relay that held the turn let its lease lapse (it stopped, hung or is backing off)");
@@ -392,6 +416,19 @@ impl Relay {
     fn holding(&self) -> bool {
         self.held_at.is_some_and(|t| t.elapsed() < LEASE)
     }
+
+    /// How long to wait before the next look at the clock.
+    fn pause(&self) -> Duration {
+        if self.holding() {
+            return TICK_HOLDING;
+        }
+        match self.others_turn.filter(|_| self.left_to_holder) {
+            // Commits left to the holder: look again once `WATCH` is over,
+            // whether more come or not, in case the holder has gone.
+            Some(seen) => WATCH.saturating_sub(seen.elapsed()),
+            None => TICK_IDLE,
+        }
+    }
 }
 
 /// Runs until `stop` turns true, then gives the turn up.
@@ -434,11 +471,7 @@ pub async fn run(mut relay: Relay, signals: Arc<Signals>, mut stop: watch::Recei
                             if round.more {
                                 continue;
                             }
-                            if relay.holding() {
-                                TICK_HOLDING
-                            } else {
-                                TICK_IDLE
-                            }
+                            relay.pause()
                         }
                     }
                 }

@@ -386,6 +386,73 @@ async fn the_relay_publishes_its_own_commits_without_reading_them_back() {
     );
 }
 
+/// An instance that does not hold the relay's turn leaves its commits to
+/// the holder: numbered where they are written, they need no pass of its
+/// own, and a pass per commit would hold the feed clock that every writer
+/// needs. It looks again every tenth of a second or so, to take the turn over
+/// when the holder's lease lapses. It used to run a full pass for every
+/// commit of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_without_the_turn_leaves_its_commits_to_the_holder() {
+    let queue = TestQueue::create(true).await;
+    let app = TestApp::spawn_publishing(&fresh_db_name(), &queue.url, &sqs_endpoint()).await;
+    let tenant = app.tenant("Beside").await;
+    let metrics = app.url("/metrics");
+    // Once its start-up round is done and it has given the turn up (it
+    // has nothing to publish), another relay, not running here, holds it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&metrics, "relay_holding").await != 0.0
+        || metric(&metrics, "relay_rounds_total{kind=\"full\"}").await == 0.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never gave its turn up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sqlx::query(
+        "UPDATE feed_clock SET relay_holder = ?, relay_lease_until = NOW(3) + INTERVAL 60 SECOND WHERE id = 1",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let before = metric(&metrics, "relay_rounds_total{kind=\"full\"}").await;
+
+    let mut ids = vec![];
+    for _ in 0..6 {
+        let order = app.new_order(&tenant).await;
+        let id = order["id"].as_str().unwrap().to_string();
+        app.drive(&id, &LIFE).await;
+        ids.push(id);
+    }
+    let full = metric(&metrics, "relay_rounds_total{kind=\"full\"}").await - before;
+    assert!(
+        full <= 12.0,
+        "36 commits while another relay held the turn: {full} full rounds"
+    );
+    assert!(
+        queue
+            .receive(1, Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "published without the turn"
+    );
+
+    // The holder stops renewing: this instance takes over and publishes all.
+    sqlx::query(
+        "UPDATE feed_clock SET relay_lease_until = NOW(3) - INTERVAL 1 SECOND WHERE id = 1",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let received = queue.receive_each_once(36, Duration::from_secs(10)).await;
+    let by_order = sequences_by_order(&received);
+    for id in &ids {
+        assert_eq!(by_order[id.as_str()], [1, 2, 3, 4, 5, 6], "order {id}");
+    }
+}
+
 /// During a rolling deploy the version before this one still writes events
 /// without a feed position, leaving them to the relay's numbering pass:
 /// such an event is numbered after the events already numbered, published,
