@@ -535,8 +535,9 @@ mod tests {
 
     #[test]
     fn handed_events_go_out_only_when_next_in_line() {
-        // (published through, handed positions, what goes out without a full round)
-        let cases: &[(u64, &[u64], Option<&[u64]>)] = &[
+        /// Published through, handed positions, what goes out without a full round.
+        type Case = (u64, &'static [u64], Option<&'static [u64]>);
+        let cases: &[Case] = &[
             (10, &[], None),
             (10, &[11], Some(&[11])),
             (10, &[11, 12, 13], Some(&[11, 12, 13])),
