@@ -16,6 +16,9 @@
 //! commits to the holder, which reads them by position, and looks at the
 //! clock again once `WATCH` is over, to take the turn over if the holder's
 //! lease has lapsed: not a pass per commit on the clock every writer needs.
+//! A holder whose instance committed nothing since its last round, and
+//! which published other instances' events, gives the turn up: the turn
+//! follows the commits, so that they go out as they are handed.
 //! The mark is written with the next full round or when the turn is given
 //! up: a crash before then sends those events again (delivery is at least
 //! once; fan-out finds the deliveries made, and FIFO queues drop the repeat
@@ -243,6 +246,13 @@ impl Relay {
             }
         }
         self.parked_orders = Some(parked_orders);
+        if !any_handed && round.published > 0 && !round.more && round.failure.is_none() {
+            // No commit of this instance's since its last round: what it
+            // published came from others. The turn goes to one of them,
+            // which publishes its commits as they are handed, not at this
+            // relay's next tick.
+            self.release().await;
+        }
         Ok(round)
     }
 

@@ -453,6 +453,54 @@ async fn an_instance_without_the_turn_leaves_its_commits_to_the_holder() {
     }
 }
 
+/// The relay's turn follows the commits. Once an instance that holds the
+/// turn has nothing of its own to publish and publishes another instance's
+/// events, it gives the turn up, and that instance takes it and publishes
+/// its commits as they are handed. The holder used to keep the turn while
+/// others' events were waiting, and published them only at its own
+/// 200 ms tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_turn_follows_the_instance_that_commits() {
+    let queue = TestQueue::create(false).await;
+    let db_name = fresh_db_name();
+    let first = TestApp::spawn_publishing(&db_name, &queue.url, &sqs_endpoint()).await;
+    let second = TestApp::spawn_publishing(&db_name, &queue.url, &sqs_endpoint()).await;
+    let tenant = first.tenant("Follow").await;
+    first.new_order(&tenant).await;
+    queue.receive_each_once(1, Duration::from_secs(10)).await;
+    assert_eq!(metric(&first.url("/metrics"), "relay_holding").await, 1.0);
+
+    // From now on only the second instance writes: a change every 30 ms
+    // or so, for about a second and a half.
+    let mut ids = vec![];
+    for _ in 0..8 {
+        let order = second.new_order(&tenant).await;
+        let id = order["id"].as_str().unwrap().to_string();
+        for status in LIFE {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let response = second.change_status(ADMIN, &id, status).await;
+            assert_eq!(response.status(), StatusCode::OK, "moving to {status}");
+        }
+        ids.push(id);
+    }
+    let received = queue.receive_each_once(48, Duration::from_secs(10)).await;
+    let by_order = sequences_by_order(&received);
+    for id in &ids {
+        assert_eq!(by_order[id.as_str()], [1, 2, 3, 4, 5, 6], "order {id}");
+    }
+    // It took the turn and published its own commits as they were handed
+    // (and gave the turn up since if it went idle).
+    let handed = metric(
+        &second.url("/metrics"),
+        "relay_rounds_total{kind=\"handed\"}",
+    )
+    .await;
+    assert!(
+        handed >= 6.0,
+        "48 events committed on the second instance, {handed} of its rounds handed"
+    );
+}
+
 /// During a rolling deploy the version before this one still writes events
 /// without a feed position, leaving them to the relay's numbering pass:
 /// such an event is numbered after the events already numbered, published,
