@@ -8,7 +8,11 @@
 //!    API restarted with publishing on; events/s until the outbox is empty.
 //!
 //! Settings: API_BIN, DATABASE_SERVER (mysql://root@127.0.0.1:3306),
-//! AWS_ENDPOINT_URL, RATE (200), SECONDS (10), DRAIN (2000).
+//! AWS_ENDPOINT_URL, RATE (200), SECONDS (10), DRAIN (2000). With APIS=2
+//! the latency is measured against two APIs on one database: WRITES=
+//! `alternate` (default) sends the changes to each in turn, `second` sends
+//! them all to the second just after the first published (and so holds
+//! the relay's turn). It also prints the database statements per change.
 
 use std::collections::HashMap;
 use std::process::{Child, Command};
@@ -32,6 +36,10 @@ struct Api(Child);
 
 impl Api {
     async fn start(database: &str, queue_url: Option<&str>) -> Api {
+        Api::start_on(PORT, database, queue_url).await
+    }
+
+    async fn start_on(port: u16, database: &str, queue_url: Option<&str>) -> Api {
         let mut command = Command::new(env("API_BIN", "target/release/mechanica-api"));
         command
             .arg("serve")
@@ -42,7 +50,7 @@ impl Api {
                     env("DATABASE_SERVER", "mysql://root@127.0.0.1:3306")
                 ),
             )
-            .env("BIND_ADDR", format!("127.0.0.1:{PORT}"))
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("ADMIN_TOKEN", ADMIN)
             .env("RUST_LOG", "warn")
             .env_remove("SQS_QUEUE_URL");
@@ -53,7 +61,7 @@ impl Api {
         let client = reqwest::Client::new();
         for _ in 0..200 {
             if let Ok(r) = client
-                .get(format!("http://127.0.0.1:{PORT}/readyz"))
+                .get(format!("http://127.0.0.1:{port}/readyz"))
                 .send()
                 .await
             {
@@ -75,7 +83,25 @@ impl Drop for Api {
 }
 
 fn url(path: &str) -> String {
-    format!("http://127.0.0.1:{PORT}{path}")
+    url_on(PORT, path)
+}
+
+fn url_on(port: u16, path: &str) -> String {
+    format!("http://127.0.0.1:{port}{path}")
+}
+
+/// Statements the database server has been sent so far.
+async fn statements() -> u64 {
+    use sqlx::Connection;
+    let mut conn =
+        sqlx::MySqlConnection::connect(&env("DATABASE_SERVER", "mysql://root@127.0.0.1:3306"))
+            .await
+            .expect("MariaDB");
+    let (_, value): (String, String) = sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Questions'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    value.parse().unwrap()
 }
 
 async fn sqs() -> aws_sdk_sqs::Client {
@@ -155,12 +181,19 @@ async fn latency(rate: u64, seconds: u64) {
     let queue = create_queue(&sqs).await;
     reset_database("mechanica_bench_relay").await;
     let _api = Api::start("mechanica_bench_relay", Some(&queue)).await;
+    let two = env("APIS", "1") == "2";
+    let _second = match two {
+        true => Some(Api::start_on(PORT + 1, "mechanica_bench_relay", Some(&queue)).await),
+        false => None,
+    };
+    let all_to_second = two && env("WRITES", "alternate") == "second";
     let client = reqwest::Client::new();
     let token = customer_token(&client).await;
     let total = (rate * seconds) as usize;
-    // Enough orders that each is moved at most 5 times (its whole life).
+    // Enough orders that each is moved at most 5 times (its whole life),
+    // and one more to warm the first API with.
     let mut orders = vec![];
-    for _ in 0..total.div_ceil(5) {
+    for _ in 0..total.div_ceil(5) + usize::from(all_to_second) {
         let o: Value = client
             .post(url("/v1/orders"))
             .bearer_auth(&token)
@@ -178,6 +211,19 @@ async fn latency(rate: u64, seconds: u64) {
     while drained < orders.len() {
         drained += receive(&sqs, &queue, None).await;
     }
+    if all_to_second {
+        // The first API publishes a change of its own, and so holds the turn.
+        let warm = client
+            .post(url(&format!("/v1/orders/{}/status", orders.pop().unwrap())))
+            .bearer_auth(ADMIN)
+            .json(&json!({ "status": "confirmed" }))
+            .send()
+            .await
+            .unwrap();
+        assert!(warm.status().is_success());
+        while receive(&sqs, &queue, None).await == 0 {}
+    }
+    let statements_before = statements().await;
 
     let committed: Times = Default::default();
     let arrived: Times = Default::default();
@@ -205,10 +251,15 @@ async fn latency(rate: u64, seconds: u64) {
         tokio::time::sleep_until(due.into()).await;
         let order = orders[i % orders.len()].clone();
         let step = i / orders.len();
+        let port = match (two, all_to_second) {
+            (true, true) => PORT + 1,
+            (true, false) => PORT + (i % 2) as u16,
+            (false, _) => PORT,
+        };
         let (client, committed) = (client.clone(), committed.clone());
         senders.spawn(async move {
             let r = client
-                .post(url(&format!("/v1/orders/{order}/status")))
+                .post(url_on(port, &format!("/v1/orders/{order}/status")))
                 .bearer_auth(ADMIN)
                 .json(&json!({ "status": statuses[step] }))
                 .send()
@@ -227,6 +278,7 @@ async fn latency(rate: u64, seconds: u64) {
         .await
         .expect("all events arrive")
         .unwrap();
+    let statements = statements().await - statements_before;
     let committed = committed.lock().unwrap();
     let arrived = arrived.lock().unwrap();
     let mut latencies: Vec<Duration> = committed
@@ -234,12 +286,18 @@ async fn latency(rate: u64, seconds: u64) {
         .map(|(k, t)| arrived[k].saturating_duration_since(*t))
         .collect();
     latencies.sort();
+    let apis = match (two, all_to_second) {
+        (false, _) => "one API",
+        (true, false) => "two APIs, changes alternating",
+        (true, true) => "two APIs, changes all to the one without the turn",
+    };
     println!(
-        "commit-to-queue at {:.0} changes/s ({total} changes): p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        "commit-to-queue at {:.0} changes/s ({total} changes, {apis}): p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms; {:.2} database statements per change",
         total as f64 / sent_in.as_secs_f64(),
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
-        percentile(&latencies, 1.0)
+        percentile(&latencies, 1.0),
+        statements as f64 / total as f64
     );
 }
 
@@ -336,5 +394,7 @@ async fn main() {
     let seconds: u64 = env("SECONDS", "10").parse().unwrap();
     let count: usize = env("DRAIN", "2000").parse().unwrap();
     latency(rate, seconds).await;
-    drain(count).await;
+    if env("APIS", "1") == "1" {
+        drain(count).await;
+    }
 }
