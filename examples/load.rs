@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+mod common;
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{Connection, MySqlConnection};
 
@@ -137,7 +139,7 @@ async fn main() {
     println!(
         "{count} operations at concurrency {concurrency}, {duplicates} % duplicate references"
     );
-    let statements_before = questions(&api_database_server()).await;
+    let statements_before = common::questions(&api_database_server()).await;
     let refused = Arc::new(AtomicUsize::new(0));
     let issued = Arc::new(AtomicUsize::new(0));
     let orders = {
@@ -180,7 +182,7 @@ async fn main() {
         .await
     };
     orders.report("create order (HTTP)");
-    let statements = questions(&api_database_server()).await - statements_before;
+    let statements = common::questions(&api_database_server()).await - statements_before;
     println!(
         "                       {} refused as duplicates; {:.2} database statements per request (server-wide, the relay's included)",
         refused.load(Ordering::Relaxed),
@@ -249,18 +251,6 @@ fn api_database_server() -> String {
         "mysql://root@127.0.0.1:3306/mechanica_bench_baseline",
     );
     url.rsplit_once('/').unwrap().0.to_string()
-}
-
-/// MariaDB's statement counter, server-wide.
-async fn questions(server: &str) -> u64 {
-    let mut conn = MySqlConnection::connect(server)
-        .await
-        .expect("MariaDB reachable");
-    let (_, value): (String, String) = sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Questions'")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    value.parse().unwrap()
 }
 
 fn report_rss() {

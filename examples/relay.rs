@@ -22,15 +22,14 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use serde_json::{json, Value};
 
+mod common;
+use common::{env, percentile, questions};
+
 /// When each (order, sequence) was committed or arrived.
 type Times = Arc<Mutex<HashMap<(String, u64), Instant>>>;
 
 const ADMIN: &str = "bench-admin-token-0123456789";
 const PORT: u16 = 18089;
-
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
 
 struct Api(Child);
 
@@ -88,20 +87,6 @@ fn url(path: &str) -> String {
 
 fn url_on(port: u16, path: &str) -> String {
     format!("http://127.0.0.1:{port}{path}")
-}
-
-/// Statements the database server has been sent so far.
-async fn statements() -> u64 {
-    use sqlx::Connection;
-    let mut conn =
-        sqlx::MySqlConnection::connect(&env("DATABASE_SERVER", "mysql://root@127.0.0.1:3306"))
-            .await
-            .expect("MariaDB");
-    let (_, value): (String, String) = sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Questions'")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    value.parse().unwrap()
 }
 
 async fn sqs() -> aws_sdk_sqs::Client {
@@ -171,11 +156,6 @@ fn order_body() -> Value {
     })
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
 async fn latency(rate: u64, seconds: u64) {
     let sqs = sqs().await;
     let queue = create_queue(&sqs).await;
@@ -223,7 +203,7 @@ async fn latency(rate: u64, seconds: u64) {
         assert!(warm.status().is_success());
         while receive(&sqs, &queue, None).await == 0 {}
     }
-    let statements_before = statements().await;
+    let statements_before = questions(&env("DATABASE_SERVER", "mysql://root@127.0.0.1:3306")).await;
 
     let committed: Times = Default::default();
     let arrived: Times = Default::default();
@@ -278,7 +258,8 @@ async fn latency(rate: u64, seconds: u64) {
         .await
         .expect("all events arrive")
         .unwrap();
-    let statements = statements().await - statements_before;
+    let statements =
+        questions(&env("DATABASE_SERVER", "mysql://root@127.0.0.1:3306")).await - statements_before;
     let committed = committed.lock().unwrap();
     let arrived = arrived.lock().unwrap();
     let mut latencies: Vec<Duration> = committed

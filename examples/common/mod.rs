@@ -100,6 +100,20 @@ pub async fn post_json(
     r.json().await.unwrap()
 }
 
+/// MariaDB's statement counter, server-wide (`server`: a URL without a
+/// database).
+pub async fn questions(server: &str) -> u64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::MySqlConnection::connect(server)
+        .await
+        .expect("MariaDB reachable");
+    let (_, value): (String, String) = sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Questions'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    value.parse().unwrap()
+}
+
 /// The `p` quantile (0..=1) of sorted durations, in milliseconds.
 pub fn percentile(sorted: &[std::time::Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;

@@ -747,17 +747,21 @@ impl TestQueue {
     }
 }
 
-/// The `sequence` of each order's events, in the order they were received.
-pub fn sequences_by_order(received: &[Received]) -> HashMap<String, Vec<u64>> {
-    let mut by_order: HashMap<String, Vec<u64>> = Default::default();
+/// Asserts that the events received are those of the orders `ids`, each
+/// order's with the sequences `expected`, in that order.
+pub fn assert_in_order(received: &[Received], ids: &[String], expected: &[u64]) {
+    let mut by_order: HashMap<&str, Vec<u64>> = HashMap::new();
     for message in received {
         let data = &message.body["data"];
         by_order
-            .entry(data["order_id"].as_str().unwrap().to_string())
+            .entry(data["order_id"].as_str().unwrap())
             .or_default()
             .push(data["sequence"].as_u64().unwrap());
     }
-    by_order
+    assert_eq!(by_order.len(), ids.len(), "orders whose events came");
+    for id in ids {
+        assert_eq!(by_order[id.as_str()], expected, "order {id} out of order");
+    }
 }
 
 impl TestApp {

@@ -132,15 +132,7 @@ async fn events_wait_out_an_sqs_outage_and_keep_their_order() {
     let _restored = Tunnel::open(tunnel.port, sqs_address()).await;
     let received = queue.receive_each_once(50, Duration::from_secs(40)).await;
 
-    let per_order = sequences_by_order(&received);
-    assert_eq!(per_order.len(), 10);
-    for id in &ids {
-        assert_eq!(
-            per_order[id.as_str()],
-            [1, 2, 3, 4, 5],
-            "order {id} out of order"
-        );
-    }
+    assert_in_order(&received, &ids, &[1, 2, 3, 4, 5]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,14 +361,7 @@ async fn the_relay_publishes_its_own_commits_without_reading_them_back() {
     }
 
     let received = queue.receive_each_once(24, Duration::from_secs(10)).await;
-    let by_order = sequences_by_order(&received);
-    for id in &ids {
-        assert_eq!(
-            by_order[id.as_str()],
-            [1, 2, 3, 4, 5, 6],
-            "order {id} out of order"
-        );
-    }
+    assert_in_order(&received, &ids, &[1, 2, 3, 4, 5, 6]);
     let metrics = app.url("/metrics");
     let handed = metric(&metrics, "relay_rounds_total{kind=\"handed\"}").await;
     let full = metric(&metrics, "relay_rounds_total{kind=\"full\"}").await;
@@ -447,10 +432,7 @@ async fn an_instance_without_the_turn_leaves_its_commits_to_the_holder() {
     .await
     .unwrap();
     let received = queue.receive_each_once(36, Duration::from_secs(10)).await;
-    let by_order = sequences_by_order(&received);
-    for id in &ids {
-        assert_eq!(by_order[id.as_str()], [1, 2, 3, 4, 5, 6], "order {id}");
-    }
+    assert_in_order(&received, &ids, &[1, 2, 3, 4, 5, 6]);
 }
 
 /// The relay's turn follows the commits. Once an instance that holds the
@@ -484,10 +466,7 @@ async fn the_relay_turn_follows_the_instance_that_commits() {
         ids.push(id);
     }
     let received = queue.receive_each_once(48, Duration::from_secs(10)).await;
-    let by_order = sequences_by_order(&received);
-    for id in &ids {
-        assert_eq!(by_order[id.as_str()], [1, 2, 3, 4, 5, 6], "order {id}");
-    }
+    assert_in_order(&received, &ids, &[1, 2, 3, 4, 5, 6]);
     // It took the turn and published its own commits as they were handed
     // (and gave the turn up since if it went idle).
     let handed = metric(
