@@ -15,6 +15,11 @@ use aws_sdk_sqs::Client;
 #[derive(Clone)]
 pub struct Queue {
     client: Client,
+    /// The same, with `publish_timeouts`: publishing is short, and a hung
+    /// SQS must not hold the relay for long. A client of its own rather
+    /// than a per-call override, which the SDK would merge into a fresh
+    /// configuration on every send.
+    publisher: Client,
     url: String,
     fifo: bool,
 }
@@ -52,8 +57,12 @@ impl Queue {
             )
             .load()
             .await;
+        let publisher = aws_sdk_sqs::config::Builder::from(&shared)
+            .timeout_config(publish_timeouts())
+            .build();
         Queue {
             client: Client::new(&shared),
+            publisher: Client::from_conf(publisher),
             url: url.to_string(),
             fifo: url.ends_with(".fifo"),
         }
@@ -86,7 +95,7 @@ impl Queue {
     }
 
     async fn send_batch(&self, messages: &[Outgoing<'_>]) -> Result<Vec<Sent>, BatchError> {
-        let mut request = self.client.send_message_batch().queue_url(&self.url);
+        let mut request = self.publisher.send_message_batch().queue_url(&self.url);
         for (i, m) in messages.iter().enumerate() {
             let mut entry = SendMessageBatchRequestEntry::builder()
                 .id(i.to_string())
@@ -107,27 +116,14 @@ impl Queue {
                     .map_err(|e| BatchError::Transient(e.to_string()))?,
             );
         }
-        // Publishing is short: a hung SQS must not hold the relay for long.
-        let output = request
-            .customize()
-            .config_override(
-                aws_sdk_sqs::config::Config::builder().timeout_config(
-                    TimeoutConfig::builder()
-                        .operation_attempt_timeout(Duration::from_secs(5))
-                        .operation_timeout(Duration::from_secs(10))
-                        .build(),
-                ),
-            )
-            .send()
-            .await
-            .map_err(|e| {
-                let reason = describe(&e);
-                if refuses_content(e.code().unwrap_or_default()) {
-                    BatchError::Content(reason)
-                } else {
-                    BatchError::Transient(reason)
-                }
-            })?;
+        let output = request.send().await.map_err(|e| {
+            let reason = describe(&e);
+            if refuses_content(e.code().unwrap_or_default()) {
+                BatchError::Content(reason)
+            } else {
+                BatchError::Transient(reason)
+            }
+        })?;
         let mut sent = vec![Sent::Failed("SQS did not answer for it".into()); messages.len()];
         for ok in output.successful() {
             if let Some(slot) = ok.id().parse::<usize>().ok().and_then(|i| sent.get_mut(i)) {
@@ -246,6 +242,15 @@ impl Queue {
 /// `ReceiveMessage`, `DeleteMessageBatch`, `ChangeMessageVisibilityBatch`.
 pub const PER_CALL: usize = 10;
 
+/// A publish's limits: the relay tries again soon rather than wait.
+fn publish_timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .operation_attempt_timeout(Duration::from_secs(5))
+        .operation_timeout(Duration::from_secs(10))
+        .build()
+}
+
 /// How long a received message stays hidden (see `receive`).
 pub const RECEIVED_HIDDEN: Duration = Duration::from_secs(30);
 
@@ -344,5 +349,29 @@ mod tests {
         ] {
             assert_eq!(refuses_content(code), parks, "{code}");
         }
+    }
+
+    /// Publishing gives up within seconds; receiving outlasts its 20 s
+    /// long poll.
+    #[tokio::test]
+    async fn publishing_has_short_limits_and_receiving_long_ones() {
+        let queue = Queue::connect("http://127.0.0.1:1/q", Some("http://127.0.0.1:1")).await;
+        let limits = |client: &Client| {
+            let t = client.config().timeout_config().cloned().unwrap();
+            (
+                t.connect_timeout(),
+                t.operation_attempt_timeout(),
+                t.operation_timeout(),
+            )
+        };
+        let s = Duration::from_secs;
+        assert_eq!(
+            limits(&queue.publisher),
+            (Some(s(2)), Some(s(5)), Some(s(10)))
+        );
+        assert_eq!(
+            limits(&queue.client),
+            (Some(s(2)), Some(s(25)), Some(s(30)))
+        );
     }
 }

@@ -87,7 +87,10 @@ pub fn init(format: LogFormat, service: &str) -> Telemetry {
             ))
             .with_writer(std::io::stderr)
             .boxed(),
+        // Colours for a terminal only: in a file or a collector's pipe they
+        // are noise in every line.
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .boxed(),
     }

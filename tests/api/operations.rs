@@ -99,12 +99,11 @@ async fn metrics_can_require_a_token() {
     assert_eq!(scraped.status(), StatusCode::OK);
 }
 
-/// SPEC §10: `DELIVERY_METRICS_ADDR` with port 0 picks a free port, which
-/// the worker reports in its start-up log line, and serves `/healthz` there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_worker_binary_takes_port_zero_for_its_metrics() {
+/// The worker binary started against `system` with metrics on a free
+/// port, its log in `log_format` piped here; returns it and the first log
+/// line that names that port.
+async fn worker_binary(system: &System, log_format: &str) -> (tokio::process::Child, String) {
     use tokio::io::{AsyncBufReadExt, BufReader};
-    let system = System::without_worker().await;
     let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_mechanica-delivery"))
         .env(
             "DATABASE_URL",
@@ -112,26 +111,35 @@ async fn the_worker_binary_takes_port_zero_for_its_metrics() {
         )
         .env("SQS_QUEUE_URL", &system.queue.url)
         .env("DELIVERY_METRICS_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "json")
+        .env("LOG_FORMAT", log_format)
         .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("the worker starts");
     let mut lines = BufReader::new(worker.stderr.take().unwrap()).lines();
-    let port = tokio::time::timeout(Duration::from_secs(20), async {
+    let start_up = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            let Ok(entry) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if let Some(port) = entry["metrics_port"].as_u64() {
-                return port;
+            if line.contains("metrics_port") {
+                return line;
             }
         }
         panic!("the worker never said where its metrics are");
     })
     .await
     .expect("the start-up line within 20 s");
+    (worker, start_up)
+}
+
+/// SPEC §10: `DELIVERY_METRICS_ADDR` with port 0 picks a free port, which
+/// the worker reports in its start-up log line, and serves `/healthz` there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_binary_takes_port_zero_for_its_metrics() {
+    let system = System::without_worker().await;
+    let (mut worker, start_up) = worker_binary(&system, "json").await;
+    let entry: Value = serde_json::from_str(&start_up).expect("a JSON log line");
+    let port = entry["metrics_port"].as_u64().expect("the port, a number");
     assert_ne!(port, 0);
     let health = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
         .await
@@ -144,6 +152,20 @@ async fn the_worker_binary_takes_port_zero_for_its_metrics() {
         .await
         .unwrap();
     assert!(metrics.contains("webhook_attempts_total"), "{metrics}");
+    let _ = worker.kill().await;
+}
+
+/// The readable log format is for a terminal: written to a file or a pipe
+/// (a log collector, `scripts/dev`'s files, the bench's), its lines carry
+/// no colour codes, which would be noise in every search and dashboard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readable_logs_to_a_pipe_carry_no_colour_codes() {
+    let system = System::without_worker().await;
+    let (mut worker, start_up) = worker_binary(&system, "pretty").await;
+    assert!(
+        !start_up.contains('\u{1b}'),
+        "colour codes in a piped log line: {start_up:?}"
+    );
     let _ = worker.kill().await;
 }
 
