@@ -39,7 +39,7 @@ use crate::queue::Queue;
 use crate::rate_limit::RateLimiter;
 use crate::secrets::SecretBox;
 use crate::signals::Signals;
-use crate::state::AppState;
+use crate::state::{AppState, SharedState};
 
 /// A client has this long to send a request body.
 pub use crate::http::extract::BODY_READ_TIMEOUT;
@@ -119,7 +119,7 @@ impl App {
         let metrics = Arc::new(Metrics::default());
         let notifier =
             Notifier::start(&config.ops_notify, pool.clone()).map_err(StartupError::Config)?;
-        let state = AppState {
+        let state = AppState::new(SharedState {
             db: pool.clone(),
             pipeline_db: pipeline_db.clone(),
             admin_token_hash: hash_token(&config.admin_token),
@@ -139,7 +139,7 @@ impl App {
                 .public_base(listener.local_addr().unwrap_or(config.bind_addr))
                 .into(),
             portal_frame_ancestors: config.portal_frame_ancestors.clone().into(),
-        };
+        });
         Ok(App {
             listener,
             router: router(state, config),

@@ -12,8 +12,26 @@ use crate::rate_limit::RateLimiter;
 use crate::secrets::SecretBox;
 use crate::signals::Signals;
 
+/// Cheap to clone, as every extractor and middleware does per request:
+/// one shared allocation, not a copy of each handle in it.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<SharedState>);
+
+impl AppState {
+    pub fn new(shared: SharedState) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}
+
+pub struct SharedState {
     pub db: MySqlPool,
     /// Sessions that read committed data: the feed's read-your-writes
     /// numbering pass (see `sequencer`).

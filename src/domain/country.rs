@@ -9,11 +9,29 @@ MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM
 SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG \
 UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
 
+/// `ASSIGNED` as a table of every two-letter code, `AA` to `ZZ`: checked
+/// once per address, twice per order, so a lookup, not a scan of the list.
+const TABLE: [bool; 26 * 26] = {
+    let list = ASSIGNED.as_bytes();
+    let mut table = [false; 26 * 26];
+    let mut i = 0;
+    while i + 1 < list.len() {
+        table[slot(list[i], list[i + 1])] = true;
+        i += 3;
+    }
+    table
+};
+
+const fn slot(first: u8, second: u8) -> usize {
+    (first - b'A') as usize * 26 + (second - b'A') as usize
+}
+
 /// True for an assigned code in its canonical upper-case form.
 pub fn is_assigned(code: &str) -> bool {
-    code.len() == 2
-        && code.bytes().all(|b| b.is_ascii_uppercase())
-        && ASSIGNED.split(' ').any(|c| c == code)
+    match code.as_bytes() {
+        &[a @ b'A'..=b'Z', b @ b'A'..=b'Z'] => TABLE[slot(a, b)],
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -35,8 +53,20 @@ mod tests {
         for ok in ["DE", "US", "GB", "NL", "ZW"] {
             assert!(is_assigned(ok), "{ok}");
         }
-        for bad in ["de", "UK", "XX", "USA", "", "D", "ÄÖ"] {
+        for bad in ["de", "UK", "XX", "USA", "", "D", "ÄÖ", "[A", "@Z", "A["] {
             assert!(!is_assigned(bad), "{bad}");
+        }
+    }
+
+    /// The table says of every two-letter code what the list says.
+    #[test]
+    fn the_table_agrees_with_the_list() {
+        for a in b'A'..=b'Z' {
+            for b in b'A'..=b'Z' {
+                let code = String::from_utf8(vec![a, b]).unwrap();
+                let listed = ASSIGNED.split(' ').any(|c| c == code);
+                assert_eq!(is_assigned(&code), listed, "{code}");
+            }
         }
     }
 }
