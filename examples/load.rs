@@ -13,14 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-
-mod common;
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{Connection, MySqlConnection};
 
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
+mod common;
+use common::env;
 
 struct Run {
     elapsed: Duration,

@@ -137,10 +137,7 @@ async fn events_wait_out_an_sqs_outage_and_keep_their_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_publish_every_event_exactly_once() {
-    let queue = TestQueue::create(false).await;
-    let db_name = fresh_db_name();
-    let first = TestApp::spawn_publishing(&db_name, &queue.url, &sqs_endpoint()).await;
-    let second = TestApp::spawn_publishing(&db_name, &queue.url, &sqs_endpoint()).await;
+    let (queue, first, second) = two_instances().await;
     let tenant = first.tenant("Twins").await;
 
     // 100 orders, each moved 5 times, alternating instances: 500 changes.
@@ -179,10 +176,7 @@ async fn two_instances_publish_every_event_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_relay_holder_dies_another_instance_publishes_within_2_s() {
     use std::time::{Instant, SystemTime};
-    let queue = TestQueue::create(false).await;
-    let db_name = fresh_db_name();
-    let first = TestApp::spawn_publishing(&db_name, &queue.url, &sqs_endpoint()).await;
-    let second = TestApp::spawn_publishing(&db_name, &queue.url, &sqs_endpoint()).await;
+    let (queue, first, second) = two_instances().await;
     let tenant = first.tenant("Failover").await;
     let mut apps = vec![first, second];
 
@@ -443,10 +437,7 @@ async fn an_instance_without_the_turn_leaves_its_commits_to_the_holder() {
 /// 200 ms tick.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_turn_follows_the_instance_that_commits() {
-    let queue = TestQueue::create(false).await;
-    let db_name = fresh_db_name();
-    let first = TestApp::spawn_publishing(&db_name, &queue.url, &sqs_endpoint()).await;
-    let second = TestApp::spawn_publishing(&db_name, &queue.url, &sqs_endpoint()).await;
+    let (queue, first, second) = two_instances().await;
     let tenant = first.tenant("Follow").await;
     first.new_order(&tenant).await;
     queue.receive_each_once(1, Duration::from_secs(10)).await;
@@ -531,4 +522,14 @@ async fn an_event_an_older_version_left_unnumbered_is_numbered_and_published() {
         old.to_string(),
         "numbered after the event before it"
     );
+}
+
+/// A standard queue and two API instances publishing to it from one
+/// database.
+async fn two_instances() -> (TestQueue, TestApp, TestApp) {
+    let queue = TestQueue::create(false).await;
+    let db_name = fresh_db_name();
+    let first = TestApp::spawn_publishing(&db_name, &queue.url, &sqs_endpoint()).await;
+    let second = TestApp::spawn_publishing(&db_name, &queue.url, &sqs_endpoint()).await;
+    (queue, first, second)
 }
