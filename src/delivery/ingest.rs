@@ -1,9 +1,8 @@
-//! Ingest: SQS messages → deliveries → attempts. Receivers long-poll and
-//! hand their batches to one fan-out (`handover`), which takes every batch
-//! waiting as one group and fans it out in one transaction (`fan_out`); the
-//! deliveries that can go now are created leased to this worker and
-//! attempted at once, and the group is handed over to be deleted
-//! (`deletes`). A message naming no committed event is deleted and counted.
+//! Ingest: SQS messages → deliveries → attempts. A batch of messages is
+//! fanned out in one transaction (`fan_out`); the deliveries that can go now
+//! are created leased to this worker and attempted at once, and the batch is
+//! handed over to be deleted (`deletes`). A message naming no committed
+//! event is deleted and counted.
 //! While the database is unreachable, ingest stops receiving, so no message
 //! climbs towards the dead-letter queue because of the outage. A database
 //! that answers but refuses the fan-out is no outage: receipt pauses a
@@ -22,7 +21,6 @@ use uuid::Uuid;
 use super::attempt::{hold, spawn_attempt, Held};
 use super::deletes::Deletes;
 use super::fan_out::{fan_out_uncommitted, FanOut, Lease};
-use super::handover::{Handed, Handover};
 use super::polls::Polls;
 use super::recording::{Commit, Recording};
 use super::shared::{lease_until, with_retries, Shared};
@@ -38,16 +36,17 @@ pub(super) struct Named {
     pub(super) id: Uuid,
 }
 
-/// SQS → the fan-out: long polls while the database answers, and hands
-/// each batch over (`handover`).
-pub(super) async fn receive(
+/// SQS → deliveries → attempts.
+pub(super) async fn ingest(
     shared: Arc<Shared>,
     queue: Queue,
     polls: Arc<Polls>,
-    handover: Handover,
+    deletes: Deletes,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
+    // A batch whose commit went unanswered: its leases, to give back.
+    let mut unanswered: Option<(Vec<Uuid>, Uuid)> = None;
     loop {
         if shared.database_down.load(Ordering::Relaxed) {
             // Every receiver stops while the database is away, so an outage
@@ -64,16 +63,17 @@ pub(super) async fn receive(
                 _ = tokio::time::sleep(pause) => {}
             }
         }
+        if let Some((ids, lease_id)) = unanswered.take() {
+            give_back(&shared, &ids, lease_id).await;
+        }
         let received = tokio::select! {
             _ = stop.changed() => return,
             received = poll(&polls, &queue) => received,
         };
-        match received {
+        let messages = match received {
             Ok(messages) => {
                 failures = 0;
-                if !messages.is_empty() {
-                    handover.hand(messages).await;
-                }
+                messages
             }
             Err(e) => {
                 failures += 1;
@@ -81,39 +81,23 @@ pub(super) async fn receive(
                 tracing::warn!(error = %e, retry_in = ?pause, "receiving from SQS failed");
                 tokio::select! {
                     _ = stop.changed() => return,
-                    _ = tokio::time::sleep(pause) => {}
+                    _ = tokio::time::sleep(pause) => continue,
                 }
             }
+        };
+        if messages.is_empty() {
+            continue;
         }
-    }
-}
-
-/// Received messages → deliveries → attempts, one group at a time; ends
-/// once every receiver has.
-pub(super) async fn fan_out_groups(
-    shared: Arc<Shared>,
-    queue: Queue,
-    mut handed: Handed,
-    deletes: Deletes,
-) {
-    // A group whose commit went unanswered: its leases, to give back.
-    let mut unanswered: Option<(Vec<Uuid>, Uuid)> = None;
-    while let Some(group) = handed.next_group().await {
-        // Its receivers poll again once this iteration has dropped `_done`.
-        let (messages, _done) = (group.messages, group.done);
         if shared.database_down.load(Ordering::Relaxed) {
-            // Received while the database was found away: kept out of
-            // sight until it is back, not processed.
+            // Received while another receiver found the database away: kept
+            // out of sight until it is back, not processed.
             hide(&queue, &messages, HIDE).await;
             continue;
         }
         if let Some(pause) = shared.refusals.paused_for(Instant::now()) {
-            // Received while a fan-out was refused.
+            // Received while another receiver's fan-out was refused.
             hide(&queue, &messages, pause).await;
             continue;
-        }
-        if let Some((ids, lease_id)) = unanswered.take() {
-            give_back(&shared, &ids, lease_id).await;
         }
         let ids = named_events(&shared, &messages);
         let lease_id = Uuid::now_v7();
@@ -125,7 +109,7 @@ pub(super) async fn fan_out_groups(
                 match done.result {
                     Ok(()) => Ok((out, started)),
                     Err(e) if done.rewritten => {
-                        // The database answers: the group is fanned out
+                        // The database answers: the batch is fanned out
                         // again at once for the rest of its deliveries.
                         tracing::warn!(error = %e, "a fan-out's commit failed; its messages are received again");
                         show(&queue, &messages).await;
@@ -168,7 +152,7 @@ pub(super) async fn fan_out_groups(
                     );
                     hide(&queue, &messages, pause).await;
                 }
-                // The group may have committed before its answer was lost:
+                // The batch may have committed before its answer was lost:
                 // leases it took would hold those deliveries until they ran out.
                 unanswered = Some((ids, lease_id));
             }

@@ -7,12 +7,11 @@
 //! ```text
 //!  SQS message {"id": event}
 //!      │
-//!  ingest ──── fan_out: one transaction makes the deliveries of every
-//!      │       event received meanwhile, one per subscribed endpoint; those
-//!      │       free to go now are leased here (a later event of an order
-//!      │       waits behind an earlier pending one) and start while it
-//!      │       commits (recording: what the commit left, the attempted
-//!      │       deliveries written again if it failed)
+//!  ingest ──── fan_out: one transaction makes the event's deliveries, one per
+//!      │       subscribed endpoint; those free to go now are leased here
+//!      │       (a later event of an order waits behind an earlier pending one)
+//!      │       and start while it commits (recording: what the commit
+//!      │       left, the attempted deliveries written again if it failed)
 //!      ▼
 //!  attempt ─── waits for its endpoint's slot and pace turn, then a worker
 //!      │       slot; signs (signing), POSTs (client), decides (outcome);
@@ -30,8 +29,7 @@
 //! them to completion per call, which is what a Lambda invocation does
 //! (`lambda` speaks the Runtime API around it). `shared` holds what every
 //! stage shares; `pace` an endpoint's lane and rate limit; `polls` how many
-//! long polls ingest keeps waiting; `handover` how receivers' batches go
-//! together to one fan-out; `deletes` how handled messages leave
+//! long polls ingest keeps waiting; `deletes` how handled messages leave
 //! SQS, ten to a request; `refusals` how long it pauses when the
 //! database answers but refuses a fan-out; `release` which delivery of an
 //! order goes next once settle wrote the one before.
@@ -41,7 +39,6 @@ pub mod client;
 mod deletes;
 mod dispatch;
 pub mod fan_out;
-mod handover;
 mod ingest;
 #[cfg(feature = "lambda")]
 pub mod lambda;

@@ -15,8 +15,7 @@ use tokio::task::JoinSet;
 
 use super::deletes::{Deleted, Deletes};
 use super::dispatch::dispatch;
-use super::handover::{self, Groups};
-use super::ingest::{fan_out_groups, receive};
+use super::ingest::ingest;
 use super::outcome::Outcome;
 use super::polls::Polls;
 use super::reconcile::reconcile;
@@ -69,27 +68,20 @@ impl Worker {
         let mut loops = JoinSet::new();
         let polls = Arc::new(Polls::new(shared.config.receivers));
         let (deletes, deleted, deleting) = Deletes::start(self.queue.clone());
-        let (handover, handed, groups) = handover::channel(shared.config.receivers);
         for _ in 0..shared.config.receivers {
-            loops.spawn(receive(
+            loops.spawn(ingest(
                 shared.clone(),
                 self.queue.clone(),
                 polls.clone(),
-                handover.clone(),
+                deletes.clone(),
                 stopped.clone(),
             ));
         }
-        drop(handover);
-        loops.spawn(fan_out_groups(
-            shared.clone(),
-            self.queue.clone(),
-            handed,
-            deletes,
-        ));
+        drop(deletes);
         loops.spawn(dispatch(shared.clone(), stopped.clone()));
         loops.spawn(reconcile(shared.clone(), stopped.clone()));
         let settle = tokio::spawn(settle_loop(shared.clone(), self.settles, finished));
-        let metrics = metrics_router(shared.clone(), polls, groups, deleted);
+        let metrics = metrics_router(shared.clone(), polls, deleted);
         let mut metrics_stop = stopped.clone();
         let metrics_listener = self.metrics_listener;
         let server = tokio::spawn(async move {
@@ -117,12 +109,7 @@ impl Worker {
     }
 }
 
-fn metrics_router(
-    shared: Arc<Shared>,
-    polls: Arc<Polls>,
-    groups: Arc<Groups>,
-    deleted: Arc<Deleted>,
-) -> Router {
+fn metrics_router(shared: Arc<Shared>, polls: Arc<Polls>, deleted: Arc<Deleted>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -130,17 +117,13 @@ fn metrics_router(
             get(move || {
                 let shared = shared.clone();
                 let polls = polls.clone();
-                let groups = groups.clone();
                 let deleted = deleted.clone();
                 async move {
                     let pending = db::deliveries::pending_count(&shared.pool).await.ok();
                     let disabled = db::webhook_endpoints::disabled_count(&shared.pool)
                         .await
                         .ok();
-                    shared.metrics.render(pending, disabled)
-                        + &polls.render()
-                        + &groups.render()
-                        + &deleted.render()
+                    shared.metrics.render(pending, disabled) + &polls.render() + &deleted.render()
                 }
             }),
         )
